@@ -1,0 +1,1 @@
+"""Datanets: the registry client, contributions, data/CID handling and the Model Factory (adapter training)."""

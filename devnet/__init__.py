@@ -1,0 +1,1 @@
+"""The local development network: demo models and adapters, Anvil, deployment, seeding, N nodes on loopback."""

@@ -1,0 +1,446 @@
+"""Node configuration: one TOML file in the node's home, validated into frozen dataclasses.
+
+What it does: parses `<home>/config.toml`, applies `OPENLORA_<SECTION>_<KEY>` environment overrides, checks every
+key (unknown keys, wrong types, out-of-range values, missing required keys) and returns a `NodeConfig`. Every error
+is a `ConfigError` whose message names the key, the bad value and what is allowed.
+What it does not do: create the home directory or the keystore (see `node.keystore`, `openlora-node init`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from node.errors import ConfigError
+
+CONFIG_VERSION = 1
+CONFIG_FILENAME = "config.toml"
+DEFAULT_HOME = "~/.openlora"
+ENV_PREFIX = "OPENLORA_"
+# Environment variables with this prefix that are not config overrides.
+ENV_NOT_CONFIG = {"OPENLORA_HOME", "OPENLORA_PASSWORD", "OPENLORA_PASSWORD_FILE", "OPENLORA_LOG_FORMAT"}
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+class ByteSize(int):
+    """An integer number of bytes; config accepts 123, "512MiB", "4 GB"."""
+
+
+def parse_byte_size(key: str, value: Any) -> ByteSize:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r}: expected a byte size such as 536870912 or \"512MiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{key} = {value!r}: a byte size cannot be negative")
+        return ByteSize(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return ByteSize(int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]))
+    raise ConfigError(
+        f"{key} = {value!r}: expected a byte size such as 536870912 or \"512MiB\" "
+        f"(units: {', '.join(u for u in _SIZE_UNITS if u)})")
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} = {value!r}: allowed values are {', '.join(map(repr, allowed))}")
+
+
+def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"between {lo} and {hi}" if lo is not None and hi is not None else (
+            f">= {lo}" if lo is not None else f"<= {hi}")
+        raise ConfigError(f"{key} = {value!r}: must be {bounds}")
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """[node]: identity and logging."""
+    keystore: str  # required: path of the encrypted keystore, relative to the home directory
+    name: str = "openlora-node"
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if not self.keystore:
+            raise ConfigError("node.keystore = '': the keystore path must not be empty (default 'keystore.json')")
+        _check_choice("node.log_level", self.log_level, ("debug", "info", "warning", "error"))
+        _check_choice("node.log_format", self.log_format, ("text", "json"))
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """[model]: the ONE base model this node serves."""
+    path: str  # required: an HF directory, or "demo" for the small locally generated model
+    dtype: str = "float32"
+    device: str = "auto"
+    max_model_len: int = 2048
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("model.path = '': give an HF model directory, or \"demo\" for the generated demo model")
+        _check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"model.device = {self.device!r}: allowed values are 'auto', 'cpu', 'cuda', 'cuda:N'")
+        _check_range("model.max_model_len", self.max_model_len, 16, 1 << 20)
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    """[engine]: paged KV cache, batching and kernels."""
+    kv_block_size: int = 16
+    kv_cache_bytes: ByteSize = ByteSize(256 * 2**20)
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    kernel_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kv_block_size not in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+            raise ConfigError(f"engine.kv_block_size = {self.kv_block_size!r}: must be a power of two from 1 to 256")
+        _check_range("engine.kv_cache_bytes", self.kv_cache_bytes, 1)
+        _check_range("engine.max_num_seqs", self.max_num_seqs, 1, 4096)
+        _check_range("engine.max_num_batched_tokens", self.max_num_batched_tokens, 16, 1 << 20)
+        _check_choice("engine.kernel_backend", self.kernel_backend, ("auto", "torch", "triton"))
+
+
+@dataclass(frozen=True)
+class AdaptersSection:
+    """[adapters]: tiers and their byte budgets, validation limits, permanent pins."""
+    device_pool_bytes: ByteSize = ByteSize(512 * 2**20)
+    host_cache_bytes: ByteSize = ByteSize(4 * 2**30)
+    disk_store_bytes: ByteSize = ByteSize(50 * 2**30)
+    max_rank: int = 256
+    max_adapter_bytes: ByteSize = ByteSize(2**30)
+    pinned: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_range("adapters.max_rank", self.max_rank, 1, 4096)
+        _check_range("adapters.device_pool_bytes", self.device_pool_bytes, 1)
+        if self.host_cache_bytes < self.device_pool_bytes:
+            raise ConfigError(
+                f"adapters.host_cache_bytes = {int(self.host_cache_bytes)}: must be at least "
+                f"adapters.device_pool_bytes ({int(self.device_pool_bytes)})")
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    """[api]: the OpenAI-compatible HTTP API."""
+    port: int  # required
+    host: str = "127.0.0.1"
+    admin_token: str = ""
+    free_local_mode: bool = False
+
+    def __post_init__(self) -> None:
+        _check_range("api.port", self.port, 1, 65535)
+        if not self.host:
+            raise ConfigError("api.host = '': give an address to bind, e.g. '127.0.0.1'")
+
+
+@dataclass(frozen=True)
+class ChainSection:
+    """[chain]: the EVM chain the node settles on."""
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain_id: int = 31337
+    deployment_file: str = "deployment.json"
+    confirmations: int = 1
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^(https?|wss?)://", self.rpc_url):
+            raise ConfigError(f"chain.rpc_url = {self.rpc_url!r}: must start with http://, https://, ws:// or wss://")
+        _check_range("chain.chain_id", self.chain_id, 1)
+        _check_range("chain.confirmations", self.confirmations, 0, 1000)
+
+
+@dataclass(frozen=True)
+class SettlementSection:
+    """[settlement]: when pending receipts are batched on chain."""
+    batch_max_receipts: int = 256
+    batch_max_age_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check_range("settlement.batch_max_receipts", self.batch_max_receipts, 1, 100_000)
+        _check_range("settlement.batch_max_age_s", self.batch_max_age_s, 0.1)
+
+
+@dataclass(frozen=True)
+class P2PSection:
+    """[p2p]: the libp2p host."""
+    enabled: bool = True
+    listen: str = "/ip4/127.0.0.1/tcp/4001"
+    bootstrap: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for i, addr in enumerate((self.listen, *self.bootstrap)):
+            if not addr.startswith("/"):
+                key = "p2p.listen" if i == 0 else f"p2p.bootstrap[{i - 1}]"
+                raise ConfigError(f"{key} = {addr!r}: must be a multiaddr such as '/ip4/127.0.0.1/tcp/4001'")
+
+
+@dataclass(frozen=True)
+class IpfsSection:
+    """[ipfs]: where adapters are fetched from besides peers."""
+    kubo_rpc: str = ""
+    gateways: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for i, url in enumerate(self.gateways):
+            if not re.match(r"^https?://", url):
+                raise ConfigError(f"ipfs.gateways[{i}] = {url!r}: must be an http(s) URL of a trustless gateway")
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    """[storage]: receipts, nonces and the outbox."""
+    database_url: str = ""  # empty: sqlite:///<home>/node.db
+
+    def __post_init__(self) -> None:
+        if self.database_url and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", self.database_url):
+            raise ConfigError(
+                f"storage.database_url = {self.database_url!r}: allowed are sqlite:///PATH or postgresql://...")
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeSection, "model": ModelSection, "engine": EngineSection, "adapters": AdaptersSection,
+    "api": ApiSection, "chain": ChainSection, "settlement": SettlementSection, "p2p": P2PSection,
+    "ipfs": IpfsSection, "storage": StorageSection,
+}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    home: Path
+    config_version: int
+    node: NodeSection
+    model: ModelSection
+    engine: EngineSection = field(default_factory=EngineSection)
+    adapters: AdaptersSection = field(default_factory=AdaptersSection)
+    api: ApiSection = field(default_factory=lambda: ApiSection(port=8000))
+    chain: ChainSection = field(default_factory=ChainSection)
+    settlement: SettlementSection = field(default_factory=SettlementSection)
+    p2p: P2PSection = field(default_factory=P2PSection)
+    ipfs: IpfsSection = field(default_factory=IpfsSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+
+    def path(self, relative: str) -> Path:
+        """A path from the config, resolved against the home directory."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.home / p
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.path(self.node.keystore)
+
+    @property
+    def database_url(self) -> str:
+        return self.storage.database_url or f"sqlite:///{self.home / 'node.db'}"
+
+
+def resolve_home(cli_home: str | None = None) -> Path:
+    """--home beats OPENLORA_HOME beats ~/.openlora."""
+    raw = cli_home or os.environ.get("OPENLORA_HOME") or DEFAULT_HOME
+    return Path(raw).expanduser().resolve()
+
+
+# ---- conversion ---------------------------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+            ByteSize: "a byte size (e.g. 536870912 or \"512MiB\")"}.get(tp, "a list of strings")
+
+
+def _convert(key: str, value: Any, tp: Any) -> Any:
+    if tp is ByteSize:
+        return parse_byte_size(key, value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp == tuple[str, ...]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    raise ConfigError(f"{key} = {value!r}: expected {_type_name(tp)}")
+
+
+def _env_value(key: str, raw: str, tp: Any) -> Any:
+    """Environment variables are strings: parse them as the key's type."""
+    if tp is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} = {raw!r} (from the environment): expected true/false")
+    if tp is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{key} = {raw!r} (from the environment): expected an integer") from None
+    if tp is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{key} = {raw!r} (from the environment): expected a number") from None
+    if tp == tuple[str, ...]:
+        return [s.strip() for s in raw.split(",") if s.strip()]
+    return raw
+
+
+def _required(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+
+
+def _build_section(name: str, cls: type, table: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{name}.{key}: unknown key; allowed keys in [{name}] are {', '.join(allowed)}")
+    for key in _required(cls):
+        if key not in table:
+            raise ConfigError(f"{name}.{key} is missing: it is required in [{name}] of {CONFIG_FILENAME} "
+                              f"(`openlora-node init` writes a complete default)")
+    kwargs = {k: _convert(f"{name}.{k}", v, hints[k]) for k, v in table.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # pragma: no cover - defensive: a dataclass we did not anticipate
+        raise ConfigError(f"[{name}]: {e}") from None
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """Return a copy of `raw` with OPENLORA_<SECTION>_<KEY> variables applied (section names have no '_')."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for var, value in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_CONFIG:
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"{var}: not a config override; expected OPENLORA_<SECTION>_<KEY> with SECTION one of "
+                              f"{', '.join(s.upper() for s in SECTIONS)}")
+        cls = SECTIONS[section]
+        hints = get_type_hints(cls)
+        if key not in hints:
+            raise ConfigError(f"{var}: [{section}] has no key {key!r}; allowed: "
+                              f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        out.setdefault(section, {})[key] = _env_value(f"{section}.{key}", value, hints[key])
+    return out
+
+
+def parse_config(text: str, home: Path, environ: dict[str, str] | None = None,
+                 source: str = CONFIG_FILENAME) -> NodeConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from None
+    raw = apply_env_overrides(raw, dict(os.environ) if environ is None else environ)
+    version = raw.pop("config_version", None)
+    if version is None:
+        raise ConfigError(f"config_version is missing: the first line of {source} must be "
+                          f"`config_version = {CONFIG_VERSION}`")
+    if version != CONFIG_VERSION:
+        raise ConfigError(f"config_version = {version!r}: this node reads version {CONFIG_VERSION}")
+    for key, value in raw.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"[{key}]: unknown section; allowed sections are {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r}: expected a [{key}] table")
+    for name in ("node", "model", "api"):
+        if name not in raw:
+            raise ConfigError(f"[{name}] is missing from {source}: it holds required keys "
+                              f"({', '.join(_required(SECTIONS[name]))})")
+    sections = {name: _build_section(name, cls, raw[name]) for name, cls in SECTIONS.items() if name in raw}
+    return NodeConfig(home=home, config_version=version, **sections)
+
+
+def load_config(home: Path, environ: dict[str, str] | None = None) -> NodeConfig:
+    path = home / CONFIG_FILENAME
+    if not path.is_file():
+        raise ConfigError(f"no config at {path}: run `openlora-node --home {home} init` first")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    return parse_config(text, home, environ, source=str(path))
+
+
+DEFAULT_CONFIG_TOML = f"""\
+# openlora-node configuration. Every key can be overridden by an environment variable
+# OPENLORA_<SECTION>_<KEY>, e.g. OPENLORA_API_PORT=8001. Paths are relative to this file's directory.
+config_version = {CONFIG_VERSION}
+
+[node]
+keystore = "keystore.json"      # required: the encrypted Ethereum keystore of this node
+name = "openlora-node"
+log_level = "info"              # debug | info | warning | error
+log_format = "text"             # text | json
+
+[model]
+path = "demo"                   # required: an HF model directory, or "demo" (a small model generated locally)
+dtype = "float32"               # float32 | bfloat16 | float16
+device = "auto"                 # auto | cpu | cuda | cuda:N
+max_model_len = 2048
+
+[engine]
+kv_block_size = 16              # tokens per KV block (power of two)
+kv_cache_bytes = "256MiB"       # memory for the paged KV cache
+max_num_seqs = 64               # sequences in the running batch
+max_num_batched_tokens = 2048   # token budget per step (chunked prefill splits longer prompts)
+enable_prefix_caching = true
+kernel_backend = "auto"         # auto (Triton on CUDA, torch elsewhere) | torch | triton
+
+[adapters]
+device_pool_bytes = "512MiB"    # adapters resident on the device
+host_cache_bytes = "4GiB"       # adapters kept in host memory
+disk_store_bytes = "50GiB"      # local blockstore
+max_rank = 256
+max_adapter_bytes = "1GiB"
+pinned = []                     # adapter CIDs never evicted
+
+[api]
+port = 8000                     # required
+host = "127.0.0.1"
+admin_token = ""                # empty: admin endpoints only from localhost
+free_local_mode = false         # true: accept unsigned requests (local development only)
+
+[chain]
+rpc_url = "http://127.0.0.1:8545"
+chain_id = 31337
+deployment_file = "deployment.json"
+confirmations = 1
+
+[settlement]
+batch_max_receipts = 256
+batch_max_age_s = 30.0
+
+[p2p]
+enabled = true
+listen = "/ip4/127.0.0.1/tcp/4001"
+bootstrap = []
+
+[ipfs]
+kubo_rpc = ""                   # e.g. "/ip4/127.0.0.1/tcp/5001/http"; empty: not used
+gateways = []                   # trustless gateway URLs
+
+[storage]
+database_url = ""               # empty: sqlite:///<home>/node.db (WAL); postgresql://... works too
+"""
