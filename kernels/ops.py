@@ -1,0 +1,71 @@
+"""The kernel dispatch layer: one switch picks the torch references or the Triton kernels for every op.
+
+What it does: `get_backend("auto" | "torch" | "triton", device)` returns a `KernelBackend` whose functions have the
+signatures (and semantics) documented in kernels/reference.py. "auto" is Triton on CUDA and torch elsewhere;
+"triton" on a CPU device runs the kernels under TRITON_INTERPRET=1 (exact, slow: for tests).
+What it does not do: decide per call; the engine picks one backend at start-up and logs which.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from kernels import reference
+
+
+@dataclass(frozen=True)
+class KernelBackend:
+    name: str
+    sgmv_shrink: Callable[..., None]
+    sgmv_expand: Callable[..., None]
+    bgmv_shrink: Callable[..., None]
+    bgmv_expand: Callable[..., None]
+    store_kv: Callable[..., None]
+    paged_attention: Callable[..., torch.Tensor]
+    paged_attention_decode: Callable[..., None]
+    description: str = ""
+
+
+TORCH_BACKEND = KernelBackend(
+    name="torch",
+    sgmv_shrink=reference.sgmv_shrink, sgmv_expand=reference.sgmv_expand,
+    bgmv_shrink=reference.bgmv_shrink, bgmv_expand=reference.bgmv_expand,
+    store_kv=reference.store_kv, paged_attention=reference.paged_attention,
+    paged_attention_decode=reference.paged_attention_decode,
+    description="pure-torch reference kernels (segment/gather LoRA, SDPA over gathered paged KV)",
+)
+
+
+class KernelUnavailable(RuntimeError):
+    """The requested kernel backend cannot run here (e.g. Triton not installed)."""
+
+
+def _triton_backend() -> KernelBackend:
+    try:
+        from kernels import triton_ops  # provided by the Triton kernels module
+    except ImportError as e:
+        raise KernelUnavailable(f"the Triton kernel backend is not available: {e}") from None
+    return triton_ops.BACKEND
+
+
+def get_backend(name: str, device: torch.device | str) -> KernelBackend:
+    device = torch.device(device)
+    if name == "torch":
+        return TORCH_BACKEND
+    if name == "triton":
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise KernelUnavailable("kernel_backend 'triton' on a CPU device needs TRITON_INTERPRET=1 "
+                                    "(set before triton is imported)")
+        return _triton_backend()
+    if name == "auto":
+        if device.type == "cuda":
+            try:
+                return _triton_backend()
+            except KernelUnavailable:
+                return TORCH_BACKEND
+        return TORCH_BACKEND
+    raise ValueError(f"kernel backend {name!r}: allowed are 'auto', 'torch', 'triton'")
