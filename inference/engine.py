@@ -1,0 +1,200 @@
+"""The engine: `EngineConfig` and `LLMEngine`, whose `step()` is schedule -> run -> sample -> postprocess.
+
+What it does: builds the model runner, KV block pool, LoRA pool, adapter manager and scheduler from one frozen
+config; validates each request when it is added (a bad request fails alone, with a clear error); steps the batch.
+What it does not do: threads or asyncio (client.py wraps it), HTTP, or money.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from inference.adapters import AdapterManager
+from inference.errors import AdapterError, InferenceError, RequestError
+from inference.kv_cache import BlockPool
+from inference.lora import LoRAPool
+from inference.model import LlamaServingModel
+from inference.model_config import load_weights, read_model_spec
+from inference.runner import ModelRunner, kv_bytes_per_block
+from inference.sampling import Sampler, SamplingParams
+from inference.scheduler import Scheduler
+from inference.sequence import RequestOutput, Sequence
+
+log = logging.getLogger("openlora.engine")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str
+    dtype: str = "float32"
+    device: str = "auto"
+    max_model_len: int | None = None          # default: the model's max_position_embeddings
+    block_size: int = 16
+    kv_cache_bytes: int = 256 * 2**20
+    num_kv_blocks: int | None = None          # overrides kv_cache_bytes (tests force tiny pools with it)
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    kernel_backend: str = "auto"              # auto | torch | triton
+    lora_pool_bytes: int = 64 * 2**20         # device pool shared by adapters of every rank
+    max_loras: int = 64                       # resident adapter slots
+    max_lora_rank: int = 256
+    max_adapter_bytes: int | None = None
+    tokenizer: str | None = None              # default: the model directory
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: allowed are {', '.join(_DTYPES)}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size={self.block_size}: must be a power of two")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks={self.num_kv_blocks}: must be >= 1")
+        if self.kernel_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"kernel_backend={self.kernel_backend!r}: allowed are auto, torch, triton")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        from kernels.ops import get_backend
+
+        self.config = config
+        path = Path(config.model)
+        self.spec = read_model_spec(path)
+        self.device = _device(config.device)
+        self.dtype = _DTYPES[config.dtype]
+        self.max_model_len = config.max_model_len or self.spec.max_position_embeddings
+        if self.spec.sliding_window and self.max_model_len > self.spec.sliding_window:
+            log.warning(f"capping max_model_len at the model's sliding window ({self.spec.sliding_window})")
+            self.max_model_len = self.spec.sliding_window
+        self.backend = get_backend(config.kernel_backend, self.device)
+        log.info(f"kernel backend: {self.backend.name} ({self.backend.description})")
+        weights = load_weights(path, self.spec, self.dtype, self.device)
+        self.model = LlamaServingModel(self.spec, weights, self.dtype, self.device, self.backend)
+        num_blocks = config.num_kv_blocks or max(
+            1, config.kv_cache_bytes // kv_bytes_per_block(self.spec, config.block_size, self.dtype))
+        self.blocks = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)
+        rows = max(1, config.lora_pool_bytes // LoRAPool.bytes_per_row(self.spec, self.dtype))
+        self.lora_pool = LoRAPool(self.spec, rows, config.max_loras, self.dtype, self.device)
+        self.adapters = AdapterManager(self.spec, self.lora_pool, max_rank=config.max_lora_rank,
+                                       max_bytes=config.max_adapter_bytes)
+        self.scheduler = Scheduler(self.blocks, self.adapters, max_num_seqs=config.max_num_seqs,
+                                   max_num_batched_tokens=config.max_num_batched_tokens)
+        self.runner = ModelRunner(self.spec, self.model, self.lora_pool, self.blocks,
+                                  config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
+        self.sampler = Sampler()
+        self.tokenizer = self._load_tokenizer(Path(config.tokenizer or config.model))
+        self._ids = itertools.count()
+        self._failed: list[RequestOutput] = []
+        self.num_steps = 0
+        log.info(f"engine ready: {self.spec.arch} {self.spec.model_id}, {num_blocks} KV blocks of "
+                 f"{config.block_size} tokens, LoRA pool {rows} rank-rows x {config.max_loras} slots")
+
+    @staticmethod
+    def _load_tokenizer(path: Path):
+        if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+            log.warning(f"{path}: no tokenizer; only token-id prompts are accepted and no text is produced")
+            return None
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(str(path))
+
+    # ---- adapters ----
+    def load_adapter(self, name: str, path: str | Path, identity: str | None = None) -> None:
+        self.adapters.register(name, path, identity)
+
+    # ---- requests ----
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    adapter: str | None = None, request_id: str | None = None) -> str:
+        """Queue a request. A bad request is not raised: it finishes at once with finish_reason='error'."""
+        request_id = request_id or f"req-{next(self._ids)}"
+        params = params or SamplingParams()
+        text = prompt if isinstance(prompt, str) else None
+        try:
+            ids = self._prompt_ids(prompt)
+            identity = self.adapters.get(adapter).identity if adapter is not None else None
+        except InferenceError as e:
+            self._failed.append(self._failed_output(request_id, text, [], adapter, str(e)))
+            return request_id
+        eos = self.spec.eos_token_ids or ((self.tokenizer.eos_token_id,) if self.tokenizer else ())
+        seq = Sequence(request_id, text, ids, params, adapter, identity, tuple(eos), self.tokenizer,
+                       self.max_model_len)
+        self.scheduler.add(seq)
+        return request_id
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise RequestError("this model has no tokenizer: send token ids")
+            ids = self.tokenizer(prompt).input_ids
+        else:
+            ids = list(prompt)
+            if any(not isinstance(t, int) or t < 0 or t >= self.spec.vocab_size for t in ids):
+                raise RequestError(f"prompt token ids must be integers in [0, {self.spec.vocab_size})")
+        if not ids:
+            raise RequestError("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise RequestError(f"the prompt has {len(ids)} tokens; this model's context is {self.max_model_len} "
+                               f"(at least one token must be left to generate)")
+        capacity = self.blocks.num_blocks * self.blocks.block_size
+        if len(ids) + 1 > capacity:
+            raise RequestError(f"the prompt has {len(ids)} tokens; the KV cache holds at most {capacity - 1}")
+        return ids
+
+    @staticmethod
+    def _failed_output(request_id, prompt, ids, adapter, error) -> RequestOutput:
+        return RequestOutput(request_id=request_id, prompt=prompt, prompt_token_ids=ids, adapter=adapter,
+                             token_ids=[], text="", finished=True, finish_reason="error", error=error)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        seq = self.scheduler.abort(request_id)
+        return seq.output() if seq is not None else None
+
+    def has_unfinished(self) -> bool:
+        return bool(self._failed) or self.scheduler.has_unfinished()
+
+    # ---- the loop ----
+    def step(self) -> list[RequestOutput]:
+        outputs, self._failed = self._failed, []
+        sched = self.scheduler.schedule()
+        if sched.empty:
+            return outputs + self._unstick()
+        result = self.runner.run(sched)
+        params = {s.seq.request_id: s.seq for s in sched.scheduled if s.sample}
+        seqs = [params[r] for r in result.request_ids]
+        samples = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs])
+        updated = self.scheduler.postprocess(sched, dict(zip(result.request_ids, samples)))
+        self.num_steps += 1
+        return outputs + [seq.output() for seq in updated]
+
+    def _unstick(self) -> list[RequestOutput]:
+        """Nothing could be scheduled although requests wait: fail the head one if it can never fit."""
+        sch = self.scheduler
+        if sch.running or not sch.waiting:
+            return []
+        seq = sch.waiting[0]
+        need = self.blocks.blocks_needed(len(seq.tokens) + 1)
+        if need > self.blocks.num_blocks:
+            why = (f"the sequence grew to {len(seq.tokens)} tokens, more than the KV cache holds "
+                   f"({self.blocks.num_blocks} blocks of {self.blocks.block_size})")
+        elif seq.adapter is not None and seq.slot is None:
+            why = f"adapter {seq.adapter!r} cannot be made resident in the LoRA pool"
+        else:
+            return []
+        seq.finish("error", why)
+        sch._retire(seq)
+        return [seq.output()]

@@ -1,0 +1,292 @@
+"""LoRA for serving: PEFT adapter parsing/validation, the device weight pool, and `LoRALinear`.
+
+What it does:
+- `read_peft_adapter` turns a PEFT directory (adapter_config.json + adapter_model.safetensors) into a validated
+  host-side `LoRAWeights` (safetensors only; every tensor's name, shape and finiteness checked against the base).
+- `LoRAPool` holds resident adapters on the device in row pools shared by all ranks (see kernels/reference.py for
+  the layout): an adapter of rank r takes r rows, never a max-rank slot.
+- `LoRALinear` composes a base (possibly fused) linear with the LoRA parts it hosts, chosen from the explicit
+  `FUSED_LINEARS` table; the batched math goes through the kernel dispatch layer.
+What it does not do: decide which adapters are resident (inference/adapters.py) or fetch them (sources).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from inference.errors import AdapterError
+from inference.model_config import ModelSpec
+
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MODULE_INDEX = {m: i for i, m in enumerate(TARGET_MODULES)}
+_PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+           "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+
+# The base linears of a decoder layer and the LoRA-targetable projections each one hosts, in output order.
+FUSED_LINEARS: dict[str, tuple[str, ...]] = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
+
+_KEY_RE = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])"
+                     r"(?:\.[^.]+)?\.weight$")
+
+
+@dataclass
+class LoRAWeights:
+    """A validated adapter in host memory."""
+    name: str
+    identity: str                                   # sha256 of the weights file (or a CID given by the caller)
+    path: Path
+    base_model: str
+    # (layer, module) -> (A [r, in], B [out, r], scale)
+    tensors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]] = field(repr=False)
+    max_rank: int = 0
+    nbytes: int = 0
+
+    @property
+    def target_modules(self) -> tuple[str, ...]:
+        return tuple(sorted({m for _, m in self.tensors}, key=MODULE_INDEX.__getitem__))
+
+
+def _pattern_value(patterns: dict, layer: int, module: str, default):
+    full = f"model.layers.{layer}.{_PARENT[module]}.{module}"
+    for pat, value in (patterns or {}).items():
+        if re.fullmatch(rf"(.*\.)?{pat}", full):
+            return value
+    return default
+
+
+def read_peft_adapter(path: Path, name: str, spec: ModelSpec, *, max_rank: int = 256,
+                      max_bytes: int | None = None, identity: str | None = None,
+                      check_base: bool = True) -> LoRAWeights:
+    """Parse and validate a PEFT LoRA directory against the base model `spec`. Raises AdapterError."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    cfg_path = path / "adapter_config.json"
+    st_path = path / "adapter_model.safetensors"
+    if not cfg_path.is_file():
+        raise AdapterError(f"adapter {name!r}: no adapter_config.json in {path}")
+    if not st_path.is_file():
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        why = f" ({', '.join(pickled)} found: pickled weights are never loaded)" if pickled else ""
+        raise AdapterError(f"adapter {name!r}: no adapter_model.safetensors in {path}{why}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        if not isinstance(cfg, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AdapterError(f"adapter {name!r}: adapter_config.json is not valid JSON: {e}") from None
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"adapter {name!r}: peft_type {cfg.get('peft_type')!r} is not supported (only LORA)")
+    for flag in ("use_dora", "fan_in_fan_out"):
+        if cfg.get(flag):
+            raise AdapterError(f"adapter {name!r}: {flag}=true is not supported")
+    if cfg.get("bias", "none") != "none":
+        raise AdapterError(f"adapter {name!r}: bias={cfg.get('bias')!r} is not supported (only 'none')")
+    if cfg.get("modules_to_save"):
+        raise AdapterError(f"adapter {name!r}: modules_to_save {cfg['modules_to_save']!r} is not supported")
+    base = cfg.get("base_model_name_or_path") or ""
+    if check_base and base and base != spec.model_id and Path(base).name != spec.model_id.split("/")[-1]:
+        raise AdapterError(f"adapter {name!r} targets base model {base!r}, this node serves {spec.model_id!r}")
+    try:
+        alpha = float(cfg.get("lora_alpha", 8))
+        default_r = int(cfg.get("r", 8))
+    except (TypeError, ValueError):
+        raise AdapterError(f"adapter {name!r}: r / lora_alpha must be numbers") from None
+    rslora = bool(cfg.get("use_rslora", False))
+
+    size = st_path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise AdapterError(f"adapter {name!r}: {size} bytes exceeds the limit of {max_bytes} bytes")
+    raw: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(st_path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                raw[key] = f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise AdapterError(f"adapter {name!r}: adapter_model.safetensors is corrupt or truncated: {e}") from None
+    if not raw:
+        raise AdapterError(f"adapter {name!r}: adapter_model.safetensors holds no tensors")
+
+    shapes = spec.module_shapes()
+    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, t in raw.items():
+        m = _KEY_RE.match(key)
+        if not m:
+            raise AdapterError(f"adapter {name!r}: unexpected tensor {key!r} (only lora_A/lora_B of "
+                               f"{', '.join(TARGET_MODULES)} are supported)")
+        layer, parent, module, ab = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+        if module not in MODULE_INDEX or _PARENT[module] != parent:
+            raise AdapterError(f"adapter {name!r}: tensor {key!r} targets {parent}.{module}, which is not one of "
+                               f"{', '.join(TARGET_MODULES)}")
+        if layer >= spec.num_layers:
+            raise AdapterError(f"adapter {name!r}: tensor {key!r} is for layer {layer}; the base model has "
+                               f"{spec.num_layers} layers")
+        if not t.is_floating_point():
+            raise AdapterError(f"adapter {name!r}: tensor {key!r} has dtype {t.dtype}, expected a float type")
+        if not torch.isfinite(t).all():
+            raise AdapterError(f"adapter {name!r}: tensor {key!r} contains NaN or Inf")
+        pairs.setdefault((layer, module), {})[ab] = t
+
+    tensors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]] = {}
+    top = 0
+    for (layer, module), ab in sorted(pairs.items(), key=lambda kv: (kv[0][0], MODULE_INDEX[kv[0][1]])):
+        where = f"layers.{layer}.{module}"
+        if set(ab) != {"A", "B"}:
+            raise AdapterError(f"adapter {name!r}: {where} has lora_{''.join(ab)} without its pair")
+        a, b = ab["A"], ab["B"]
+        fin, fout = shapes[module]
+        r = a.shape[0] if a.dim() == 2 else -1
+        if a.dim() != 2 or a.shape[1] != fin or b.dim() != 2 or tuple(b.shape) != (fout, r):
+            raise AdapterError(
+                f"adapter {name!r}: {where} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
+                f"the base model needs A [r, {fin}] and B [{fout}, r]")
+        if r < 1 or r > max_rank:
+            raise AdapterError(f"adapter {name!r}: {where} has rank {r}; allowed ranks are 1..{max_rank}")
+        expected_r = _pattern_value(cfg.get("rank_pattern"), layer, module, default_r)
+        if r != int(expected_r):
+            raise AdapterError(f"adapter {name!r}: {where} has rank {r} but adapter_config.json says {expected_r}")
+        a_alpha = float(_pattern_value(cfg.get("alpha_pattern"), layer, module, alpha))
+        scale = a_alpha / math.sqrt(r) if rslora else a_alpha / r
+        tensors[(layer, module)] = (a.float().contiguous(), b.float().contiguous(), scale)
+        top = max(top, r)
+    nbytes = sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b, _ in tensors.values())
+    if identity is None:
+        h = hashlib.sha256()
+        with open(st_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(json.dumps({"alpha": alpha, "rslora": rslora, "ap": cfg.get("alpha_pattern")},
+                            sort_keys=True).encode())
+        identity = "sha256:" + h.hexdigest()
+    return LoRAWeights(name=name, identity=identity, path=path, base_model=base, tensors=tensors,
+                       max_rank=top, nbytes=nbytes)
+
+
+class LoRAPool:
+    """Resident adapters on the device: per (module) pools [num_layers, num_rows, features] + slot tables.
+
+    Slot tables (per layer and module, so that modules an adapter does not target cost nothing):
+        row_start  # [num_slots] int32
+        rank       # [num_layers, num_modules, num_slots] int32 (0 = module not targeted)
+        scale      # [num_layers, num_modules, num_slots] float32
+    """
+
+    def __init__(self, spec: ModelSpec, num_rows: int, num_slots: int, dtype: torch.dtype, device: torch.device):
+        self.spec, self.num_rows, self.num_slots = spec, num_rows, num_slots
+        self.dtype, self.device = dtype, device
+        L, M = spec.num_layers, len(TARGET_MODULES)
+        shapes = spec.module_shapes()
+        self.a = {m: torch.zeros(L, num_rows, shapes[m][0], dtype=dtype, device=device) for m in TARGET_MODULES}
+        self.b = {m: torch.zeros(L, num_rows, shapes[m][1], dtype=dtype, device=device) for m in TARGET_MODULES}
+        self.row_start = torch.zeros(num_slots, dtype=torch.int32, device=device)
+        self.rank = torch.zeros(L, M, num_slots, dtype=torch.int32, device=device)
+        self.scale = torch.zeros(L, M, num_slots, dtype=torch.float32, device=device)
+        self._free_slots = list(range(num_slots - 1, -1, -1))
+        self._free_rows: list[tuple[int, int]] = [(0, num_rows)]   # sorted (start, length)
+        self._slot_rows: dict[int, tuple[int, int]] = {}
+
+    @staticmethod
+    def bytes_per_row(spec: ModelSpec, dtype: torch.dtype) -> int:
+        shapes = spec.module_shapes()
+        per = sum(fin + fout for fin, fout in shapes.values())
+        return per * spec.num_layers * torch.tensor([], dtype=dtype).element_size()
+
+    def can_fit(self, rank: int) -> bool:
+        return bool(self._free_slots) and any(n >= rank for _, n in self._free_rows)
+
+    def insert(self, w: LoRAWeights) -> int | None:
+        """Copy `w` into a free slot and rows; None when no slot or no contiguous run of rows is free."""
+        if not self._free_slots:
+            return None
+        need = w.max_rank
+        for i, (start, n) in enumerate(self._free_rows):
+            if n >= need:
+                break
+        else:
+            return None
+        self._free_rows[i] = (start + need, n - need)
+        if self._free_rows[i][1] == 0:
+            del self._free_rows[i]
+        slot = self._free_slots.pop()
+        self._slot_rows[slot] = (start, need)
+        self.row_start[slot] = start
+        self.rank[:, :, slot] = 0
+        self.scale[:, :, slot] = 0.0
+        for (layer, module), (a, b, scale) in w.tensors.items():
+            r = a.shape[0]
+            mi = MODULE_INDEX[module]
+            self.a[module][layer, start:start + r].copy_(a.to(self.dtype), non_blocking=True)
+            self.b[module][layer, start:start + r].copy_(b.t().to(self.dtype), non_blocking=True)
+            self.rank[layer, mi, slot] = r
+            self.scale[layer, mi, slot] = scale
+        return slot
+
+    def rows_of(self, slot: int) -> int:
+        """Rows (= the adapter's largest rank) held by a resident slot."""
+        return self._slot_rows[slot][1]
+
+    def remove(self, slot: int) -> None:
+        start, n = self._slot_rows.pop(slot)
+        self.rank[:, :, slot] = 0
+        self._free_slots.append(slot)
+        self._free_rows.append((start, n))
+        self._free_rows.sort()
+        merged: list[tuple[int, int]] = []
+        for s, k in self._free_rows:
+            if merged and merged[-1][0] + merged[-1][1] == s:
+                merged[-1] = (merged[-1][0], merged[-1][1] + k)
+            else:
+                merged.append((s, k))
+        self._free_rows = merged
+
+
+@dataclass
+class LoRABatch:
+    """Per-step LoRA metadata, built by the model runner. Tokens are ordered so each adapter is one segment."""
+    token_slots: torch.Tensor      # [T] int32, -1 = no adapter
+    seg_starts: torch.Tensor       # [S + 1] int32
+    seg_slots: torch.Tensor        # [S] int32
+    max_rank: int                  # largest rank among the batch's adapters
+    decode: bool                   # every sequence contributes one token: use BGMV
+    buf: torch.Tensor              # [T, max_rank] float32 scratch (a slice of a buffer allocated once)
+
+
+class LoRALinear:
+    """A base linear (weight [out, in], optional bias) plus the LoRA parts it hosts at output offsets."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, layer: int,
+                 parts: tuple[tuple[str, int], ...]):
+        self.weight, self.bias, self.layer = weight, bias, layer
+        self.parts = parts                                             # ((module, out_offset), ...)
+
+    def __call__(self, x: torch.Tensor, lora: LoRABatch | None, pool: LoRAPool | None, backend) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if lora is None or pool is None:
+            return y
+        for module, offset in self.parts:
+            mi = MODULE_INDEX[module]
+            ranks = pool.rank[self.layer, mi]
+            scales = pool.scale[self.layer, mi]
+            if lora.decode:
+                backend.bgmv_shrink(x, pool.a[module][self.layer], lora.buf, lora.token_slots, pool.row_start, ranks)
+                backend.bgmv_expand(lora.buf, pool.b[module][self.layer], y, lora.token_slots, pool.row_start,
+                                    ranks, scales, offset)
+            else:
+                backend.sgmv_shrink(x, pool.a[module][self.layer], lora.buf, lora.seg_starts, lora.seg_slots,
+                                    pool.row_start, ranks)
+                backend.sgmv_expand(lora.buf, pool.b[module][self.layer], y, lora.seg_starts, lora.seg_slots,
+                                    pool.row_start, ranks, scales, offset)
+        return y

@@ -1,0 +1,118 @@
+"""The Llama-family decoder written for serving: flat token batches, paged KV cache, batched multi-LoRA.
+
+What it does: one forward over the tokens of every scheduled sequence at once (prefill chunks and decode tokens
+mixed), reading/writing K/V through block tables, adding each token's own adapter through `LoRALinear`; returns
+logits only for the positions that are sampled. Supports Llama 2/3, Mistral, Qwen2 (qkv bias), Qwen3 (q/k norm).
+What it does not do: schedule, sample, or know about requests (see scheduler.py, sampler.py, runner.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from inference.lora import FUSED_LINEARS, LoRABatch, LoRALinear, LoRAPool
+from inference.model_config import ModelSpec, rope_inv_freq
+
+
+@dataclass
+class AttentionBatch:
+    """Per-step attention metadata (see kernels/reference.py `paged_attention`)."""
+    positions: torch.Tensor        # [T] int64
+    slot_mapping: torch.Tensor     # [T] int64, cache slot of each new token
+    cu_q_lens: torch.Tensor        # [B + 1] int32
+    seq_lens: torch.Tensor         # [B] int32, context length after this step
+    block_tables: torch.Tensor     # [B, max_blocks] int32
+    decode: bool                   # every sequence has exactly one new token
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """As HF's LlamaRMSNorm: normalise in float32, cast back, then scale."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Layer:
+    def __init__(self, i: int, spec: ModelSpec, w: dict[str, torch.Tensor]):
+        p = f"model.layers.{i}."
+        self.i = i
+        self.ln1 = w[p + "input_layernorm.weight"]
+        self.ln2 = w[p + "post_attention_layernorm.weight"]
+        self.q_norm = w.get(p + "self_attn.q_norm.weight")
+        self.k_norm = w.get(p + "self_attn.k_norm.weight")
+        self.linears: dict[str, LoRALinear] = {}
+        for fused, modules in FUSED_LINEARS.items():
+            parent = "self_attn" if fused in ("qkv", "o") else "mlp"
+            weights = [w.pop(p + f"{parent}.{m}.weight") for m in modules]
+            biases = [w.pop(p + f"{parent}.{m}.bias", None) for m in modules]
+            weight = torch.cat(weights, 0) if len(weights) > 1 else weights[0]
+            bias = None
+            if any(b is not None for b in biases):
+                bias = torch.cat([b if b is not None else torch.zeros(wt.shape[0], dtype=wt.dtype, device=wt.device)
+                                  for b, wt in zip(biases, weights)])
+            offsets, off = [], 0
+            for m, wt in zip(modules, weights):
+                offsets.append((m, off))
+                off += wt.shape[0]
+            self.linears[fused] = LoRALinear(weight.contiguous(), bias, i, tuple(offsets))
+
+
+class LlamaServingModel:
+    def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], dtype: torch.dtype,
+                 device: torch.device, backend):
+        self.spec, self.dtype, self.device, self.backend = spec, dtype, device, backend
+        w = dict(weights)
+        self.embed = w.pop("model.embed_tokens.weight")
+        self.norm = w.pop("model.norm.weight")
+        self.lm_head = self.embed if spec.tie_word_embeddings else w.pop("lm_head.weight")
+        self.layers = [Layer(i, spec, w) for i in range(spec.num_layers)]
+        self.inv_freq = rope_inv_freq(spec).to(device)
+        self.scale = spec.head_dim ** -0.5
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]         # [T, D/2] float32, as HF
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(self.dtype)[:, None, :], emb.sin().to(self.dtype)[:, None, :]
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, attn: AttentionBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                lora: LoRABatch | None, pool: LoRAPool | None, logits_indices: torch.Tensor) -> torch.Tensor:
+        """input_ids [T] -> logits [len(logits_indices), vocab] in float32."""
+        spec, be = self.spec, self.backend
+        T = input_ids.shape[0]
+        H, Hkv, D = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        h = F.embedding(input_ids, self.embed)
+        cos, sin = self._rope(attn.positions)
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
+            x = rms_norm(h, layer.ln1, spec.rms_norm_eps)
+            qkv = layer.linears["qkv"](x, lora, pool, be)
+            q = qkv[:, :spec.q_size].view(T, H, D)
+            k = qkv[:, spec.q_size:spec.q_size + spec.kv_size].view(T, Hkv, D)
+            v = qkv[:, spec.q_size + spec.kv_size:].view(T, Hkv, D)
+            if layer.q_norm is not None:
+                q = rms_norm(q, layer.q_norm, spec.rms_norm_eps)
+                k = rms_norm(k, layer.k_norm, spec.rms_norm_eps)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            be.store_kv(k, v, k_cache, v_cache, attn.slot_mapping)
+            if attn.decode:
+                o = torch.empty_like(q)
+                be.paged_attention_decode(q, k_cache, v_cache, attn.block_tables, attn.seq_lens, self.scale, o)
+            else:
+                o = be.paged_attention(q, k_cache, v_cache, attn.cu_q_lens, attn.seq_lens, attn.block_tables,
+                                       self.scale)
+            h = h + layer.linears["o"](o.reshape(T, H * D), lora, pool, be)
+            x = rms_norm(h, layer.ln2, spec.rms_norm_eps)
+            gu = layer.linears["gate_up"](x, lora, pool, be)
+            g, u = gu[:, :spec.intermediate_size], gu[:, spec.intermediate_size:]
+            h = h + layer.linears["down"](F.silu(g) * u, lora, pool, be)
+        h = rms_norm(h[logits_indices], self.norm, spec.rms_norm_eps)
+        return F.linear(h, self.lm_head).float()

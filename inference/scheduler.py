@@ -1,0 +1,150 @@
+"""Continuous batching: which sequences compute how many tokens this step.
+
+What it does: every step, running sequences continue first (decode tokens, or the next chunk of a prompt), then
+waiting sequences join while the token budget, the sequence limit, free KV blocks and the LoRA pool allow. A long
+prompt is split into chunks (chunked prefill) so that decoding sequences keep getting a token each step. When the
+KV pool runs out, the newest running sequence is preempted (its blocks freed, recomputed later) instead of failing.
+Admission reuses prefix-cached blocks keyed by the adapter's identity.
+What it does not do: run the model or sample (the runner and sampler do; `postprocess` applies their result).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from inference.adapters import AdapterManager
+from inference.kv_cache import BlockPool
+from inference.sampling import SampleResult
+from inference.sequence import Sequence, Status
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_new_tokens: int          # tokens computed this step (from seq.num_computed)
+    sample: bool                 # this step reaches the end of the sequence's tokens: sample the next one
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    num_batched_tokens: int = 0
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockPool, adapters: AdapterManager, *, max_num_seqs: int,
+                 max_num_batched_tokens: int):
+        self.blocks, self.adapters = blocks, adapters
+        self.max_num_seqs, self.max_tokens = max_num_seqs, max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one step ----
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_tokens
+        # 1. running sequences first, oldest first; preempt the newest when blocks run out.
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_remaining, budget)
+            while not self.blocks.allocate(seq.blocks, seq.num_computed + n):
+                victim = self.running[-1]
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                out.scheduled.append(ScheduledSeq(seq, n, seq.num_computed + n == len(seq.tokens)))
+                budget -= n
+                i += 1
+                continue
+            break  # seq itself was preempted: nothing more fits
+        # 2. waiting sequences join while budget, seats, blocks and LoRA slots allow.
+        skipped: list[Sequence] = []
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
+            seq = self.waiting.popleft()
+            if seq.adapter is not None and seq.slot is None:
+                slot = self.adapters.acquire(seq.adapter)
+                if slot is None:           # LoRA pool full of adapters in use: let others with room go first
+                    skipped.append(seq)
+                    continue
+                seq.slot = slot
+            if seq.num_computed == 0 and not seq.blocks.block_ids:
+                seq.num_computed = self.blocks.match_prefix(seq.blocks, seq.tokens, seq.adapter_identity)
+                seq.num_cached_tokens = seq.num_computed
+            n = min(seq.num_remaining, budget)
+            if not self.blocks.allocate(seq.blocks, seq.num_computed + n):
+                self._reset(seq)
+                skipped.append(seq)
+                break
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            out.scheduled.append(ScheduledSeq(seq, n, seq.num_computed + n == len(seq.tokens)))
+            budget -= n
+        self.waiting.extendleft(reversed(skipped))
+        out.num_batched_tokens = self.max_tokens - budget
+        return out
+
+    def _reset(self, seq: Sequence) -> None:
+        """Give back everything a not-running sequence holds (blocks, adapter slot); it recomputes later."""
+        self.blocks.free(seq.blocks)
+        seq.num_computed = 0
+        if seq.slot is not None:
+            self.adapters.release(seq.adapter)
+            seq.slot = None
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._reset(seq)
+        seq.status = Status.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    # ---- after the model ran ----
+    def postprocess(self, out: SchedulerOutput, samples: dict[str, SampleResult]) -> list[Sequence]:
+        """Advance computed counts, append sampled tokens, retire finished sequences. Returns the updated ones."""
+        updated = []
+        for s in out.scheduled:
+            seq = s.seq
+            if seq.finished:       # aborted while the step ran
+                continue
+            seq.num_computed += s.num_new_tokens
+            self.blocks.register_full_blocks(seq.blocks, seq.tokens, seq.num_computed, seq.adapter_identity)
+            if s.sample:
+                seq.append(samples[seq.request_id])
+                updated.append(seq)
+                if seq.finished:
+                    self._retire(seq)
+        return updated
+
+    def _retire(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        try:
+            self.waiting.remove(seq)
+        except ValueError:
+            pass
+        self._reset(seq)
+
+    def abort(self, request_id: str) -> Sequence | None:
+        for seq in [*self.running, *self.waiting]:
+            if seq.request_id == request_id:
+                seq.finish("abort")
+                self._retire(seq)
+                return seq
+        return None
