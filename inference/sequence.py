@@ -67,6 +67,15 @@ class IncrementalDetokenizer:
             return full[len(prefix):]
         return ""
 
+    def flush(self) -> str:
+        """At the end: whatever is held back (an incomplete character becomes U+FFFD, as a full decode gives)."""
+        if self.tok is None or self.read_offset >= len(self.ids):
+            return ""
+        prefix = self.tok.decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
+        full = self.tok.decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return full[len(prefix):]
+
 
 class Sequence:
     def __init__(self, request_id: str, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
@@ -119,12 +128,18 @@ class Sequence:
         stop_token = s.token_id in self.eos_ids or s.token_id in self.params.stop_token_ids
         if not stop_token:
             self.text += self.detok.add(s.token_id)
-        if stop_token:
+        if self.params.stop and not stop_token and self._check_stop_strings():
             self.finish("stop")
-        elif self.params.stop and self._check_stop_strings():
+            return
+        if stop_token:
             self.finish("stop")
         elif len(self.output_ids) >= self.params.max_tokens or len(self.tokens) >= self.max_model_len:
             self.finish("length")
+        else:
+            return
+        self.text += self.detok.flush()
+        if self.params.stop and self._check_stop_strings():
+            self.finish_reason = "stop"
 
     def _check_stop_strings(self) -> bool:
         longest = max(len(s) for s in self.params.stop)
