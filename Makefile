@@ -32,9 +32,11 @@ $(NPM_STAMP): package.json
 
 install: $(STAMP) $(NPM_STAMP)
 
+# The dev node's keystore password is generated once into .dev/password (mode 600, git-ignored).
 start: install
-	@mkdir -p $(DEV_HOME)
-	$(PY) -m devnet.dev_start --home "$(DEV_HOME)"
+	@mkdir -p .dev && if [ ! -s .dev/password ]; then (umask 077 && head -c 24 /dev/urandom | base64 > .dev/password); fi
+	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" init --password-file .dev/password
+	exec $(VENV)/bin/openlora-node --home "$(DEV_HOME)" start --password-file .dev/password
 
 lint-imports: install
 	$(VENV)/bin/lint-imports

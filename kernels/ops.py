@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from kernels import reference
+from kernels import reference, torch_ops
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,11 @@ class KernelBackend:
 
 TORCH_BACKEND = KernelBackend(
     name="torch",
-    sgmv_shrink=reference.sgmv_shrink, sgmv_expand=reference.sgmv_expand,
-    bgmv_shrink=reference.bgmv_shrink, bgmv_expand=reference.bgmv_expand,
+    sgmv_shrink=torch_ops.sgmv_shrink, sgmv_expand=torch_ops.sgmv_expand,
+    bgmv_shrink=torch_ops.bgmv_shrink, bgmv_expand=torch_ops.bgmv_expand,
     store_kv=reference.store_kv, paged_attention=reference.paged_attention,
     paged_attention_decode=reference.paged_attention_decode,
-    description="pure-torch reference kernels (segment/gather LoRA, SDPA over gathered paged KV)",
+    description="pure torch (segment/gather LoRA with a per-step plan, SDPA over gathered paged KV)",
 )
 
 

@@ -130,7 +130,8 @@ def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_
     col = torch.arange(R, device=y.device)
     mask = col[None, :] < ranks[:, None]
     rows = (slot_row_start.long()[safe][:, None] + col[None, :]).clamp(max=b_pool.shape[0] - 1)
-    b = b_pool[rows].float()                                                     # [T, R, n]
+    # rows past a slot's rank belong to other slots or to no slot (garbage, possibly NaN): zero them, 0 * NaN = NaN
+    b = torch.where(mask[:, :, None], b_pool[rows].float(), 0.0)                 # [T, R, n]
     coef = torch.where(mask, buf.float(), torch.zeros((), device=y.device))      # NaN-safe masking
     delta = torch.einsum("tr,trn->tn", coef, b) * slot_scale.float()[safe][:, None]
     view = y[:, y_offset:y_offset + n]
@@ -168,16 +169,22 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             out_b = softmax(q_b @ K.T * scale + causal_mask) @ V   # GQA: kv head = q head // (Hq // Hkv)
         return out  # [T, Hq, D]
     The new tokens' K/V must already be in the cache (store_kv first).
+    Sequences with one new token are computed together in one batched call; longer ones one by one.
     """
     T, Hq, D = q.shape
     Hkv, bs = k_cache.shape[2], k_cache.shape[1]
     out = torch.empty_like(q)
     cu = cu_q_lens.tolist()
     lens = seq_lens.tolist()
+    singles = [b for b in range(len(lens)) if cu[b + 1] - cu[b] == 1]
+    if singles:
+        idx = torch.tensor([cu[b] for b in singles], dtype=torch.long, device=q.device)
+        sel = torch.tensor(singles, dtype=torch.long, device=q.device)
+        out[idx] = _decode(q[idx], k_cache, v_cache, block_tables[sel], seq_lens[sel], scale)
     for b in range(len(lens)):
         q0, q1, L = cu[b], cu[b + 1], lens[b]
         n = q1 - q0
-        if n == 0:
+        if n <= 1:
             continue
         nblk = (L + bs - 1) // bs
         blocks = block_tables[b, :nblk].long()
@@ -198,21 +205,42 @@ def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             out[b] = softmax(q[b] @ K.T * scale) @ V                               # kv head = h // (Hq // Hkv)
     Shapes: q [B, Hq, D], block_tables [B, max_blocks] int32, seq_lens [B] int32, out [B, Hq, D].
     """
-    B = q.shape[0]
-    cu = torch.arange(B + 1, dtype=torch.int32)
-    out.copy_(paged_attention(q, k_cache, v_cache, cu, seq_lens, block_tables, scale))
+    if q.shape[0]:
+        out.copy_(_decode(q, k_cache, v_cache, block_tables, seq_lens, scale))
+
+
+def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+            seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """All sequences at once: gather [B, max_len] keys through the block tables, mask past each length."""
+    B, Hq, D = q.shape
+    bs, Hkv = k_cache.shape[1], k_cache.shape[2]
+    max_len = int(seq_lens.max())
+    nblk = (max_len + bs - 1) // bs
+    blocks = block_tables[:, :nblk].long().clamp(min=0)       # entries past a sequence's end may be -1
+    valid = torch.arange(nblk * bs, device=q.device)[None, :] < seq_lens.long()[:, None]   # [B, Lp]
+    # slots past each length hold whatever the cache holds (stale or uninitialised, possibly NaN/inf): zero them,
+    # since a masked score still multiplies its V row (0 * NaN = NaN)
+    keep = valid[:, None, :, None]
+    K = torch.where(keep, k_cache[blocks].reshape(B, nblk * bs, Hkv, D).transpose(1, 2).float(), 0.0)  # [B, Hkv, Lp, D]
+    V = torch.where(keep, v_cache[blocks].reshape(B, nblk * bs, Hkv, D).transpose(1, 2).float(), 0.0)
+    o = torch.nn.functional.scaled_dot_product_attention(
+        q.float()[:, :, None, :], K, V, attn_mask=valid[:, None, None, :], scale=scale, enable_gqa=Hq != Hkv)
+    return o[:, :, 0, :].to(q.dtype)
 
 
 def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, scale: float, past: int) -> torch.Tensor:
-    """q [n, Hq, D] at positions past..past+n-1; K, V [L, Hkv, D]. Causal, GQA by repeat."""
+    """q [n, Hq, D] at positions past..past+n-1; K, V [L, Hkv, D]. Causal (bottom-right aligned), GQA."""
     n, Hq, _ = q.shape
     L, Hkv, _ = K.shape
-    group = Hq // Hkv
-    qh = q.transpose(0, 1).float()                                  # [Hq, n, D]
-    kh = K.transpose(0, 1).float().repeat_interleave(group, dim=0)  # [Hq, L, D]
-    vh = V.transpose(0, 1).float().repeat_interleave(group, dim=0)
-    pos_q = torch.arange(past, past + n, device=q.device)[:, None]
-    pos_k = torch.arange(L, device=q.device)[None, :]
-    mask = pos_k <= pos_q                                           # [n, L]
-    o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
-    return o.transpose(0, 1).to(q.dtype)
+    qh = q.transpose(0, 1).float()[None]                             # [1, Hq, n, D]
+    kh = K.transpose(0, 1).float()[None]                             # [1, Hkv, L, D]
+    vh = V.transpose(0, 1).float()[None]
+    gqa = Hq != Hkv
+    if past == 0:   # plain causal: SDPA's fused path, much faster on CPU than an explicit mask
+        o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale,
+                                                             enable_gqa=gqa)
+    else:
+        mask = torch.arange(L, device=q.device)[None, :] <= torch.arange(past, past + n, device=q.device)[:, None]
+        o = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale,
+                                                             enable_gqa=gqa)
+    return o[0].transpose(0, 1).to(q.dtype)

@@ -1,0 +1,120 @@
+"""Fast pure-torch implementations of the LoRA kernels, for the CPU serving path.
+
+Same signatures and semantics as kernels/reference.py (tests compare them), but written for few tensor ops per
+call: the gather indices that depend only on the step's metadata (token -> slot, slot -> first row) are computed
+once per step and shared by every layer and module (a plan memoised on the metadata tensor object itself, held by a
+weak reference, so a new step's tensors can never hit a stale plan). Rank masks are applied to the small rank-sized
+results, never to weight-sized tensors.
+What it does not do: anything the references do not; paged attention and store_kv are the references' own.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+
+class _Plan:
+    __slots__ = ("key", "row_start", "R", "safe", "valid", "rows", "col", "segs")
+
+    def __init__(self, key: torch.Tensor, row_start: torch.Tensor, R: int, num_rows: int):
+        self.key = weakref.ref(key)
+        self.row_start = weakref.ref(row_start)
+        self.R = R
+        slots = key.long()
+        self.valid = slots >= 0                                                   # [T]
+        self.safe = slots.clamp(min=0)                                            # [T]
+        self.col = torch.arange(R, device=key.device)                             # [R]
+        self.rows = (row_start.long()[self.safe][:, None] + self.col).clamp_(max=num_rows - 1)  # [T, R]
+        self.segs = None
+
+
+_last: list[_Plan | None] = [None]
+
+
+def _plan(token_slots: torch.Tensor, row_start: torch.Tensor, R: int, num_rows: int) -> _Plan:
+    p = _last[0]
+    if p is None or p.key() is not token_slots or p.row_start() is not row_start or p.R != R:
+        p = _Plan(token_slots, row_start, R, num_rows)
+        _last[0] = p
+    return p
+
+
+def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,
+                slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
+    """See kernels.reference.bgmv_shrink."""
+    T, R = buf.shape
+    if T == 0:
+        return
+    p = _plan(token_slots, slot_row_start, R, a_pool.shape[0])
+    mask = p.col < (slot_rank[p.safe] * p.valid)[:, None]                         # [T, R]
+    out = torch.bmm(a_pool[p.rows].float(), x.float()[:, :, None])[:, :, 0]     # [T, R]
+    buf.copy_(torch.where(mask, out.to(buf.dtype), buf))
+
+
+def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor,
+                slot_row_start: torch.Tensor, slot_rank: torch.Tensor, slot_scale: torch.Tensor,
+                y_offset: int = 0) -> None:
+    """See kernels.reference.bgmv_expand."""
+    T, R = buf.shape
+    if T == 0:
+        return
+    n = b_pool.shape[1]
+    p = _plan(token_slots, slot_row_start, R, b_pool.shape[0])
+    ranks = slot_rank[p.safe] * p.valid                                           # [T]
+    coef = torch.where(p.col < ranks[:, None], buf.float(), 0.0) * slot_scale[p.safe][:, None].float()
+    delta = torch.bmm(coef[:, None, :], b_pool[p.rows].float())[:, 0, :]          # [T, n]
+    view = y[:, y_offset:y_offset + n]
+    if y.dtype == torch.float32 and bool((ranks > 0).all()):
+        view.add_(delta)
+    else:
+        view.copy_(torch.where((ranks > 0)[:, None], (view.float() + delta).to(y.dtype), view))
+
+
+def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
+                seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
+    """See kernels.reference.sgmv_shrink: one matmul per adapter segment (prefill segments are long)."""
+    starts, slots = _segments(seg_starts, seg_slots)
+    ranks = slot_rank.tolist()
+    rows = slot_row_start.tolist()
+    xf = x if x.dtype == torch.float32 else x.float()
+    for s, slot in enumerate(slots):
+        t0, t1 = starts[s], starts[s + 1]
+        if slot < 0 or t1 <= t0 or ranks[slot] == 0:
+            continue
+        r, o = ranks[slot], rows[slot]
+        buf[t0:t1, :r] = xf[t0:t1] @ a_pool[o:o + r].float().T
+
+
+def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
+                seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
+                slot_scale: torch.Tensor, y_offset: int = 0) -> None:
+    """See kernels.reference.sgmv_expand."""
+    starts, slots = _segments(seg_starts, seg_slots)
+    ranks = slot_rank.tolist()
+    rows = slot_row_start.tolist()
+    scales = slot_scale.tolist()
+    n = b_pool.shape[1]
+    for s, slot in enumerate(slots):
+        t0, t1 = starts[s], starts[s + 1]
+        if slot < 0 or t1 <= t0 or ranks[slot] == 0:
+            continue
+        r, o = ranks[slot], rows[slot]
+        delta = (buf[t0:t1, :r].float() @ b_pool[o:o + r].float()) * scales[slot]
+        view = y[t0:t1, y_offset:y_offset + n]
+        if y.dtype == torch.float32:
+            view.add_(delta)
+        else:
+            view.copy_((view.float() + delta).to(y.dtype))
+
+
+_seg_cache: list = [None, None, None, None]
+
+
+def _segments(seg_starts: torch.Tensor, seg_slots: torch.Tensor) -> tuple[list[int], list[int]]:
+    """The step's segment table as Python lists, converted once per step (weakly keyed on both tensors)."""
+    a, b = _seg_cache[0], _seg_cache[1]
+    if a is None or a() is not seg_starts or b() is not seg_slots:
+        _seg_cache[:] = [weakref.ref(seg_starts), weakref.ref(seg_slots), seg_starts.tolist(), seg_slots.tolist()]
+    return _seg_cache[2], _seg_cache[3]

@@ -1,0 +1,81 @@
+"""Config: the default parses, every error names the key, the bad value and what is allowed; env overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.config import DEFAULT_CONFIG_TOML, ConfigError, parse_config
+
+HOME = Path("/tmp/openlora-test-home")
+
+
+def parse(text: str, env: dict[str, str] | None = None):
+    return parse_config(text, HOME, environ=env or {})
+
+
+def replace(key_line: str, new_line: str) -> str:
+    assert key_line in DEFAULT_CONFIG_TOML
+    return DEFAULT_CONFIG_TOML.replace(key_line, new_line, 1)
+
+
+def test_default_config_parses_with_documented_defaults():
+    cfg = parse(DEFAULT_CONFIG_TOML)
+    assert cfg.api.port == 8000 and cfg.model.path == "demo"
+    assert cfg.adapters.device_pool_bytes == 512 * 2**20
+    assert cfg.keystore_path == HOME / "keystore.json"
+    assert cfg.database_url == f"sqlite:///{HOME / 'node.db'}"
+
+
+@pytest.mark.parametrize("old,new,expect", [
+    ('port = 8000                     # required', 'port = 70000', "api.port = 70000: must be between 1 and 65535"),
+    ('dtype = "float32"', 'dtype = "fp8"', "model.dtype = 'fp8': allowed values are 'float32', 'bfloat16'"),
+    ('kv_block_size = 16', 'kv_block_size = 12', "engine.kv_block_size = 12: must be a power of two"),
+    ('device_pool_bytes = "512MiB"', 'device_pool_bytes = "lots"', "adapters.device_pool_bytes = 'lots': expected"),
+    ('max_num_seqs = 64', 'max_num_seqs = "64"', "engine.max_num_seqs = '64': expected an integer"),
+    ('rpc_url = "http://127.0.0.1:8545"', 'rpc_url = "localhost:8545"', "chain.rpc_url = 'localhost:8545'"),
+    ('[storage]', '[storage]\ncolour = "blue"', "storage.colour: unknown key; allowed keys in [storage] are"),
+    ('[ipfs]', '[ipfss]', "[ipfss]: unknown section"),
+])
+def test_errors_name_key_value_and_allowed(old, new, expect):
+    with pytest.raises(ConfigError) as e:
+        parse(replace(old, new))
+    assert expect in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_required_key_and_section():
+    with pytest.raises(ConfigError, match=r"api\.port is missing: it is required in \[api\]"):
+        parse(replace('port = 8000                     # required\n', ''))
+    with pytest.raises(ConfigError, match="config_version is missing"):
+        parse(DEFAULT_CONFIG_TOML.replace("config_version = 1\n", ""))
+    with pytest.raises(ConfigError, match=r"\[model\] is missing"):
+        parse('config_version = 1\n[node]\nkeystore = "k.json"\n[api]\nport = 1\n')
+
+
+def test_malformed_toml_is_one_clear_line():
+    with pytest.raises(ConfigError, match="is not valid TOML") as e:
+        parse(DEFAULT_CONFIG_TOML + "\n[api\n")
+    assert "\n" not in str(e.value)
+
+
+def test_environment_overrides_keys_with_types():
+    env = {"OPENLORA_API_PORT": "8123", "OPENLORA_ENGINE_ENABLE_PREFIX_CACHING": "false",
+           "OPENLORA_ADAPTERS_HOST_CACHE_BYTES": "8GiB", "OPENLORA_P2P_BOOTSTRAP": "/ip4/1.2.3.4/tcp/1,/ip4/5.6.7.8/tcp/2",
+           "OPENLORA_HOME": "/ignored", "OPENLORA_PASSWORD": "not a key"}
+    cfg = parse(DEFAULT_CONFIG_TOML, env)
+    assert cfg.api.port == 8123
+    assert cfg.engine.enable_prefix_caching is False
+    assert cfg.adapters.host_cache_bytes == 8 * 2**30
+    assert cfg.p2p.bootstrap == ("/ip4/1.2.3.4/tcp/1", "/ip4/5.6.7.8/tcp/2")
+    with pytest.raises(ConfigError, match="OPENLORA_API_PORTT: \\[api\\] has no key 'portt'"):
+        parse(DEFAULT_CONFIG_TOML, {"OPENLORA_API_PORTT": "1"})
+    with pytest.raises(ConfigError, match="api.port = 'eighty' \\(from the environment\\): expected an integer"):
+        parse(DEFAULT_CONFIG_TOML, {"OPENLORA_API_PORT": "eighty"})
+
+
+def test_config_is_frozen():
+    cfg = parse(DEFAULT_CONFIG_TOML)
+    with pytest.raises(AttributeError):
+        cfg.api.port = 1  # type: ignore[misc]

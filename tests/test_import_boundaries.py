@@ -1,0 +1,40 @@
+"""Import boundaries, beyond import-linter (which `make test` also runs): kernels import only torch, triton (flash_attn, optional, on CUDA) and
+the standard library; the checks below read the source, so a lazy import inside a function counts too."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_roots(package: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for n in names:
+                out.setdefault(n.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+    return out
+
+
+def test_kernels_import_only_torch_triton_stdlib():
+    allowed = {"torch", "triton", "flash_attn", "kernels", "__future__"} | set(sys.stdlib_module_names)
+    bad = {m: f for m, f in imported_roots("kernels").items() if m not in allowed}
+    assert not bad, f"kernels/ imports {bad}"
+
+
+def test_service_stack_stays_out_of_engine_and_torch_out_of_attribution():
+    for pkg, forbidden in {"inference": {"aiohttp", "web3", "libp2p", "sqlalchemy", "node"},
+                           "attribution": {"torch", "triton", "node", "inference", "kernels"},
+                           "datanets": {"node"}, "devnet": {"node"}, "kernels": {"node"}}.items():
+        bad = {m: f for m, f in imported_roots(pkg).items() if m in forbidden}
+        assert not bad, f"{pkg}/ imports {bad}"
