@@ -7,6 +7,7 @@ What it does not do: threads or asyncio (client.py wraps it), HTTP, or money.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class EngineConfig:
     max_lora_rank: int = 256
     max_adapter_bytes: int | None = None
     tokenizer: str | None = None              # default: the model directory
+    decode_bgmv_min_segments: int | None = None   # None: the kernel backend's choice (tests force BGMV with 1)
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -83,6 +85,8 @@ class LLMEngine:
             log.warning(f"capping max_model_len at the model's sliding window ({self.spec.sliding_window})")
             self.max_model_len = self.spec.sliding_window
         self.backend = get_backend(config.kernel_backend, self.device)
+        if config.decode_bgmv_min_segments is not None:
+            self.backend = dataclasses.replace(self.backend, decode_bgmv_min_segments=config.decode_bgmv_min_segments)
         log.info(f"kernel backend: {self.backend.name} ({self.backend.description})")
         weights = load_weights(path, self.spec, self.dtype, self.device)
         self.model = LlamaServingModel(self.spec, weights, self.dtype, self.device, self.backend)

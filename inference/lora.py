@@ -260,7 +260,7 @@ class LoRABatch:
     seg_starts: torch.Tensor       # [S + 1] int32
     seg_slots: torch.Tensor        # [S] int32
     max_rank: int                  # largest rank among the batch's adapters
-    decode: bool                   # every sequence contributes one token: use BGMV
+    decode: bool                   # use BGMV (an all-decode step with enough segments), else SGMV
     buf: torch.Tensor              # [T, max_rank] float32 scratch (a slice of a buffer allocated once)
 
 

@@ -104,7 +104,8 @@ class ModelRunner:
                 token_slots=torch.tensor(tok_slots, dtype=torch.int32, device=dev),
                 seg_starts=torch.tensor(seg_starts, dtype=torch.int32, device=dev),
                 seg_slots=torch.tensor(seg_slots, dtype=torch.int32, device=dev),
-                max_rank=max_rank, decode=decode, buf=self._lora_buf_for(T, max_rank))
+                max_rank=max_rank, buf=self._lora_buf_for(T, max_rank),
+                decode=decode and len(seg_slots) >= self.model.backend.decode_bgmv_min_segments)
         logits = self.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev), attn, self.kv_caches, lora,
                                     self.pool if lora is not None else None,
                                     torch.tensor(logits_idx, dtype=torch.int64, device=dev))

@@ -49,7 +49,7 @@ def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_
         return
     p = _plan(token_slots, slot_row_start, R, a_pool.shape[0])
     mask = p.col < (slot_rank[p.safe] * p.valid)[:, None]                         # [T, R]
-    out = torch.bmm(a_pool[p.rows].float(), x.float()[:, :, None])[:, :, 0]     # [T, R]
+    out = (a_pool[p.rows].float() * x.float()[:, None, :]).sum(-1)             # [T, R] (faster than bmm on CPU)
     buf.copy_(torch.where(mask, out.to(buf.dtype), buf))
 
 

@@ -78,9 +78,11 @@ def test_prefill_logits_match_hf_peft(setup):
     assert rel_err(ref.logits(PROMPTS[0], "qv8")[-1], ref.logits(PROMPTS[0], None)[-1]) > 1e-2
 
 
-def test_greedy_mixed_batch_matches_hf_peft(setup):
+@pytest.mark.parametrize("decode_form", ["sgmv", "bgmv"])
+def test_greedy_mixed_batch_matches_hf_peft(setup, decode_form):
     _, model, adapters, _, expected = setup
-    check_generation(make_llm(model, adapters), expected)
+    llm = make_llm(model, adapters, decode_bgmv_min_segments=1 if decode_form == "bgmv" else 10**6)
+    check_generation(llm, expected)
 
 
 def test_greedy_with_forced_preemption(setup):
