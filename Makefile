@@ -36,7 +36,9 @@ install: $(STAMP) $(NPM_STAMP)
 start: install
 	@mkdir -p .dev && if [ ! -s .dev/password ]; then (umask 077 && head -c 24 /dev/urandom | base64 > .dev/password); fi
 	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" init --password-file .dev/password
-	exec $(VENV)/bin/openlora-node --home "$(DEV_HOME)" start --password-file .dev/password
+	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" devnet up
+	trap '$(VENV)/bin/openlora-node --home "$(DEV_HOME)" devnet down' EXIT; \
+	  $(VENV)/bin/openlora-node --home "$(DEV_HOME)" start --password-file .dev/password
 
 lint-imports: install
 	$(VENV)/bin/lint-imports

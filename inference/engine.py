@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from inference.adapter_store import DiskStore
 from inference.adapters import AdapterManager
 from inference.errors import AdapterError, InferenceError, RequestError
 from inference.kv_cache import BlockPool
@@ -25,6 +26,7 @@ from inference.runner import ModelRunner, kv_bytes_per_block
 from inference.sampling import Sampler, SamplingParams
 from inference.scheduler import Scheduler
 from inference.sequence import RequestOutput, Sequence
+from inference.sources import AdapterSource, LocalDirSource
 
 log = logging.getLogger("openlora.engine")
 
@@ -44,7 +46,11 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     kernel_backend: str = "auto"              # auto | torch | triton
-    lora_pool_bytes: int = 64 * 2**20         # device pool shared by adapters of every rank
+    lora_pool_bytes: int = 64 * 2**20         # device pool shared by adapters of every rank (byte budget)
+    host_cache_bytes: int = 4 * 2**30         # validated adapters kept in host memory (byte budget)
+    disk_store_dir: str | None = None         # None: adapters are read in place from their source
+    disk_store_bytes: int = 50 * 2**30
+    adapter_loader_threads: int = 2
     max_loras: int = 64                       # resident adapter slots
     max_lora_rank: int = 256
     max_adapter_bytes: int | None = None
@@ -72,7 +78,7 @@ def _device(name: str) -> torch.device:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, source: AdapterSource | None = None):
         from kernels.ops import get_backend
 
         self.config = config
@@ -95,8 +101,15 @@ class LLMEngine:
         self.blocks = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)
         rows = max(1, config.lora_pool_bytes // LoRAPool.bytes_per_row(self.spec, self.dtype))
         self.lora_pool = LoRAPool(self.spec, rows, config.max_loras, self.dtype, self.device)
+        disk = None
+        if config.disk_store_dir is not None:
+            disk = DiskStore(Path(config.disk_store_dir), config.disk_store_bytes, source or LocalDirSource())
+        elif source is not None:
+            disk = DiskStore(None, 0, source, copy=False)
         self.adapters = AdapterManager(self.spec, self.lora_pool, max_rank=config.max_lora_rank,
-                                       max_bytes=config.max_adapter_bytes)
+                                       max_bytes=config.max_adapter_bytes, host_budget_bytes=config.host_cache_bytes,
+                                       disk_store=disk, loader_threads=config.adapter_loader_threads,
+                                       pin_memory=self.device.type == "cuda")
         self.scheduler = Scheduler(self.blocks, self.adapters, max_num_seqs=config.max_num_seqs,
                                    max_num_batched_tokens=config.max_num_batched_tokens)
         self.runner = ModelRunner(self.spec, self.model, self.lora_pool, self.blocks,
@@ -119,7 +132,13 @@ class LLMEngine:
 
     # ---- adapters ----
     def load_adapter(self, name: str, path: str | Path, identity: str | None = None) -> None:
+        """Register and load now into host memory; raises AdapterError with the reason if the adapter is bad."""
         self.adapters.register(name, path, identity)
+        self.adapters.load(name)
+
+    def register_adapter(self, name: str, ref: str | Path, identity: str | None = None) -> None:
+        """Make an adapter known without reading it: the first request that names it loads it just in time."""
+        self.adapters.register(name, ref, identity)
 
     # ---- requests ----
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
@@ -130,12 +149,14 @@ class LLMEngine:
         text = prompt if isinstance(prompt, str) else None
         try:
             ids = self._prompt_ids(prompt)
-            identity = self.adapters.get(adapter).identity if adapter is not None else None
+            if adapter is not None:
+                self.adapters.check(adapter)
+                self.adapters.prefetch(adapter)      # starts loading now, before the request is scheduled
         except InferenceError as e:
             self._failed.append(self._failed_output(request_id, text, [], adapter, str(e)))
             return request_id
         eos = self.spec.eos_token_ids or ((self.tokenizer.eos_token_id,) if self.tokenizer else ())
-        seq = Sequence(request_id, text, ids, params, adapter, identity, tuple(eos), self.tokenizer,
+        seq = Sequence(request_id, text, ids, params, adapter, None, tuple(eos), self.tokenizer,
                        self.max_model_len)
         self.scheduler.add(seq)
         return request_id
@@ -174,8 +195,12 @@ class LLMEngine:
     # ---- the loop ----
     def step(self) -> list[RequestOutput]:
         outputs, self._failed = self._failed, []
+        self.adapters.poll()
         sched = self.scheduler.schedule()
+        outputs += [seq.output() for seq in sched.failed]
         if sched.empty:
+            if not outputs and not self.scheduler.running and self.adapters.loading():
+                self.adapters.wait_any(timeout=0.05)     # only loads are pending: wait for one, do not spin
             return outputs + self._unstick()
         result = self.runner.run(sched)
         params = {s.seq.request_id: s.seq for s in sched.scheduled if s.sample}
@@ -195,7 +220,8 @@ class LLMEngine:
         if need > self.blocks.num_blocks:
             why = (f"the sequence grew to {len(seq.tokens)} tokens, more than the KV cache holds "
                    f"({self.blocks.num_blocks} blocks of {self.blocks.block_size})")
-        elif seq.adapter is not None and seq.slot is None:
+        elif (seq.adapter is not None and seq.slot is None and self.adapters.status(seq.adapter) == "ready"
+              and not self.adapters.loading() and all(i.refs == 0 for i in self.adapters.list())):
             why = f"adapter {seq.adapter!r} cannot be made resident in the LoRA pool"
         else:
             return []

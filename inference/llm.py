@@ -29,13 +29,25 @@ class LLM:
         return self.engine.tokenizer
 
     def load_adapter(self, name: str, path: str | Path, identity: str | None = None) -> None:
+        """Register and validate now (raises AdapterError with the reason); loaded to the device when used."""
         self.engine.load_adapter(name, path, identity)
+
+    def register_adapter(self, name: str, ref: str | Path, identity: str | None = None) -> None:
+        """Register without reading: loaded just in time by the first request that names it."""
+        self.engine.register_adapter(name, ref, identity)
 
     def unload_adapter(self, name: str) -> None:
         self.engine.adapters.unregister(name)
 
+    def pin_adapter(self, name: str, pinned: bool = True) -> None:
+        self.engine.adapters.pin(name, pinned)
+
     def list_adapters(self):
+        """Every adapter with its tier (device, host, loading, disk, failed), bytes, last use, hits and misses."""
         return self.engine.adapters.list()
+
+    def adapter_metrics(self) -> dict:
+        return self.engine.adapters.metrics()
 
     def generate(self, prompts: str | list[int] | Seq[str | list[int]],
                  params: SamplingParams | Seq[SamplingParams] | None = None,

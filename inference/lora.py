@@ -12,6 +12,7 @@ What it does not do: decide which adapters are resident (inference/adapters.py) 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -197,6 +198,8 @@ class LoRAPool:
         self._free_slots = list(range(num_slots - 1, -1, -1))
         self._free_rows: list[tuple[int, int]] = [(0, num_rows)]   # sorted (start, length)
         self._slot_rows: dict[int, tuple[int, int]] = {}
+        # On CUDA, host -> device copies (from pinned host memory) run on a side stream, overlapping compute.
+        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     @staticmethod
     def bytes_per_row(spec: ModelSpec, dtype: torch.dtype) -> int:
@@ -222,17 +225,27 @@ class LoRAPool:
             del self._free_rows[i]
         slot = self._free_slots.pop()
         self._slot_rows[slot] = (start, need)
+        ranks = torch.zeros(self.rank.shape[:2], dtype=torch.int32)
+        scales = torch.zeros(self.scale.shape[:2], dtype=torch.float32)
+        ctx = torch.cuda.stream(self._copy_stream) if self._copy_stream is not None else contextlib.nullcontext()
+        with ctx:
+            for (layer, module), (a, b, scale) in w.tensors.items():
+                r = a.shape[0]
+                mi = MODULE_INDEX[module]
+                self.a[module][layer, start:start + r].copy_(a, non_blocking=True)
+                self.b[module][layer, start:start + r].copy_(b.t(), non_blocking=True)
+                ranks[layer, mi] = r
+                scales[layer, mi] = scale
+        if self._copy_stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
         self.row_start[slot] = start
-        self.rank[:, :, slot] = 0
-        self.scale[:, :, slot] = 0.0
-        for (layer, module), (a, b, scale) in w.tensors.items():
-            r = a.shape[0]
-            mi = MODULE_INDEX[module]
-            self.a[module][layer, start:start + r].copy_(a.to(self.dtype), non_blocking=True)
-            self.b[module][layer, start:start + r].copy_(b.t().to(self.dtype), non_blocking=True)
-            self.rank[layer, mi, slot] = r
-            self.scale[layer, mi, slot] = scale
+        self.rank[:, :, slot] = ranks.to(self.device)
+        self.scale[:, :, slot] = scales.to(self.device)
         return slot
+
+    @property
+    def used_rows(self) -> int:
+        return self.num_rows - sum(n for _, n in self._free_rows)
 
     def rows_of(self, slot: int) -> int:
         """Rows (= the adapter's largest rank) held by a resident slot."""

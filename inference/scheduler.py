@@ -10,6 +10,7 @@ What it does not do: run the model or sample (the runner and sampler do; `postpr
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ class SchedulerOutput:
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     num_batched_tokens: int = 0
     preempted: list[Sequence] = field(default_factory=list)
+    failed: list[Sequence] = field(default_factory=list)     # their adapter failed to load: finished with error
 
     @property
     def empty(self) -> bool:
@@ -45,6 +47,10 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        # Virtual token counters per adapter (None = base model): tokens computed so far. Waiting sequences are
+        # admitted lowest counter first, so a burst for one adapter cannot starve the others; a newly active
+        # adapter starts at the lowest active counter (it gets no credit for having been idle).
+        self.vtc: dict[str | None, float] = {}
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -73,16 +79,34 @@ class Scheduler:
                 i += 1
                 continue
             break  # seq itself was preempted: nothing more fits
-        # 2. waiting sequences join while budget, seats, blocks and LoRA slots allow.
+        # 2. waiting sequences join while budget, seats, blocks and LoRA slots allow; fairest adapter first.
         skipped: list[Sequence] = []
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
-            seq = self.waiting.popleft()
+        candidates = self._admission_order() if self.waiting and not out.preempted else []
+        if candidates:
+            self.waiting.clear()          # re-filled below with whoever is not admitted, in admission order
+        while candidates and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = candidates.pop(0)
             if seq.adapter is not None and seq.slot is None:
+                status = self.adapters.status(seq.adapter)
+                if status == "failed":
+                    seq.finish("error", self.adapters.error(seq.adapter))
+                    out.failed.append(seq)
+                    continue
+                if status != "ready":      # loading on a loader thread: wait in the queue, others go on
+                    self.adapters.prefetch(seq.adapter)
+                    if seq.load_wait_start is None:
+                        seq.load_wait_start = time.monotonic()
+                    skipped.append(seq)
+                    continue
                 slot = self.adapters.acquire(seq.adapter)
                 if slot is None:           # LoRA pool full of adapters in use: let others with room go first
                     skipped.append(seq)
                     continue
                 seq.slot = slot
+                seq.adapter_identity = self.adapters.identity(seq.adapter)
+                if seq.load_wait_start is not None:
+                    self.adapters.load_wait.observe(time.monotonic() - seq.load_wait_start)
+                    seq.load_wait_start = None
             if seq.num_computed == 0 and not seq.blocks.block_ids:
                 seq.num_computed = self.blocks.match_prefix(seq.blocks, seq.tokens, seq.adapter_identity)
                 seq.num_cached_tokens = seq.num_computed
@@ -95,9 +119,23 @@ class Scheduler:
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, n, seq.num_computed + n == len(seq.tokens)))
             budget -= n
-        self.waiting.extendleft(reversed(skipped))
+        if candidates or skipped:
+            self.waiting.extendleft(reversed(skipped + candidates))
+        for s in out.scheduled:
+            self.vtc[s.seq.adapter] = self.vtc.get(s.seq.adapter, 0.0) + s.num_new_tokens
         out.num_batched_tokens = self.max_tokens - budget
         return out
+
+    def _admission_order(self) -> list[Sequence]:
+        """Preempted sequences first (they already waited), then lowest virtual token counter, then arrival."""
+        active = {s.adapter for s in self.running} | {s.adapter for s in self.waiting}
+        known = [self.vtc[a] for a in active if a in self.vtc]
+        floor = min(known) if known else 0.0
+        for a in active:
+            if a not in self.vtc or self.vtc[a] < floor:
+                self.vtc[a] = floor
+        order = {id(s): i for i, s in enumerate(self.waiting)}
+        return sorted(self.waiting, key=lambda s: (s.num_preemptions == 0, self.vtc[s.adapter], order[id(s)]))
 
     def _reset(self, seq: Sequence) -> None:
         """Give back everything a not-running sequence holds (blocks, adapter slot); it recomputes later."""

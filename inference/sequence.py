@@ -107,6 +107,7 @@ class Sequence:
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
         self.num_preemptions = 0
+        self.load_wait_start: float | None = None      # set while queued behind its adapter's load
 
     @property
     def num_remaining(self) -> int:

@@ -20,8 +20,7 @@ log = logging.getLogger("openlora.node")
 NOT_YET = {
     "http-api": "the OpenAI-compatible HTTP API (issue: node service)",
     "settlement": "receipts and batch settlement on chain (issue: node service)",
-    "devnet": "the local Anvil devnet with contracts (issue: on-chain attribution)",
-    "p2p": "libp2p gossip and block exchange (issue: content-addressed adapters)",
+    "p2p": "libp2p gossip and block exchange wired into `start` (issue: content-addressed adapters)",
 }
 
 
@@ -42,6 +41,38 @@ def resolve_model_dir(cfg: NodeConfig) -> Path:
     return path
 
 
+def engine_config(cfg: NodeConfig, model_dir: Path):
+    from inference import EngineConfig
+    return EngineConfig(
+        model=str(model_dir), dtype=cfg.model.dtype, device=cfg.model.device, max_model_len=cfg.model.max_model_len,
+        block_size=cfg.engine.kv_block_size, kv_cache_bytes=int(cfg.engine.kv_cache_bytes),
+        max_num_seqs=cfg.engine.max_num_seqs, max_num_batched_tokens=cfg.engine.max_num_batched_tokens,
+        enable_prefix_caching=cfg.engine.enable_prefix_caching, kernel_backend=cfg.engine.kernel_backend,
+        lora_pool_bytes=int(cfg.adapters.device_pool_bytes), host_cache_bytes=int(cfg.adapters.host_cache_bytes),
+        disk_store_dir=str(cfg.home / "adapters"), disk_store_bytes=int(cfg.adapters.disk_store_bytes),
+        max_lora_rank=cfg.adapters.max_rank, max_adapter_bytes=int(cfg.adapters.max_adapter_bytes))
+
+
+def _check_chain(cfg: NodeConfig) -> None:
+    from attribution.deployment import DeploymentError, read_deployment
+    try:
+        dep = read_deployment(cfg.path(cfg.chain.deployment_file))
+    except DeploymentError as e:
+        log.warning(f"chain: {e}")
+        return
+    try:
+        from web3 import HTTPProvider, Web3
+        w3 = Web3(HTTPProvider(cfg.chain.rpc_url, request_kwargs={"timeout": 3}))
+        chain_id = w3.eth.chain_id
+    except Exception as e:  # any transport error: the node still starts, readiness says the chain is down
+        log.warning(f"chain: {cfg.chain.rpc_url} is not reachable ({type(e).__name__}); settlement waits for it")
+        return
+    if chain_id != dep.chain_id:
+        log.warning(f"chain: {cfg.chain.rpc_url} has chain id {chain_id}, the deployment file says {dep.chain_id}")
+        return
+    log.info("chain reachable", extra={"fields": {"chain_id": chain_id, "settlement": dep.address("Settlement")}})
+
+
 async def _serve(cfg: NodeConfig, address: str, exit_after: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,6 +81,16 @@ async def _serve(cfg: NodeConfig, address: str, exit_after: float | None) -> Non
     model_dir = resolve_model_dir(cfg)
     log.info("node starting", extra={"fields": {"address": address, "home": str(cfg.home),
                                                 "model": str(model_dir)}})
+    from inference import LLMEngine, SamplingParams
+    from inference.client import AsyncEngine, GenerateRequest
+    engine = await asyncio.to_thread(LLMEngine, engine_config(cfg, model_dir))
+    client = AsyncEngine(engine)
+    t0 = loop.time()
+    outs = [o async for o in client.submit(GenerateRequest([1, 2, 3, 4], SamplingParams(max_tokens=4,
+                                                                                        temperature=0.0)))]
+    log.info("engine ready", extra={"fields": {"self_check_tokens": len(outs[-1].token_ids),
+                                               "self_check_ms": round(1e3 * (loop.time() - t0), 1)}})
+    await asyncio.to_thread(_check_chain, cfg)
     for name, what in NOT_YET.items():
         log.warning(f"{name}: not available in this version yet: {what}")
     log.info("node running; press Ctrl-C to stop")
@@ -63,6 +104,8 @@ async def _serve(cfg: NodeConfig, address: str, exit_after: float | None) -> Non
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        client.shutdown()
+        engine.adapters.shutdown()
     log.info("node stopped cleanly")
 
 

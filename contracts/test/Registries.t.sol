@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {Test} from "./utils/Test.sol";
+import {DatanetRegistry} from "../src/DatanetRegistry.sol";
+import {AdapterRegistry} from "../src/AdapterRegistry.sol";
+import {NodeRegistry} from "../src/NodeRegistry.sol";
+import {OpenLoRAToken} from "../src/OpenLoRAToken.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+
+contract DatanetRegistryTest is Test {
+    DatanetRegistry reg;
+    address curator = address(0xC0);
+    address alice = address(0xA1);
+    address bob = address(0xB0);
+
+    function setUp() public {
+        reg = new DatanetRegistry();
+    }
+
+    function _datanet() internal returns (uint256 id) {
+        vm.prank(curator);
+        id = reg.createDatanet("bafymeta");
+    }
+
+    function test_createDatanet() public {
+        vm.expectEmit();
+        emit DatanetRegistry.DatanetCreated(1, curator, "bafymeta");
+        uint256 id = _datanet();
+        assertEq(id, 1, "first id");
+        DatanetRegistry.Datanet memory d = reg.getDatanet(id);
+        assertEq(d.curator, curator, "curator");
+        assertEq(d.metadataCid, "bafymeta", "metadata");
+        assertEq(reg.datanetCount(), 1, "count");
+        assertTrue(reg.exists(1) && !reg.exists(2), "exists");
+    }
+
+    function test_createDatanet_revertsOnEmptyCid() public {
+        vm.expectRevert(DatanetRegistry.EmptyCid.selector);
+        reg.createDatanet("");
+    }
+
+    function test_contributeAcceptReject() public {
+        uint256 id = _datanet();
+        vm.prank(alice);
+        vm.expectEmit();
+        emit DatanetRegistry.ContributionSubmitted(id, 1, alice, "bafydata1", 100);
+        uint256 c1 = reg.contribute(id, "bafydata1", 100);
+        vm.prank(bob);
+        uint256 c2 = reg.contribute(id, "bafydata2", 50);
+        assertEq(c2, 2, "second contribution id");
+        assertEq(reg.weightOf(id, c1), 0, "pending weight");
+        vm.prank(curator);
+        vm.expectEmit();
+        emit DatanetRegistry.ContributionAccepted(id, c1, 100);
+        reg.accept(id, c1);
+        vm.prank(curator);
+        vm.expectEmit();
+        emit DatanetRegistry.ContributionRejected(id, c2);
+        reg.reject(id, c2);
+        assertEq(reg.weightOf(id, c1), 100, "accepted weight");
+        assertEq(reg.weightOf(id, c2), 0, "rejected weight");
+        DatanetRegistry.Contribution memory c = reg.getContribution(id, c1);
+        assertEq(c.contributor, alice, "contributor");
+        assertEq(c.dataCid, "bafydata1", "data cid");
+        assertTrue(c.status == DatanetRegistry.Status.Accepted, "status");
+        assertEq(reg.getDatanet(id).totalAcceptedWeight, 100, "total weight");
+        assertEq(reg.getDatanet(id).contributionCount, 2, "contribution count");
+    }
+
+    function test_contribute_reverts() public {
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownDatanet.selector, 7));
+        reg.contribute(7, "x", 1);
+        uint256 id = _datanet();
+        vm.expectRevert(DatanetRegistry.EmptyCid.selector);
+        reg.contribute(id, "", 1);
+        vm.expectRevert(DatanetRegistry.ZeroSize.selector);
+        reg.contribute(id, "x", 0);
+    }
+
+    function test_review_reverts() public {
+        uint256 id = _datanet();
+        vm.prank(alice);
+        uint256 c = reg.contribute(id, "x", 5);
+        vm.prank(alice);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotCurator.selector, id, alice));
+        reg.accept(id, c);
+        vm.prank(alice);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotCurator.selector, id, alice));
+        reg.reject(id, c);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownDatanet.selector, 9));
+        reg.accept(9, c);
+        vm.startPrank(curator);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownContribution.selector, id, 5));
+        reg.accept(id, 5);
+        reg.accept(id, c);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.AlreadyReviewed.selector, id, c));
+        reg.accept(id, c);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.AlreadyReviewed.selector, id, c));
+        reg.reject(id, c);
+        vm.stopPrank();
+    }
+
+    function test_views_revertOnUnknown() public {
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownDatanet.selector, 1));
+        reg.getDatanet(1);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownContribution.selector, 1, 1));
+        reg.getContribution(1, 1);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownContribution.selector, 1, 1));
+        reg.weightOf(1, 1);
+    }
+
+    function test_setCurator() public {
+        uint256 id = _datanet();
+        vm.prank(curator);
+        vm.expectRevert(DatanetRegistry.ZeroAddress.selector);
+        reg.setCurator(id, address(0));
+        vm.prank(alice);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotCurator.selector, id, alice));
+        reg.setCurator(id, alice);
+        vm.prank(curator);
+        vm.expectEmit();
+        emit DatanetRegistry.CuratorChanged(id, curator, bob);
+        reg.setCurator(id, bob);
+        assertEq(reg.getDatanet(id).curator, bob, "new curator");
+    }
+}
+
+contract AdapterRegistryTest is Test {
+    DatanetRegistry datanets;
+    AdapterRegistry reg;
+    address author = address(0xAA);
+    address other = address(0xBB);
+
+    function setUp() public {
+        datanets = new DatanetRegistry();
+        reg = new AdapterRegistry(datanets);
+        datanets.createDatanet("m1");
+        datanets.createDatanet("m2");
+    }
+
+    function _ids(uint256 a, uint256 b) internal pure returns (uint256[] memory ids) {
+        ids = new uint256[](2);
+        ids[0] = a;
+        ids[1] = b;
+    }
+
+    function _w(uint16 a, uint16 b) internal pure returns (uint16[] memory w) {
+        w = new uint16[](2);
+        w[0] = a;
+        w[1] = b;
+    }
+
+    function _register() internal returns (bytes32 id) {
+        vm.prank(author);
+        id = reg.register("bafyadapter", "llama-tiny", 7, _ids(1, 2), _w(6000, 4000));
+    }
+
+    function test_register() public {
+        bytes32 id = _register();
+        assertEq(id, keccak256("bafyadapter"), "id = keccak(cid)");
+        assertEq(id, reg.adapterIdOf("bafyadapter"), "adapterIdOf");
+        AdapterRegistry.Adapter memory a = reg.getAdapter(id);
+        assertEq(a.author, author, "author");
+        assertEq(a.pricePerToken, 7, "price");
+        assertEq(a.baseModel, "llama-tiny", "base");
+        assertEq(a.cid, "bafyadapter", "cid");
+        assertEq(a.datanetIds[1], 2, "datanet");
+        assertEq(a.weightsBps[0], 6000, "weight");
+        assertTrue(reg.isActive(id), "active");
+        assertEq(reg.adapterCount(), 1, "count");
+    }
+
+    function test_register_reverts() public {
+        vm.expectRevert(AdapterRegistry.EmptyCid.selector);
+        reg.register("", "b", 1, _ids(1, 2), _w(5000, 5000));
+        vm.expectRevert(AdapterRegistry.EmptyBaseModel.selector);
+        reg.register("c", "", 1, _ids(1, 2), _w(5000, 5000));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.LengthMismatch.selector, 2, 1));
+        reg.register("c", "b", 1, _ids(1, 2), new uint16[](1));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.TooManyDatanets.selector, 17));
+        reg.register("c", "b", 1, new uint256[](17), new uint16[](17));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.DatanetsNotSorted.selector, 1));
+        reg.register("c", "b", 1, _ids(2, 1), _w(5000, 5000));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownDatanet.selector, 3));
+        reg.register("c", "b", 1, _ids(1, 3), _w(5000, 5000));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.ZeroWeight.selector, 1));
+        reg.register("c", "b", 1, _ids(1, 2), _w(10000, 0));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.WeightsDoNotSum.selector, 9999));
+        reg.register("c", "b", 1, _ids(1, 2), _w(5000, 4999));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.WeightsDoNotSum.selector, 0));
+        reg.register("c", "b", 1, new uint256[](0), new uint16[](0));
+        bytes32 id = _register();
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.AlreadyRegistered.selector, id));
+        reg.register("bafyadapter", "b", 1, _ids(1, 2), _w(5000, 5000));
+    }
+
+    function test_updatePriceAndRetire() public {
+        bytes32 id = _register();
+        vm.prank(other);
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.NotAuthor.selector, id, other));
+        reg.updatePrice(id, 9);
+        vm.prank(other);
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.NotAuthor.selector, id, other));
+        reg.retire(id);
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownAdapter.selector, bytes32(uint256(1))));
+        reg.updatePrice(bytes32(uint256(1)), 9);
+        vm.startPrank(author);
+        vm.expectEmit();
+        emit AdapterRegistry.AdapterPriceUpdated(id, 7, 9);
+        reg.updatePrice(id, 9);
+        assertEq(reg.getAdapter(id).pricePerToken, 9, "new price");
+        vm.expectEmit();
+        emit AdapterRegistry.AdapterRetired(id);
+        reg.retire(id);
+        assertFalse(reg.isActive(id), "retired");
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.AdapterIsRetired.selector, id));
+        reg.updatePrice(id, 1);
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.AdapterIsRetired.selector, id));
+        reg.retire(id);
+        vm.stopPrank();
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownAdapter.selector, bytes32(0)));
+        reg.getAdapter(bytes32(0));
+    }
+}
+
+contract NodeRegistryTest is Test {
+    NodeRegistry reg;
+    address op = address(0x0B);
+    address node = address(0x0D);
+
+    function setUp() public {
+        reg = new NodeRegistry();
+    }
+
+    function _price() internal pure returns (NodeRegistry.PricePolicy memory) {
+        return NodeRegistry.PricePolicy({pricePerToken: 3, minFee: 100});
+    }
+
+    function test_registerUpdateDeregister() public {
+        vm.prank(op);
+        vm.expectEmit();
+        emit NodeRegistry.NodeRegistered(node, op, "12D3KooW", "http://127.0.0.1:8000", "llama", 3, 100);
+        reg.register(node, "12D3KooW", "http://127.0.0.1:8000", "llama", _price());
+        assertTrue(reg.isRegistered(node), "registered");
+        assertEq(reg.nodeCount(), 1, "count");
+        NodeRegistry.Node memory n = reg.getNode(node);
+        assertEq(n.operator, op, "operator");
+        assertEq(n.peerId, "12D3KooW", "peer id");
+        assertEq(n.price.minFee, 100, "min fee");
+        vm.prank(op);
+        vm.expectEmit();
+        emit NodeRegistry.NodeUpdated(node, "http://x", 4, 5);
+        reg.update(node, "http://x", NodeRegistry.PricePolicy(4, 5));
+        assertEq(reg.getNode(node).endpoint, "http://x", "endpoint");
+        vm.prank(op);
+        vm.expectEmit();
+        emit NodeRegistry.NodeDeregistered(node, op);
+        reg.deregister(node);
+        assertFalse(reg.isRegistered(node), "deregistered");
+        assertEq(reg.nodeCount(), 0, "count after");
+        vm.prank(op);
+        reg.register(node, "p", "e", "b", _price()); // can come back
+    }
+
+    function test_register_reverts() public {
+        vm.expectRevert(NodeRegistry.ZeroAddress.selector);
+        reg.register(address(0), "p", "e", "b", _price());
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.EmptyField.selector, "peerId"));
+        reg.register(node, "", "e", "b", _price());
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.EmptyField.selector, "endpoint"));
+        reg.register(node, "p", "", "b", _price());
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.EmptyField.selector, "baseModel"));
+        reg.register(node, "p", "e", "", _price());
+        reg.register(node, "p", "e", "b", _price());
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.AlreadyRegistered.selector, node));
+        reg.register(node, "p", "e", "b", _price());
+    }
+
+    function test_operatorOnly() public {
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.UnknownNode.selector, node));
+        reg.deregister(node);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.UnknownNode.selector, node));
+        reg.getNode(node);
+        vm.prank(op);
+        reg.register(node, "p", "e", "b", _price());
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NotOperator.selector, node, address(this)));
+        reg.deregister(node);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NotOperator.selector, node, address(this)));
+        reg.update(node, "e", _price());
+        vm.prank(op);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.EmptyField.selector, "endpoint"));
+        reg.update(node, "", _price());
+    }
+}
+
+contract OpenLoRATokenTest is Test {
+    OpenLoRAToken token;
+
+    function setUp() public {
+        token = new OpenLoRAToken(address(this));
+    }
+
+    function test_mintOwnerOnly() public {
+        token.mint(address(0xA), 5);
+        assertEq(token.balanceOf(address(0xA)), 5, "minted");
+        vm.prank(address(0xA));
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, address(0xA)));
+        token.mint(address(0xA), 5);
+    }
+
+    function test_permit() public {
+        uint256 pk = 0xA11CE;
+        address owner = vm.addr(pk);
+        bytes32 structHash = keccak256(
+            abi.encode(
+                keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"),
+                owner,
+                address(0xBEEF),
+                77,
+                0,
+                block.timestamp + 1
+            )
+        );
+        bytes32 digest = keccak256(abi.encodePacked("\x19\x01", token.DOMAIN_SEPARATOR(), structHash));
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(pk, digest);
+        token.permit(owner, address(0xBEEF), 77, block.timestamp + 1, v, r, s);
+        assertEq(token.allowance(owner, address(0xBEEF)), 77, "allowance");
+        assertEq(token.decimals(), 18, "decimals");
+    }
+}

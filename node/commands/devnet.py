@@ -1,0 +1,104 @@
+"""`openlora-node devnet up | down | status`: the local Anvil devnet with the OpenLoRA contracts deployed.
+
+What it does: argument handling and output for devnet.service; the devnet directory defaults to <home>/devnet, and
+`up` also writes the deployment where the node reads it (the config's chain.deployment_file, else
+<home>/deployment.json). Errors are one line (exit 1).
+What it does not do: any devnet logic of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from node.errors import NodeError
+
+
+class DevnetCommandError(NodeError):
+    """A devnet command failed; the message says why and what to do."""
+
+
+def _dir(obj, d: str | None) -> Path:
+    return Path(d).expanduser().resolve() if d else obj.home / "devnet"
+
+
+def _node_deployment_file(home: Path) -> Path:
+    from node.config import CONFIG_FILENAME, load_config
+    if (home / CONFIG_FILENAME).is_file():
+        try:
+            cfg = load_config(home)
+            return cfg.path(cfg.chain.deployment_file)
+        except NodeError:
+            pass
+    return home / "deployment.json"
+
+
+dir_option = click.option("--dir", "devnet_dir", metavar="DIR",
+                          help="Devnet directory (anvil state, pid, log, deployment). Default: <home>/devnet.")
+
+
+@click.group("devnet")
+def command() -> None:
+    """Start, stop and inspect the local Anvil devnet with the contracts deployed."""
+
+
+@command.command()
+@dir_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address anvil listens on.")
+@click.option("--port", default=8545, show_default=True, type=click.IntRange(1, 65535), help="Anvil RPC port.")
+@click.option("--chain-id", default=31337, show_default=True, type=int)
+@click.pass_obj
+def up(obj, devnet_dir: str | None, host: str, port: int, chain_id: int) -> None:
+    """Start anvil (fixed mnemonic, persisted state), deploy the contracts once, seed demo data."""
+    from attribution.artifacts import ArtifactError
+    from attribution.deployment import DeploymentError
+    from devnet.chain import DevnetError
+    from devnet.service import up as devnet_up
+    try:
+        res = devnet_up(_dir(obj, devnet_dir), host=host, port=port, chain_id=chain_id,
+                        node_deployment_file=_node_deployment_file(obj.home), progress=click.echo)
+    except (DevnetError, DeploymentError, ArtifactError) as e:
+        raise DevnetCommandError(str(e)) from None
+    click.echo(f"devnet ready: {res.anvil.url} chain id {res.deployment.chain_id}, "
+               f"Settlement {res.deployment.address('Settlement')}")
+
+
+@command.command()
+@dir_option
+@click.pass_obj
+def down(obj, devnet_dir: str | None) -> None:
+    """Stop the anvil that `devnet up` started for this directory (its state is kept)."""
+    from devnet.service import down as devnet_down
+    info = devnet_down(_dir(obj, devnet_dir))
+    click.echo(f"stopped anvil (pid {info.pid}) at {info.url}" if info else "devnet is not running")
+
+
+@command.command()
+@dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(obj, devnet_dir: str | None, as_json: bool) -> None:
+    """Say whether the devnet runs and where the contracts are."""
+    from devnet.service import status as devnet_status
+    st = devnet_status(_dir(obj, devnet_dir))
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        return
+    if st["running"]:
+        click.echo(f"anvil: running at {st['url']} (pid {st['pid']}, chain id {st['chain_id']}, "
+                   f"block {st.get('block', '?')})")
+    else:
+        click.echo(f"anvil: not running (dir {st['dir']})")
+    dep = st.get("deployment")
+    if dep is None:
+        click.echo("deployment: none")
+    elif "error" in dep:
+        click.echo(f"deployment: {dep['error']}")
+    else:
+        live = dep.get("live")
+        state = "live" if live else ("not live: " + dep.get("reason", "anvil not running"))
+        click.echo(f"deployment: {dep['file']} ({state})")
+        for name, addr in dep["addresses"].items():
+            click.echo(f"  {name:16} {addr}")

@@ -1,0 +1,74 @@
+"""`openlora-node devnet up | down | status` as a user runs it (subprocess): up twice deploys once, state survives
+down/up, down stops only its own Anvil, a taken port is one clear line."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devnet.chain import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(home: Path, *args: str, timeout: int = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "node.cli", "--home", str(home), "devnet", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def home(tmp_path):
+    yield tmp_path
+    _cli(tmp_path, "down")  # never leave an anvil behind
+
+
+def test_up_twice_status_down_up(home):
+    port = str(free_port())
+    first = _cli(home, "up", "--port", port)
+    assert first.returncode == 0, first.stderr
+    assert "deployed Settlement" in first.stdout and "created Datanet 1" in first.stdout
+    dep = json.loads((home / "deployment.json").read_text())
+    assert dep == json.loads((home / "devnet" / "deployment.json").read_text())
+    assert dep["chain_id"] == 31337 and set(dep["addresses"]) >= {"Settlement", "DatanetRegistry"}
+
+    second = _cli(home, "up", "--port", port)
+    assert second.returncode == 0, second.stderr
+    assert "already running" in second.stdout and "reused" in second.stdout and "deployed Settlement" not in second.stdout
+
+    st = json.loads(_cli(home, "status", "--json").stdout)
+    assert st["running"] and st["deployment"]["live"] is True
+
+    assert "stopped anvil" in _cli(home, "down").stdout
+    assert json.loads(_cli(home, "status", "--json").stdout)["running"] is False
+    assert "not running" in _cli(home, "down").stdout
+
+    third = _cli(home, "up", "--port", port)  # state was persisted: the same deployment is reused
+    assert third.returncode == 0, third.stderr
+    assert "started" in third.stdout and "reused" in third.stdout
+    assert json.loads((home / "deployment.json").read_text())["addresses"] == dep["addresses"]
+
+
+def test_port_taken_is_one_clear_line(home):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        res = _cli(home, "up", "--port", str(s.getsockname()[1]))
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already in use" in lines[0], res.stderr
+
+
+def test_down_leaves_foreign_anvil_alone(home, anvil):
+    """A pid file pointing at an anvil this directory did not start (the test fixture's) is not acted on."""
+    d = home / "devnet"
+    d.mkdir()
+    (d / "anvil.pid").write_text(json.dumps({"pid": anvil.proc.pid, "host": "127.0.0.1", "port": anvil.port,
+                                             "chain_id": 31337, "dir": str(d)}))
+    res = _cli(home, "down")
+    assert res.returncode == 0 and "not running" in res.stdout
+    assert anvil.proc.poll() is None
