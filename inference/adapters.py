@@ -95,6 +95,8 @@ class AdapterManager:
         self._device_lru: OrderedDict[str, None] = OrderedDict()
         self._host_lru: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()          # guards entries touched by loader threads
+        self._wanted: set[str] = set()         # adapters named by queued requests: kept in host memory
+        self.max_inflight = 2 * loader_threads
         self._loader = ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="openlora-adapter-load")
         self.load_latency = Histogram()
         self.load_wait = Histogram()           # time requests spent queued because their adapter was loading
@@ -179,12 +181,20 @@ class AdapterManager:
         e = self._entries.get(name)
         return None if e is None else e.error
 
+    def set_wanted(self, names: set[str]) -> None:
+        """Adapters that queued requests wait for: host eviction skips them (else a small host tier thrashes)."""
+        self._wanted = set(names)
+
     def prefetch(self, name: str) -> None:
-        """Start loading into host memory unless it is there, loading, or known bad."""
+        """Start loading into host memory unless it is there, loading, or known bad. Loads are throttled: at most
+        `max_inflight` at once, and none while the host tier is over budget with loads already running."""
         with self._lock:
             e = self._entries.get(name)
             if e is None or e.weights is not None or e.future is not None or e.error:
                 return
+            inflight = sum(1 for x in self._entries.values() if x.future is not None)
+            if inflight >= self.max_inflight or (inflight and self._host_used() >= self.host_budget):
+                return                            # the scheduler asks again next step
             e.future = self._loader.submit(self._load, e.name, e.ref, e.identity, e.generation, time.monotonic())
 
     def _load(self, name: str, ref: str, identity: str | None, generation: int, t0: float):
@@ -234,7 +244,7 @@ class AdapterManager:
             if used <= self.host_budget:
                 break
             e = self._entries[name]
-            if e.slot is not None or e.refs > 0 or e.pinned:
+            if e.slot is not None or e.refs > 0 or e.pinned or name in self._wanted:
                 continue          # tiers are inclusive: a device-resident adapter keeps its host copy
             used -= e.weights.nbytes
             self._drop_host(e)

@@ -79,6 +79,7 @@ class Scheduler:
                 i += 1
                 continue
             break  # seq itself was preempted: nothing more fits
+        self.adapters.set_wanted({s.adapter for s in self.waiting if s.adapter is not None})
         # 2. waiting sequences join while budget, seats, blocks and LoRA slots allow; fairest adapter first.
         skipped: list[Sequence] = []
         candidates = self._admission_order() if self.waiting and not out.preempted else []
