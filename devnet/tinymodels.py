@@ -157,3 +157,39 @@ def build_tiny_adapter(out_dir: Path | str, base_dir: Path | str, *, rank: int =
                                        else str(base_dir))
     cfg_path.write_text(json.dumps(acfg, indent=2, sort_keys=True))
     return out
+
+
+def write_lora_files(out_dir: Path | str, base_dir: Path | str, *, rank: int = 8, alpha: float = 16.0,
+                     targets: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 0, scale: float = 0.5) -> Path:
+    """Write a LoRA adapter in PEFT's on-disk format directly (no PEFT model built): fast enough for thousands.
+
+    Same file layout and tensor names as `build_tiny_adapter` (tests check PEFT loads these files).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    base_cfg = json.loads((Path(base_dir) / "config.json").read_text())
+    h, inter = base_cfg["hidden_size"], base_cfg["intermediate_size"]
+    heads, kv = base_cfg["num_attention_heads"], base_cfg.get("num_key_value_heads") or base_cfg["num_attention_heads"]
+    hd = base_cfg.get("head_dim") or h // heads
+    shapes = {"q_proj": (h, heads * hd), "k_proj": (h, kv * hd), "v_proj": (h, kv * hd), "o_proj": (heads * hd, h),
+              "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    gen = torch.Generator().manual_seed(20_000 + seed)
+    tensors = {}
+    for layer in range(base_cfg["num_hidden_layers"]):
+        for m in targets:
+            parent = "mlp" if m in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            fin, fout = shapes[m]
+            key = f"base_model.model.model.layers.{layer}.{parent}.{m}"
+            tensors[f"{key}.lora_A.weight"] = scale * torch.randn(rank, fin, generator=gen) / fin ** 0.5
+            tensors[f"{key}.lora_B.weight"] = scale * torch.randn(fout, rank, generator=gen) / rank ** 0.5
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    meta = Path(base_dir) / "openlora_tiny.json"
+    base_id = json.loads(meta.read_text())["base_model_id"] if meta.is_file() else str(base_dir)
+    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
+           "target_modules": sorted(targets), "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
+           "base_model_name_or_path": base_id, "inference_mode": True}
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return out

@@ -209,3 +209,13 @@ def test_host_and_disk_tiers_evict_by_bytes(model, twenty, tmp_path):
     assert m["tiers"]["disk"]["evictions"] > 0 and m["tiers"]["disk"]["fetches"] == 10
     assert len(list((tmp_path / "store").iterdir())) <= 3 + 1
     assert 0.0 <= (m["hit_ratio"] or 0.0) <= 1.0
+
+
+def test_fast_written_adapters_load_in_peft_and_match(model, tmp_path):
+    from devnet.tinymodels import write_lora_files
+    d = write_lora_files(tmp_path / "fast", model, rank=6, targets=("q_proj", "down_proj"), seed=3)
+    ref = HFReference(model, {"fast": str(d)})
+    llm = LLM(model, dtype="float32", device="cpu")
+    llm.load_adapter("fast", d)
+    out = llm.generate([PROMPTS[0]], GREEDY, adapters=["fast"])[0]
+    assert out.token_ids == ref.greedy(PROMPTS[0], "fast", GREEDY.max_tokens)[0]
