@@ -103,6 +103,17 @@ def test_pinned_adapter_stays_resident(model, twenty):
     llm.generate(PROMPTS[1:6], GREEDY, adapters=[f"a{i}" for i in range(1, 6)])
     info = {i.name: i for i in llm.list_adapters()}
     assert info["a0"].tier == "device" and info["a0"].pinned and info["a0"].evictions == 0
+    # unload: refused while a request holds the adapter, done (and its slot freed) once idle
+    eng = llm.engine
+    eng.add_request(PROMPTS[0], SamplingParams(max_tokens=50, ignore_eos=True), "a0", request_id="busy")
+    eng.step()
+    with pytest.raises(Exception, match="in use"):
+        llm.unload_adapter("a0")
+    eng.abort("busy")
+    llm.unload_adapter("a0")
+    assert "a0" not in {i.name for i in llm.list_adapters()}
+    out = llm.generate([PROMPTS[0]], GREEDY, adapters=["a0"])[0]
+    assert "unknown adapter 'a0'" in out.error
 
 
 class GatedSource(LocalDirSource):
