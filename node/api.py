@@ -64,7 +64,7 @@ class NodeService:
     store: Any = None                            # node.storage.Store (nonces, vouchers, receipts)
     domain: Any = None                           # attribution.eip712.Domain when a chain is configured
     lane_of: Callable[[str], tuple[int, int]] | None = None
-    max_cost: Callable[[str | None, int], int] = lambda cid, tokens: 0       # (adapter cid, total tokens) -> wei
+    price_per_token: Callable[[str | None], int] = lambda cid: 0             # adapter cid (None: base) -> wei/token
     write_receipt: Callable[[ServedRequest], Any] | None = None              # commits; returns the receipt id
     catalog: dict[str, str | None] = field(default_factory=dict)            # model name -> adapter CID (None: local)
     readiness: Callable[[], dict[str, bool | str]] = lambda: {}
@@ -179,7 +179,7 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
         if svc.domain is None or svc.store is None or svc.lane_of is None:
             raise ApiError(503, "chain_unavailable", "signed requests need the chain and the receipt store; "
                                                      "neither is configured on this node", "server_error")
-        max_cost = svc.max_cost(cid, len(prompt_ids) + params.max_tokens)
+        max_cost = svc.price_per_token(cid) * (len(prompt_ids) + params.max_tokens)
         try:
             authorized = await asyncio.to_thread(
                 verify, auth, body, domain=svc.domain, node=svc.node_address, adapter_cid=cid,
@@ -304,6 +304,30 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
+async def node_info(request: web.Request) -> web.Response:
+    """What a client needs to sign: the node's address and domain, prices, and (given ?requester=) its standing."""
+    svc: NodeService = request.app["svc"]
+    info: dict[str, Any] = {
+        "address": svc.node_address, "base_model": svc.base_model, "free_local_mode": svc.free_local_mode,
+        "max_model_len": svc.engine.max_model_len,
+        "chain_id": svc.domain.chain_id if svc.domain else None,
+        "settlement": svc.domain.verifying_contract if svc.domain else None,
+        "price_per_token": {name: svc.price_per_token(cid) for name, cid in
+                            [(svc.base_model, None), *sorted(svc.catalog.items())]},
+        "adapters": {name: cid for name, cid in sorted(svc.catalog.items())},
+    }
+    requester = request.query.get("requester")
+    if requester and svc.store is not None and svc.lane_of is not None:
+        from eth_utils import is_address, to_checksum_address
+        if not is_address(requester):
+            raise ApiError(400, "invalid_address", f"requester {requester!r} is not an address")
+        requester = to_checksum_address(requester)
+        pending = await asyncio.to_thread(svc.store.unsettled_charges, requester)
+        deposit, debited = await asyncio.to_thread(svc.lane_of, requester)
+        info["requester"] = {"address": requester, "pending": pending, "debited": debited, "deposit": deposit}
+    return web.json_response(info)
+
+
 async def receipt(request: web.Request) -> web.Response:
     svc: NodeService = request.app["svc"]
     if svc.store is None:
@@ -384,6 +408,7 @@ def build_app(svc: NodeService) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/receipts/{request_id}", receipt)
+    app.router.add_get("/v1/node", node_info)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -165,10 +165,19 @@ class SettlementSection:
     """[settlement]: when pending receipts are batched on chain."""
     batch_max_receipts: int = 256
     batch_max_age_s: float = 30.0
+    price_per_token_wei: int = 10**12          # the node's price per token (prompt + completion), added to the adapter's
+    author_share_bps: int = 2000               # of what is left after the protocol fee: the adapter's author
+    operator_share_bps: int = 3000             # the node operator; the rest goes to the Datanet contributors
 
     def __post_init__(self) -> None:
         _check_range("settlement.batch_max_receipts", self.batch_max_receipts, 1, 100_000)
         _check_range("settlement.batch_max_age_s", self.batch_max_age_s, 0.1)
+        _check_range("settlement.price_per_token_wei", self.price_per_token_wei, 0)
+        _check_range("settlement.author_share_bps", self.author_share_bps, 0, 10_000)
+        _check_range("settlement.operator_share_bps", self.operator_share_bps, 0, 10_000)
+        if self.author_share_bps + self.operator_share_bps > 10_000:
+            raise ConfigError(f"settlement.author_share_bps + settlement.operator_share_bps = "
+                              f"{self.author_share_bps + self.operator_share_bps}: must be at most 10000")
 
 
 @dataclass(frozen=True)
@@ -431,6 +440,9 @@ confirmations = 1
 [settlement]
 batch_max_receipts = 256
 batch_max_age_s = 30.0
+price_per_token_wei = 1000000000000   # this node's price per token, added to the adapter's registered price
+author_share_bps = 2000         # after the protocol fee: the adapter's author ...
+operator_share_bps = 3000       # ... the node operator; the rest to the Datanet contributors
 
 [p2p]
 enabled = true
