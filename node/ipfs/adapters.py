@@ -1,0 +1,173 @@
+"""Adapters as content-addressed directories: the manifest, importing into the blockstore, listing, materialising.
+
+An adapter directory holds exactly three files:
+  adapter_config.json        PEFT's config (base_model_name_or_path, r, lora_alpha, target_modules, ...)
+  adapter_model.safetensors  the weights (only safetensors: pickled .bin/.pt files are refused)
+  manifest.json              written by `adapters add` when absent; schema "openlora.adapter/1":
+      {"schema", "base_model", "rank", "alpha", "target_modules", "author" (0x address or ""),
+       "size" (bytes of the two other files), "files": {name: {"size", "sha256"}}}
+The adapter's CID is the Kubo CID of that directory (manifest included), so the manifest is covered by it.
+
+What it does: build and check manifests, import a directory (`add_adapter`), list roots, read a manifest out of
+the DAG, and export a held adapter to `<home>/ipfs/adapters/<cid>/` checking the sha256 of every file.
+What it does not do: fetch from the network (`node.ipfs.source`), or load weights (the engine does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+from node.ipfs.blockstore import Blockstore
+from node.ipfs.cid import CID, as_cid
+from node.ipfs.dag import cat, export, missing_blocks
+from node.ipfs.errors import IpfsError
+from node.ipfs.importer import add_tree
+from node.ipfs.unixfs import T_DIRECTORY, decode_node, decode_unixfs
+
+SCHEMA = "openlora.adapter/1"
+CONFIG, WEIGHTS, MANIFEST = "adapter_config.json", "adapter_model.safetensors", "manifest.json"
+FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class AdapterError(IpfsError, ValueError):
+    """An adapter directory is incomplete, unsafe, or its manifest does not match its files."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_manifest(adapter_dir: Path, author: str = "", base_model: str | None = None) -> dict:
+    adapter_dir = Path(adapter_dir)
+    check_files(adapter_dir)
+    try:
+        cfg = json.loads((adapter_dir / CONFIG).read_text())
+    except ValueError as e:
+        raise AdapterError(f"{adapter_dir / CONFIG}: not valid JSON ({e})") from None
+    base = base_model or cfg.get("base_model_name_or_path") or ""
+    if not base:
+        raise AdapterError(f"{adapter_dir / CONFIG} names no base_model_name_or_path; pass --base-model")
+    targets = cfg.get("target_modules") or []
+    files = {n: {"size": (adapter_dir / n).stat().st_size, "sha256": _sha256(adapter_dir / n)}
+             for n in (CONFIG, WEIGHTS)}
+    return {"schema": SCHEMA, "base_model": base, "rank": int(cfg.get("r", 0)),
+            "alpha": cfg.get("lora_alpha"), "target_modules": sorted(targets) if isinstance(targets, list)
+            else targets, "author": author, "size": sum(f["size"] for f in files.values()), "files": files}
+
+
+def check_files(adapter_dir: Path) -> None:
+    if not adapter_dir.is_dir():
+        raise AdapterError(f"{adapter_dir}: not a directory")
+    for name in (CONFIG, WEIGHTS):
+        if not (adapter_dir / name).is_file():
+            raise AdapterError(f"{adapter_dir}: {name} is missing (an adapter is {CONFIG} + {WEIGHTS})")
+    for f in adapter_dir.iterdir():
+        if f.suffix in FORBIDDEN_SUFFIXES:
+            raise AdapterError(f"{f}: pickled weights are never imported; convert the adapter to safetensors")
+
+
+def check_manifest(adapter_dir: Path, manifest: dict) -> None:
+    if manifest.get("schema") != SCHEMA:
+        raise AdapterError(f"{adapter_dir / MANIFEST}: schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
+    for name in (CONFIG, WEIGHTS):
+        want = manifest.get("files", {}).get(name, {}).get("sha256")
+        got = _sha256(adapter_dir / name)
+        if want != got:
+            raise AdapterError(f"{adapter_dir / name}: sha256 {got} differs from the manifest's {want}")
+
+
+def add_adapter(adapter_dir: Path, store: Blockstore, author: str = "", base_model: str | None = None
+                ) -> tuple[CID, dict]:
+    """Import an adapter directory into `store`; returns (CID, manifest). Writes nothing into `adapter_dir`."""
+    adapter_dir = Path(adapter_dir)
+    check_files(adapter_dir)
+    mpath = adapter_dir / MANIFEST
+    if mpath.is_file():
+        mbytes = mpath.read_bytes()
+        try:
+            manifest = json.loads(mbytes)
+        except ValueError as e:
+            raise AdapterError(f"{mpath}: not valid JSON ({e})") from None
+        check_manifest(adapter_dir, manifest)
+    else:
+        manifest = build_manifest(adapter_dir, author, base_model)
+        mbytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    tree = {CONFIG: adapter_dir / CONFIG, WEIGHTS: adapter_dir / WEIGHTS, MANIFEST: mbytes}
+    entry = add_tree(tree, store.put_trusted)
+    store.add_root(entry.cid, {"kind": "adapter", "manifest": manifest, "tsize": entry.tsize})
+    return entry.cid, manifest
+
+
+def read_manifest(cid: CID | str, get) -> dict:
+    """Read manifest.json out of the adapter DAG (blocks from `get`, verified by it)."""
+    cid = as_cid(cid)
+    node = decode_node(get(cid), cid)
+    if node.data is None or decode_unixfs(node.data, cid).type != T_DIRECTORY:
+        raise AdapterError(f"{cid} is not a directory, so not an adapter")
+    links = {ln.name: ln for ln in node.links}
+    for name in (CONFIG, WEIGHTS, MANIFEST):
+        if name not in links:
+            raise AdapterError(f"{cid} is not an adapter: it has no {name}")
+    if links[MANIFEST].tsize > 1 << 20:
+        raise AdapterError(f"{cid}: manifest.json is implausibly large ({links[MANIFEST].tsize} bytes)")
+    buf = io.BytesIO()
+    cat(links[MANIFEST].cid, get, buf)
+    try:
+        return json.loads(buf.getvalue())
+    except ValueError as e:
+        raise AdapterError(f"{cid}: manifest.json is not valid JSON ({e})") from None
+
+
+class AdapterStore:
+    """The node's adapters on disk: a blockstore plus exported directories ready for the engine."""
+
+    def __init__(self, ipfs_root: Path):
+        self.root = Path(ipfs_root)
+        self.blocks = Blockstore(self.root)
+        self.exported = self.root / "adapters"
+
+    def add(self, adapter_dir: Path, author: str = "", base_model: str | None = None) -> tuple[CID, dict]:
+        return add_adapter(adapter_dir, self.blocks, author, base_model)
+
+    def list(self) -> dict[str, dict]:
+        return {c: m for c, m in self.blocks.roots().items() if m.get("kind") == "adapter"}
+
+    def complete(self, cid: CID | str) -> bool:
+        return self.blocks.has(as_cid(cid)) and not missing_blocks(cid, self.blocks)
+
+    def record(self, cid: CID | str) -> dict:
+        """After a fetch: read and record the manifest of a complete DAG; returns it."""
+        manifest = read_manifest(cid, self.blocks.get)
+        self.blocks.add_root(cid, {"kind": "adapter", "manifest": manifest})
+        return manifest
+
+    def materialize(self, cid: CID | str) -> Path:
+        """A directory holding the adapter's files, exported from verified blocks and sha256-checked."""
+        cid = as_cid(cid)
+        dest = self.exported / str(cid)
+        if (dest / MANIFEST).is_file():
+            return dest
+        missing = missing_blocks(cid, self.blocks)
+        if missing:
+            raise AdapterError(f"adapter {cid} is not complete locally: block {missing[0]} is missing")
+        manifest = read_manifest(cid, self.blocks.get)
+        try:
+            export(cid, dest, self.blocks.get)
+        except FileExistsError:
+            return dest  # another thread exported it meanwhile
+        try:
+            check_manifest(dest, manifest)
+        except AdapterError:
+            import shutil
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        if not self.blocks.has_root(cid):
+            self.blocks.add_root(cid, {"kind": "adapter", "manifest": manifest})
+        return dest

@@ -1,0 +1,65 @@
+"""The engine's adapter source for CIDs: local blockstore first, then peers, a Kubo RPC API, gateways.
+
+What it does: implements `inference.sources.AdapterSource`. `fetch(cid)` returns a local directory with the
+adapter's files; when the DAG is not complete locally it asks each configured fetcher in order (the p2p fetcher
+first when the node runs one), every block verified before it is stored, then exports the directory and checks
+the manifest's sha256 of each file. Concurrent requests for the same CID share one fetch.
+What it does not do: check the adapter against the node's base model (the engine's loader does that).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from inference.sources import AdapterSourceError
+from node.ipfs.adapters import AdapterStore
+from node.ipfs.cid import CID
+from node.ipfs.errors import IpfsError
+
+log = logging.getLogger("openlora.ipfs")
+
+
+class IpfsAdapterSource:
+    name = "ipfs"
+
+    def __init__(self, store: AdapterStore, fetchers: list | None = None):
+        self.store = store
+        self.fetchers = list(fetchers or [])
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def fetch(self, ref: str) -> Path:
+        try:
+            cid = CID.parse(ref)
+        except IpfsError as e:
+            raise AdapterSourceError(f"adapter {ref!r}: {e}") from None
+        with self._lock(str(cid)):
+            if not self.store.complete(cid):
+                self._fetch_remote(cid)
+            try:
+                if not self.store.blocks.has_root(cid):
+                    self.store.record(cid)
+                return self.store.materialize(cid)
+            except IpfsError as e:
+                raise AdapterSourceError(f"adapter {cid}: {e}") from None
+
+    def _fetch_remote(self, cid: CID) -> None:
+        if not self.fetchers:
+            raise AdapterSourceError(f"adapter {cid} is not in the local blockstore and no network source is "
+                                     f"configured (enable [p2p], or set [ipfs] kubo_rpc / gateways)")
+        errors = []
+        for f in self.fetchers:
+            try:
+                n = f.fetch(cid, self.store.blocks)
+                log.info("fetched adapter %s from %s (%d blocks)", cid, f.name, n)
+                return
+            except IpfsError as e:
+                errors.append(f"{f.name}: {e}")
+                log.warning("fetching %s from %s failed: %s", cid, f.name, e)
+        raise AdapterSourceError(f"adapter {cid}: no source could provide it; " + "; ".join(errors))
