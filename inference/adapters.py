@@ -94,7 +94,9 @@ class AdapterManager:
         self._entries: dict[str, _Entry] = {}
         self._device_lru: OrderedDict[str, None] = OrderedDict()
         self._host_lru: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()          # guards entries touched by loader threads
+        # Guards the tables: loader threads finish loads, the engine thread acquires/releases, the node's HTTP
+        # thread lists, registers and reads metrics. Re-entrant: acquire evicts under the same lock.
+        self._lock = threading.RLock()
         self._wanted: set[str] = set()         # adapters named by queued requests: kept in host memory
         self.max_inflight = 2 * loader_threads
         self._loader = ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="openlora-adapter-load")
@@ -143,7 +145,8 @@ class AdapterManager:
         self.disk.remove(e.ref)
 
     def pin(self, name: str, pinned: bool = True) -> None:
-        self._entry(name).pinned = pinned
+        with self._lock:
+            self._entry(name).pinned = pinned
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -258,6 +261,10 @@ class AdapterManager:
     # ---- residency (device tier) ----
     def acquire(self, name: str) -> int | None:
         """Put a host-ready adapter in the device pool and take a reference: its slot, or None if no room now."""
+        with self._lock:
+            return self._acquire(name)
+
+    def _acquire(self, name: str) -> int | None:
         e = self._entries[name]
         if e.weights is None:
             return None
@@ -282,10 +289,11 @@ class AdapterManager:
         return e.slot
 
     def release(self, name: str) -> None:
-        e = self._entries.get(name)
-        if e is not None and e.refs > 0:
-            e.refs -= 1
-            e.last_used = time.monotonic()
+        with self._lock:
+            e = self._entries.get(name)
+            if e is not None and e.refs > 0:
+                e.refs -= 1
+                e.last_used = time.monotonic()
 
     def _evict_device_one(self) -> bool:
         for victim in self._device_lru:
@@ -307,6 +315,10 @@ class AdapterManager:
 
     # ---- introspection ----
     def list(self) -> list[AdapterInfo]:
+        with self._lock:
+            return self._list()
+
+    def _list(self) -> list[AdapterInfo]:
         out = []
         for n, e in self._entries.items():
             tier = ("failed" if e.error else "device" if e.slot is not None else "host" if e.weights is not None
@@ -319,6 +331,10 @@ class AdapterManager:
         return out
 
     def metrics(self) -> dict:
+        with self._lock:
+            return self._metrics()
+
+    def _metrics(self) -> dict:
         row_bytes = LoRAPool.bytes_per_row(self.spec, self.pool.dtype)
         hits, misses = self.counters["hits"], self.counters["misses"]
         return {
