@@ -63,8 +63,12 @@ def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_
     n = b_pool.shape[1]
     p = _plan(token_slots, slot_row_start, R, b_pool.shape[0])
     ranks = slot_rank[p.safe] * p.valid                                           # [T]
-    coef = torch.where(p.col < ranks[:, None], buf.float(), 0.0) * slot_scale[p.safe][:, None].float()
-    delta = torch.bmm(coef[:, None, :], b_pool[p.rows].float())[:, 0, :]          # [T, n]
+    mask = p.col < ranks[:, None]                                                 # [T, R]
+    coef = torch.where(mask, buf.float(), 0.0) * slot_scale[p.safe][:, None].float()
+    # rows past a slot's rank belong to another slot (or none) and may hold anything: zero them, since 0 * NaN
+    # would still be NaN
+    rows = torch.where(mask[:, :, None], b_pool[p.rows].float(), 0.0)             # [T, R, n]
+    delta = torch.bmm(coef[:, None, :], rows)[:, 0, :]                            # [T, n]
     view = y[:, y_offset:y_offset + n]
     if y.dtype == torch.float32 and bool((ranks > 0).all()):
         view.add_(delta)

@@ -14,6 +14,8 @@ def make_case(seed: int, T: int, n_in: int, n_out: int, ranks: list[int], dtype=
     rows = sum(ranks) + 3
     a_pool = torch.randn(rows, n_in, generator=g).to(dtype)
     b_pool = torch.randn(rows, n_out, generator=g).to(dtype)
+    a_pool[-3:] = float("nan")               # rows owned by no slot: must never reach an output
+    b_pool[-3:] = float("nan")
     starts, acc = [], 0
     for r in ranks:
         starts.append(acc)
