@@ -14,7 +14,6 @@ import logging
 import pytest
 import torch
 
-from devnet.tinymodels import ALL_TARGETS
 
 inference = pytest.importorskip("inference", reason="the engine (inference/) is not importable")
 if not hasattr(inference, "LLM"):
@@ -22,19 +21,9 @@ if not hasattr(inference, "LLM"):
 
 from inference import LLM, SamplingParams  # noqa: E402
 
+from tests.inference.test_hf_equivalence import ADAPTER_SPECS, BATCH_ADAPTERS, PROMPTS  # noqa: E402
+
 N_GEN = 10
-PROMPTS = [
-    [5, 17, 33, 100, 200, 45, 7],
-    [9, 8, 7, 6, 5, 4, 3, 2, 1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21],
-    [300, 301, 302],
-    [42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52],
-]
-ADAPTER_SPECS = {
-    "qv8": dict(rank=8, targets=("q_proj", "v_proj"), seed=1),
-    "all4rs": dict(rank=4, targets=ALL_TARGETS, use_rslora=True, alpha=8.0, seed=2),
-    "mlp16": dict(rank=16, targets=("o_proj", "gate_proj", "up_proj", "down_proj"), seed=3),
-}
-BATCH_ADAPTERS = ["qv8", "all4rs", None, "mlp16"]
 
 
 def generate(model, adapters, backend: str, **kw):
