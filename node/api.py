@@ -68,6 +68,7 @@ class NodeService:
     write_receipt: Callable[[ServedRequest], Any] | None = None              # commits; returns the receipt id
     catalog: dict[str, str | None] = field(default_factory=dict)            # model name -> adapter CID (None: local)
     readiness: Callable[[], dict[str, bool | str]] = lambda: {}
+    settlement: Any = None                       # node.settlement.SettlementLoop, when a chain is configured
     metrics: Metrics = field(default_factory=Metrics)
 
     # ---- model resolution ----
@@ -101,7 +102,7 @@ def _sampling(body: dict, chat: bool) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=float(body.get("temperature", 1.0)),
                               top_p=float(body.get("top_p", 1.0)), top_k=int(body.get("top_k", -1)),
                               seed=body.get("seed"), stop=(stop,) if isinstance(stop, str) else tuple(stop),
-                              logprobs=logprobs)
+                              logprobs=logprobs, ignore_eos=bool(body.get("ignore_eos", False)))
     except (TypeError, ValueError) as e:
         raise ApiError(400, "invalid_parameter", str(e)) from None
 
@@ -304,6 +305,13 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
+def _price_or_none(svc: NodeService, cid: str | None) -> int | None:
+    try:
+        return svc.price_per_token(cid)
+    except ApiError:
+        return None          # e.g. an adapter not registered on chain: it cannot be bought here
+
+
 async def node_info(request: web.Request) -> web.Response:
     """What a client needs to sign: the node's address and domain, prices, and (given ?requester=) its standing."""
     svc: NodeService = request.app["svc"]
@@ -312,7 +320,7 @@ async def node_info(request: web.Request) -> web.Response:
         "max_model_len": svc.engine.max_model_len,
         "chain_id": svc.domain.chain_id if svc.domain else None,
         "settlement": svc.domain.verifying_contract if svc.domain else None,
-        "price_per_token": {name: svc.price_per_token(cid) for name, cid in
+        "price_per_token": {name: _price_or_none(svc, cid) for name, cid in
                             [(svc.base_model, None), *sorted(svc.catalog.items())]},
         "adapters": {name: cid for name, cid in sorted(svc.catalog.items())},
     }
@@ -352,7 +360,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     svc: NodeService = request.app["svc"]
     counts = svc.store.counts() if svc.store is not None else {}
-    body = svc.metrics.render(svc.engine, counts)
+    body = svc.metrics.render(svc.engine, counts, svc.settlement.metrics if svc.settlement is not None else {})
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

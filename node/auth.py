@@ -29,7 +29,7 @@ from node.errors import NodeError
 
 # Body fields the requester signs (with the prompt or messages) through promptHash.
 SIGNED_PARAMS = ("model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs",
-                 "top_logprobs", "n", "stream")
+                 "top_logprobs", "n", "stream", "ignore_eos")
 ZERO32 = bytes(32)
 
 

@@ -40,8 +40,10 @@ class Metrics:
         self.hit_ratio = Gauge("openlora_adapter_hit_ratio", "Device-pool hit ratio of adapter acquisitions",
                                registry=r)
         self.receipt_state = Gauge("openlora_receipts", "Receipts by settlement state", ["state"], registry=r)
+        self.settlement = Gauge("openlora_settlement", "Settlement loop counters (batches_settled, "
+                                "receipts_settled, chain_errors)", ["counter"], registry=r)
 
-    def render(self, engine: Any, store_counts: dict[str, int]) -> bytes:
+    def render(self, engine: Any, store_counts: dict[str, int], settlement: dict | None = None) -> bytes:
         if engine is not None:
             sch = engine.scheduler
             self.queue.set(len(sch.waiting))
@@ -57,4 +59,7 @@ class Metrics:
             self.hit_ratio.set(m["hit_ratio"] or 0.0)
         for state, n in store_counts.items():
             self.receipt_state.labels(state=state).set(n)
+        for k in ("batches_settled", "receipts_settled", "chain_errors"):
+            if settlement and k in settlement:
+                self.settlement.labels(counter=k).set(settlement[k])
         return generate_latest(self.registry)

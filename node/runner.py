@@ -16,13 +16,6 @@ from node.config import NodeConfig
 
 log = logging.getLogger("openlora.node")
 
-# Components that later versions add; listed at start so an operator sees what this node does not do yet.
-NOT_YET = {
-    "http-api": "the OpenAI-compatible HTTP API (issue: node service)",
-    "settlement": "receipts and batch settlement on chain (issue: node service)",
-    "p2p": "libp2p gossip and block exchange wired into `start` (issue: content-addressed adapters)",
-}
-
 
 def resolve_model_dir(cfg: NodeConfig) -> Path:
     """The base model directory; "demo" means a tiny model generated once under <home>/models/demo."""
@@ -42,6 +35,7 @@ def resolve_model_dir(cfg: NodeConfig) -> Path:
 
 
 def engine_config(cfg: NodeConfig, model_dir: Path):
+    """The engine's config from the node's. Adapters come from the IPFS blockstore (<home>/ipfs), read in place."""
     from inference import EngineConfig
     return EngineConfig(
         model=str(model_dir), dtype=cfg.model.dtype, device=cfg.model.device, max_model_len=cfg.model.max_model_len,
@@ -49,65 +43,76 @@ def engine_config(cfg: NodeConfig, model_dir: Path):
         max_num_seqs=cfg.engine.max_num_seqs, max_num_batched_tokens=cfg.engine.max_num_batched_tokens,
         enable_prefix_caching=cfg.engine.enable_prefix_caching, kernel_backend=cfg.engine.kernel_backend,
         lora_pool_bytes=int(cfg.adapters.device_pool_bytes), host_cache_bytes=int(cfg.adapters.host_cache_bytes),
-        disk_store_dir=str(cfg.home / "adapters"), disk_store_bytes=int(cfg.adapters.disk_store_bytes),
+        disk_store_dir=None, disk_store_bytes=int(cfg.adapters.disk_store_bytes),
         max_lora_rank=cfg.adapters.max_rank, max_adapter_bytes=int(cfg.adapters.max_adapter_bytes))
 
 
-def _check_chain(cfg: NodeConfig) -> None:
-    from attribution.deployment import DeploymentError, read_deployment
-    try:
-        dep = read_deployment(cfg.path(cfg.chain.deployment_file))
-    except DeploymentError as e:
-        log.warning(f"chain: {e}")
-        return
-    try:
-        from web3 import HTTPProvider, Web3
-        w3 = Web3(HTTPProvider(cfg.chain.rpc_url, request_kwargs={"timeout": 3}))
-        chain_id = w3.eth.chain_id
-    except Exception as e:  # any transport error: the node still starts, readiness says the chain is down
-        log.warning(f"chain: {cfg.chain.rpc_url} is not reachable ({type(e).__name__}); settlement waits for it")
-        return
-    if chain_id != dep.chain_id:
-        log.warning(f"chain: {cfg.chain.rpc_url} has chain id {chain_id}, the deployment file says {dep.chain_id}")
-        return
-    log.info("chain reachable", extra={"fields": {"chain_id": chain_id, "settlement": dep.address("Settlement")}})
+async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
+    from aiohttp import web
 
+    from inference import LLMEngine, SamplingParams
+    from inference.client import AsyncEngine, GenerateRequest
+    from inference.model_config import read_model_spec
+    from node.api import build_app
+    from node.errors import NodeError
+    from node.storage import Store
+    from node.settlement import start_settlement
+    from node.wiring import build_service, connect_chain, start_network
 
-async def _serve(cfg: NodeConfig, address: str, exit_after: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     model_dir = resolve_model_dir(cfg)
-    log.info("node starting", extra={"fields": {"address": address, "home": str(cfg.home),
+    log.info("node starting", extra={"fields": {"address": account.address, "home": str(cfg.home),
                                                 "model": str(model_dir)}})
-    from inference import LLMEngine, SamplingParams
-    from inference.client import AsyncEngine, GenerateRequest
-    engine = await asyncio.to_thread(LLMEngine, engine_config(cfg, model_dir))
+    spec = read_model_spec(model_dir)
+    net = await asyncio.to_thread(start_network, cfg, account, spec.model_id)
+    engine = await asyncio.to_thread(LLMEngine, engine_config(cfg, model_dir), net.source)
     client = AsyncEngine(engine)
-    t0 = loop.time()
-    outs = [o async for o in client.submit(GenerateRequest([1, 2, 3, 4], SamplingParams(max_tokens=4,
-                                                                                        temperature=0.0)))]
-    log.info("engine ready", extra={"fields": {"self_check_tokens": len(outs[-1].token_ids),
-                                               "self_check_ms": round(1e3 * (loop.time() - t0), 1)}})
-    await asyncio.to_thread(_check_chain, cfg)
-    for name, what in NOT_YET.items():
-        log.warning(f"{name}: not available in this version yet: {what}")
-    log.info("node running; press Ctrl-C to stop")
+    store = http = settlement = None
     try:
-        if exit_after is not None:
+        t0 = loop.time()
+        outs = [o async for o in client.submit(GenerateRequest([1, 2, 3, 4], SamplingParams(max_tokens=4,
+                                                                                            temperature=0.0)))]
+        log.info("engine ready", extra={"fields": {"self_check_tokens": len(outs[-1].token_ids),
+                                                   "self_check_ms": round(1e3 * (loop.time() - t0), 1)}})
+        store = await asyncio.to_thread(Store, cfg.database_url)
+        chain = await asyncio.to_thread(connect_chain, cfg)
+        svc = build_service(cfg, account, engine, client, store, net.register_all(engine), chain,
+                            p2p_ready=net.ready)
+        net.follow_announcements(engine, svc.catalog)
+        http = web.AppRunner(build_app(svc), access_log=None)
+        await http.setup()
+        try:
+            await web.TCPSite(http, cfg.api.host, cfg.api.port).start()
+        except OSError as e:
+            raise NodeError(f"cannot listen on {cfg.api.host}:{cfg.api.port} (api.host / api.port): "
+                            f"{e.strerror}") from None
+        log.info(f"HTTP API on http://{cfg.api.host}:{cfg.api.port}/v1 "
+                 f"({'free local mode: unsigned requests accepted' if cfg.api.free_local_mode else 'signed requests'})")
+        if chain is not None:
+            settlement = await start_settlement(cfg, store, chain, account)
+            svc.settlement = settlement
+        log.info("node running; press Ctrl-C to stop")
+        try:
             await asyncio.wait_for(stop.wait(), timeout=exit_after)
-        else:
-            await stop.wait()
-    except TimeoutError:
-        pass
+        except TimeoutError:
+            pass
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if settlement is not None:
+            await settlement.stop()
+        if http is not None:
+            await http.cleanup()
         client.shutdown()
         engine.adapters.shutdown()
+        await asyncio.to_thread(net.stop)
+        if store is not None:
+            store.close()
     log.info("node stopped cleanly")
 
 
 def run_node(cfg: NodeConfig, account, exit_after: float | None = None) -> None:
-    asyncio.run(_serve(cfg, account.address, exit_after))
+    asyncio.run(_serve(cfg, account, exit_after))

@@ -90,9 +90,20 @@ def test_init_without_password_source_fails_cleanly(tmp_path):
     assert not h.exists() or not any(h.iterdir())
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_start_runs_and_stops_cleanly_on_ctrl_c(home):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENLORA_")}
     env["OPENLORA_PASSWORD"] = PASSWORD
+    port = free_port()
+    env["OPENLORA_API_PORT"] = str(port)
+    env["OPENLORA_API_FREE_LOCAL_MODE"] = "true"
+    env["OPENLORA_P2P_LISTEN"] = f"/ip4/127.0.0.1/tcp/{free_port()}"
     proc = subprocess.Popen([sys.executable, "-m", "node.cli", "--home", str(home), "--log-format", "json", "start"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -103,6 +114,20 @@ def test_start_runs_and_stops_cleanly_on_ctrl_c(home):
         if "node running" in line or proc.poll() is not None:
             break
     assert "node running" in seen, seen
+    # the node serves: an unsigned request (free local mode) gets a completion and a receipt
+    import json as _json
+    import urllib.request
+    body = _json.dumps({"model": "openlora/tiny-llama-s0", "prompt": [5, 6, 7], "max_tokens": 3}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        out = _json.loads(r.read())
+    rid = out["openlora"]["request_id"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/receipts/{rid}", timeout=60) as r:
+        assert _json.loads(r.read())["request_id"] == rid
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=60) as r:
+        checks = _json.loads(r.read())["checks"]
+    assert checks["model"] is True and checks["p2p"] is True and checks["chain"] == "disabled"
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=60)[1]
     assert proc.returncode == 0, rest

@@ -1,0 +1,183 @@
+"""Node-service benchmark: HTTP API vs the in-process engine, and the per-request cost of signatures and receipts.
+
+    .venv/bin/python bench/bench_service.py --threads 1 [--requests 64 --concurrency 32]
+
+1. The same trace (seeded; prompts 8-64 tokens, outputs 8-32, EOS ignored) through the in-process `AsyncEngine`
+   (all requests submitted concurrently) and through the HTTP API with --concurrency streaming aiohttp clients (SSE,
+   free local mode, a receipt committed to SQLite per request, as served). Side by side, alternating, best of
+   --reps. Goal: HTTP >= 0.9x in-process throughput.
+2. Per request: EIP-712 request + voucher signature checks with nonce reservation (node.auth.verify on a real
+   SQLite store; the chain lane lookup stubbed with a constant, it is a cached RPC in production), and the receipt
+   commit (price + attribution + node signature + INSERT ... COMMIT). Median and p99 in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from bench_engine import BENCH_SPEC, make_trace, pct  # noqa: E402
+from devnet.tinymodels import build_tiny_model  # noqa: E402
+
+
+async def in_process(client, reqs) -> float:
+    from inference import SamplingParams
+    from inference.client import GenerateRequest
+
+    async def one(r):
+        n = 0
+        async for out in client.submit(GenerateRequest(r.prompt, SamplingParams(max_tokens=r.out_len,
+                                                                                temperature=0.0, ignore_eos=True))):
+            n = len(out.token_ids)
+        return n
+    t = time.perf_counter()
+    toks = sum(await asyncio.gather(*(one(r) for r in reqs)))
+    return toks / (time.perf_counter() - t)
+
+
+async def over_http(url: str, model: str, reqs, concurrency: int) -> float:
+    import aiohttp
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(session, r):
+        body = {"model": model, "prompt": r.prompt, "max_tokens": r.out_len, "temperature": 0.0, "stream": True,
+                "ignore_eos": True}
+        async with sem, session.post(url + "/v1/completions", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            usage = None
+            async for line in resp.content:
+                if line.startswith(b"data: {"):
+                    chunk = json.loads(line[6:])
+                    usage = chunk.get("usage", usage)
+            return usage["completion_tokens"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        t = time.perf_counter()
+        toks = sum(await asyncio.gather(*(one(session, r) for r in reqs)))
+        return toks / (time.perf_counter() - t)
+
+
+def per_request_costs(tmp: Path, n: int) -> dict:
+    from eth_account import Account
+
+    from attribution import eip712
+    from node.api import ServedRequest
+    from node.auth import signed_params, verify
+    from node.storage import Store
+    from node.wiring import build_service
+
+    store = Store(f"sqlite:///{tmp / 'costs.db'}")
+    node = Account.create()
+    req_acct = Account.create()
+    domain = eip712.Domain(31337, "0x" + "22" * 20)
+    bodies = []
+    for i in range(n):
+        body = {"model": "base", "prompt": [5, 6, 7, i % 300], "max_tokens": 16}
+        req = eip712.Request(req_acct.address, node.address, bytes(32),
+                             eip712.prompt_hash(body["prompt"], signed_params(body)), 16, 10**18, i,
+                             int(time.time()) + 600)
+        v = eip712.Voucher(req_acct.address, node.address, 10**24)
+        body["openlora"] = {"requester": req_acct.address, "node": node.address, "adapter": "0x" + "00" * 32,
+                            "promptHash": "0x" + req.promptHash.hex(), "maxTokens": 16, "maxPrice": 10**18,
+                            "nonce": i, "deadline": req.deadline, "chainId": 31337,
+                            "verifyingContract": domain.verifying_contract,
+                            "signature": "0x" + eip712.sign(req, domain, req_acct.key).hex(),
+                            "voucher": {"cumulativeCap": 10**24, "signature": "0x" + eip712.sign(v, domain,
+                                                                                                 req_acct.key).hex()}}
+        bodies.append(body)
+    verify_us = []
+    for body in bodies:
+        t = time.perf_counter()
+        verify(body["openlora"], body, domain=domain, node=node.address, adapter_cid=None, max_tokens=16,
+               max_cost=10**15, ledger=store, lane_of=lambda r: (10**24, 0))
+        verify_us.append(1e6 * (time.perf_counter() - t))
+
+    class _Cfg:  # the few config values build_service reads
+        from node.config import DEFAULT_CONFIG_TOML, parse_config
+        cfg = parse_config(DEFAULT_CONFIG_TOML, tmp, environ={})
+
+    class _Eng:
+        class spec:
+            model_id = "base"
+    svc = build_service(_Cfg.cfg, node, _Eng, None, store, {}, None)
+    commit_us = []
+    for i in range(n):
+        s = ServedRequest(f"r{i}", req_acct.address, None, 20, 16, bytes(32), 10**18)
+        t = time.perf_counter()
+        svc.write_receipt(s)
+        commit_us.append(1e6 * (time.perf_counter() - t))
+    store.close()
+    return {"verify_us_p50": statistics.median(verify_us), "verify_us_p99": pct(verify_us, 99),
+            "receipt_commit_us_p50": statistics.median(commit_us), "receipt_commit_us_p99": pct(commit_us, 99)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--costs", type=int, default=500)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="openlora-bench-service-"))
+    print(f"# machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; files in {tmp}", flush=True)
+    model_dir = build_tiny_model(tmp / "model", BENCH_SPEC)
+
+    from inference import LLM
+    from inference.client import AsyncEngine
+    from node.api import build_app
+    from node.config import DEFAULT_CONFIG_TOML, parse_config
+    from node.storage import Store
+    from node.wiring import build_service
+    from eth_account import Account
+    sys.path.insert(0, str(ROOT))
+    from tests.service.server_util import ServerThread
+
+    llm = LLM(model_dir, dtype="float32", device="cpu", max_num_seqs=64)
+    client = AsyncEngine(llm.engine)
+    cfg = parse_config(DEFAULT_CONFIG_TOML.replace("free_local_mode = false", "free_local_mode = true"), tmp,
+                       environ={})
+    store = Store(f"sqlite:///{tmp / 'node.db'}")
+    svc = build_service(cfg, Account.create(), llm.engine, client, store, {}, None)
+    reqs = make_trace(args.requests, 0, 1.0, 1.0, (8, 64), (8, 32), BENCH_SPEC.vocab_size, seed=3)
+    results = {"in_process": [], "http": []}
+    with ServerThread(build_app(svc)) as server:
+        loop = server.loop
+        run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()  # noqa: E731
+        run(in_process(client, reqs[:4]))                         # warm-up
+        for _ in range(args.reps):
+            results["in_process"].append(run(in_process(client, reqs)))
+            results["http"].append(asyncio.run(over_http(server.url, llm.engine.spec.model_id, reqs,
+                                                         args.concurrency)))
+    client.shutdown()
+    best_in, best_http = max(results["in_process"]), max(results["http"])
+    print(f"in-process: {best_in:.1f} tok/s, HTTP ({args.concurrency} streaming clients): {best_http:.1f} tok/s "
+          f"-> {best_http / best_in:.2f}x (runs: {[round(x) for x in results['in_process']]} / "
+          f"{[round(x) for x in results['http']]})", flush=True)
+    costs = per_request_costs(tmp, args.costs)
+    print(f"signature checks + nonce: p50 {costs['verify_us_p50']:.0f} us, p99 {costs['verify_us_p99']:.0f} us; "
+          f"receipt commit: p50 {costs['receipt_commit_us_p50']:.0f} us, p99 {costs['receipt_commit_us_p99']:.0f} us")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": results, "ratio": best_http / best_in, **costs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

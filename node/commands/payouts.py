@@ -1,0 +1,142 @@
+"""`openlora-node payouts [--address A] [--json]`: what an address earned, what settled, what it can still claim.
+
+What it does: reads the chain alone (attribution.payouts: BatchSettled events + the settleBatch calldata) for the
+settled credits of the address, per batch with claimed / claimable; breaks them down per adapter from the
+published receipts where this machine can read them (file:// receiptsUri); and, when this home has a receipt
+database, adds what this node served that is not settled yet. Default address: the node's own (keystore).
+What it does not do: send anything (`openlora-node claim` does).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import click
+
+from node.errors import NodeError
+
+TOKEN = 10**18
+
+
+class PayoutsError(NodeError):
+    """The deployment, the chain or an address is not usable; one line says which."""
+
+
+def fmt(wei: int) -> str:
+    return f"{wei} wei ({wei / TOKEN:,.6f} oUSD)"
+
+
+def chain_context(obj: Any) -> tuple[Any, Any, Any]:
+    """(cfg, w3, deployment) for the node home, or a one-line error: no config, no deployment, chain down."""
+    from web3 import HTTPProvider, Web3
+
+    from attribution.deployment import DeploymentError, read_deployment
+    from node.config import load_config
+    cfg = load_config(obj.home)
+    try:
+        dep = read_deployment(cfg.path(cfg.chain.deployment_file))
+    except DeploymentError as e:
+        raise PayoutsError(str(e)) from None
+    w3 = Web3(HTTPProvider(cfg.chain.rpc_url, request_kwargs={"timeout": 10}, exception_retry_configuration=None))
+    try:
+        chain_id = w3.eth.chain_id
+    except Exception as e:  # noqa: BLE001 - any transport error
+        raise PayoutsError(f"chain not reachable at {cfg.chain.rpc_url}: {type(e).__name__}") from None
+    if chain_id != dep.chain_id:
+        raise PayoutsError(f"{cfg.chain.rpc_url} has chain id {chain_id}, the deployment file says {dep.chain_id}")
+    return cfg, w3, dep
+
+
+def resolve_address(cfg: Any, address: str | None) -> str:
+    from eth_utils import is_address, to_checksum_address
+    if address is None:
+        from node.keystore import read_address
+        return read_address(cfg.keystore_path)
+    if not is_address(address):
+        raise PayoutsError(f"--address {address!r} is not an Ethereum address")
+    return to_checksum_address(address)
+
+
+def _share(receipt: Any, who: str) -> int:
+    total_w = sum(w for _, w in receipt.attribution)
+    mine = sum(w for a, w in receipt.attribution if a == who)
+    return receipt.price * mine // total_w if total_w else 0
+
+
+def by_adapter(w3: Any, dep: Any, report: Any) -> dict[str, int] | None:
+    """Gross share per adapter (before the protocol fee) from the published receipts of the address's batches;
+    None when some batch's receipts are not readable here."""
+    from attribution.receipts import ReceiptError, receipt_from_json
+    st = dep.contract(w3, "Settlement")
+    out: dict[str, int] = {}
+    for p in report.payouts:
+        ev = st.events.BatchSettled().process_receipt(w3.eth.get_transaction_receipt(p.tx_hash))
+        uri = ev[0]["args"]["receiptsUri"] if ev else ""
+        parsed = urlparse(uri)
+        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
+        try:
+            receipts = [receipt_from_json(x) for x in json.loads(path.read_text())["receipts"]]
+        except (OSError, ValueError, KeyError, ReceiptError):
+            return None
+        for r in receipts:
+            key = r.adapter_cid or "base model"
+            out[key] = out.get(key, 0) + _share(r, report.recipient)
+    return out
+
+
+def unsettled_here(cfg: Any, who: str) -> int | None:
+    """What this node's own receipts not settled yet owe `who` (gross); None without a local database."""
+    url = cfg.database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    from node.storage import Store
+    store = Store(url)
+    try:
+        return sum(_share(r, who) for r in store.unsettled_receipts())
+    finally:
+        store.close()
+
+
+@click.command("payouts")
+@click.option("--address", default=None, help="Address to report (default: this node's, from its keystore).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def command(obj: Any, address: str | None, as_json: bool) -> None:
+    """Show what an address has earned, settled and can claim (per batch and per adapter)."""
+    from attribution.payouts import payouts_of
+    cfg, w3, dep = chain_context(obj)
+    who = resolve_address(cfg, address)
+    report = payouts_of(w3, dep, who, from_block=dep.block)
+    claimed = sum(p.amount for p in report.payouts if p.claimed)
+    adapters = by_adapter(w3, dep, report)
+    pending = unsettled_here(cfg, who)
+    if as_json:
+        click.echo(json.dumps({
+            "address": who, "settled": str(report.earned), "claimed": str(claimed),
+            "claimable": str(report.claimable), "unsettled_local": None if pending is None else str(pending),
+            "batches": [{"batch_id": "0x" + p.batch_id.hex(), "block": p.block, "tx_hash": p.tx_hash,
+                         "amount": str(p.amount), "claimed": p.claimed} for p in report.payouts],
+            "by_adapter": None if adapters is None else {k: str(v) for k, v in adapters.items()},
+            "skipped": report.skipped}, indent=2))
+        return
+    click.echo(f"address:    {who}")
+    if pending is not None:
+        click.echo(f"earned, not settled yet (this node's receipts): {fmt(pending)}")
+    click.echo(f"settled:    {fmt(report.earned)} in {len(report.payouts)} batch(es)")
+    click.echo(f"claimed:    {fmt(claimed)}")
+    click.echo(f"claimable:  {fmt(report.claimable)}" + ("  -> openlora-node claim" if report.claimable else ""))
+    for p in report.payouts:
+        click.echo(f"  batch 0x{p.batch_id.hex()[:16]}..  block {p.block:>6}  {p.amount:>24} wei  "
+                   f"{'claimed' if p.claimed else 'claimable'}  tx {p.tx_hash}")
+    if adapters:
+        click.echo("by adapter (gross, before the protocol fee):")
+        for k, v in sorted(adapters.items()):
+            click.echo(f"  {k}: {fmt(v)}")
+    elif adapters is None:
+        click.echo("by adapter: some batches' published receipts are not readable here")
+    if report.skipped:
+        click.echo(f"skipped {len(report.skipped)} batch(es) settled through another contract: "
+                   + ", ".join(report.skipped))

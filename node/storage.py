@@ -1,0 +1,281 @@
+"""The node's durable state in SQL (SQLAlchemy 2.x Core): used request nonces, vouchers, receipts and batches.
+
+What it does: `Store(database_url)` creates the tables (SQLite: WAL journal, synchronous=FULL, busy timeout, so a
+write is durable when the call returns; a postgresql:// URL works too). Nonces are claimed atomically by a primary
+key (`use_nonce`), vouchers keep the highest cap by a conditional upsert, receipts are the settlement outbox
+(pending -> submitted (in a batch being settled) -> settled) and batches record what was (or is about to be) sent
+on chain, so a restarted node resumes instead of settling twice.
+What it does not do: talk to the chain (node.settlement), verify signatures (node.auth / attribution), or price
+anything. Methods are blocking; from asyncio call the slow ones through `asyncio.to_thread`.
+
+Big integers (caps, prices, weights up to 2**256) are stored as 78-digit zero-padded decimal strings: portable,
+exact, and ordered like the numbers they hold.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import (Column, Integer, LargeBinary, MetaData, String, Table, Text, create_engine, delete, event,
+                        func, insert, select, update)
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from attribution.merkle import MerkleTree, leaf
+from attribution.receipts import Receipt, checksum as cs, receipt_hash
+from node.errors import NodeError
+
+_W = 78  # digits of 2**256
+
+
+class StorageError(NodeError):
+    """The database cannot be opened or written (path, permissions, URL)."""
+
+
+def big(n: int) -> str:
+    if not 0 <= n < 10**_W:
+        raise StorageError(f"{n} does not fit a uint256")
+    return str(n).zfill(_W)
+
+
+meta = MetaData()
+nonces = Table("nonces", meta, Column("requester", String(42), primary_key=True),
+               Column("nonce", String(_W), primary_key=True), Column("used_at", Integer, nullable=False))
+vouchers = Table("vouchers", meta, Column("requester", String(42), primary_key=True),
+                 Column("node", String(42), nullable=False), Column("cap", String(_W), nullable=False),
+                 Column("signature", LargeBinary, nullable=False), Column("updated_at", Integer, nullable=False))
+receipts = Table(
+    "receipts", meta, Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(100), unique=True, nullable=False),
+    Column("request_digest", LargeBinary, nullable=False), Column("requester", String(42), nullable=False, index=True),
+    Column("node", String(42), nullable=False), Column("adapter_cid", String(200)),
+    Column("prompt_tokens", Integer, nullable=False), Column("completion_tokens", Integer, nullable=False),
+    Column("price", String(_W), nullable=False), Column("attribution", Text, nullable=False),
+    Column("created_at", Integer, nullable=False), Column("node_signature", LargeBinary, nullable=False),
+    Column("receipt_hash", LargeBinary, nullable=False),
+    Column("status", String(12), nullable=False, index=True),  # pending | submitted | settled
+    Column("batch_id", String(66), index=True), Column("batch_index", Integer))
+batches = Table(
+    "batches", meta, Column("batch_id", String(66), primary_key=True),
+    Column("state", String(12), nullable=False, index=True),  # prepared | submitted | settled | failed
+    Column("receipts_root", String(66), nullable=False), Column("receipt_count", Integer, nullable=False),
+    Column("receipts_uri", Text, nullable=False), Column("debits", Text, nullable=False),
+    Column("credits", Text, nullable=False), Column("total", String(_W), nullable=False),
+    Column("tx_hash", String(66)), Column("tx_nonce", Integer), Column("block", Integer),
+    Column("error", Text), Column("created_at", Integer, nullable=False), Column("updated_at", Integer, nullable=False))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+class Store:
+    def __init__(self, database_url: str):
+        self.url = database_url
+        self.dialect = database_url.split(":", 1)[0].split("+", 1)[0]
+        if self.dialect == "sqlite" and database_url.startswith("sqlite:///") and ":memory:" not in database_url:
+            from pathlib import Path
+            Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(database_url, future=True)
+            if self.dialect == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            meta.create_all(self.engine)
+        except OperationalError as e:
+            raise StorageError(f"cannot open database {database_url}: {e.orig}") from None
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        self._upsert = upsert
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- nonces and vouchers -------------------------------------------------------------------------------
+
+    def use_nonce(self, requester: str, nonce: int) -> bool:
+        """Claim (requester, nonce); False when it was used before (also by a racing thread or an earlier run)."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(nonces).values(requester=requester.lower(), nonce=big(nonce),
+                                                used_at=int(time.time())))
+            return True
+        except IntegrityError:
+            return False
+
+    def record_voucher(self, requester: str, node: str, cumulative_cap: int, signature: bytes) -> None:
+        """Keep the voucher with the highest cap (a lower or equal one is ignored)."""
+        row = dict(requester=requester.lower(), node=node.lower(), cap=big(cumulative_cap),
+                   signature=bytes(signature), updated_at=int(time.time()))
+        stmt = self._upsert(vouchers).values(**row)
+        stmt = stmt.on_conflict_do_update(index_elements=["requester"], set_={k: stmt.excluded[k] for k in
+                                                                             ("node", "cap", "signature",
+                                                                              "updated_at")},
+                                          where=stmt.excluded.cap > vouchers.c.cap)
+        with self.engine.begin() as c:
+            c.execute(stmt)
+
+    def voucher(self, requester: str) -> tuple[int, bytes] | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(vouchers.c.cap, vouchers.c.signature)
+                            .where(vouchers.c.requester == requester.lower())).first()
+        return (int(row.cap), bytes(row.signature)) if row else None
+
+    # ---- receipts ------------------------------------------------------------------------------------------
+
+    def add_receipt(self, r: Receipt) -> None:
+        """Store a receipt as pending; committed (durable) when this returns. A duplicate request_id raises."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(receipts).values(
+                    request_id=r.request_id, request_digest=bytes(r.request_digest), requester=r.requester.lower(),
+                    node=r.node.lower(), adapter_cid=r.adapter_cid, prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens, price=big(r.price),
+                    attribution=json.dumps([[a, str(w)] for a, w in r.attribution]), created_at=r.created_at,
+                    node_signature=bytes(r.node_signature), receipt_hash=receipt_hash(r), status="pending"))
+        except IntegrityError:
+            raise StorageError(f"a receipt for request {r.request_id} is already stored") from None
+
+    @staticmethod
+    def _receipt(row: Any) -> Receipt:
+        return Receipt(request_id=row.request_id, request_digest=bytes(row.request_digest),
+                       requester=cs(row.requester), node=cs(row.node), adapter_cid=row.adapter_cid,
+                       prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
+                       price=int(row.price), attribution=tuple((cs(a), int(w)) for a, w in json.loads(row.attribution)),
+                       created_at=row.created_at, node_signature=bytes(row.node_signature))
+
+    def receipt(self, request_id: str) -> Receipt | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(receipts).where(receipts.c.request_id == request_id)).first()
+        return self._receipt(row) if row else None
+
+    def get_receipt(self, request_id: str) -> dict | None:
+        """Receipt fields (bytes as 0x-hex, big ints as strings) + status; once settled also batch_id, tx_hash,
+        receipts_root, receipts_uri, block and the receipt's Merkle proof (list of 0x-hex)."""
+        from attribution.receipts import receipt_to_json
+        with self.engine.connect() as c:
+            row = c.execute(select(receipts).where(receipts.c.request_id == request_id)).first()
+            if row is None:
+                return None
+            out = receipt_to_json(self._receipt(row))
+            out["status"] = row.status
+            if row.status == "settled" and row.batch_id:
+                b = c.execute(select(batches).where(batches.c.batch_id == row.batch_id)).one()
+                hashes = c.execute(select(receipts.c.receipt_hash).where(receipts.c.batch_id == row.batch_id)
+                                   .order_by(receipts.c.batch_index)).scalars().all()
+                tree = MerkleTree.from_leaves([leaf(bytes(h)) for h in hashes])
+                out.update(batch_id=row.batch_id, tx_hash=b.tx_hash, block=b.block, receipts_root=b.receipts_root,
+                           receipts_uri=b.receipts_uri,
+                           proof=["0x" + p.hex() for p in tree.proof(row.batch_index)])
+        return out
+
+    def unsettled_charges(self, requester: str) -> int:
+        """Sum of the prices of this requester's receipts not settled yet (pending or in a batch in flight)."""
+        with self.engine.connect() as c:
+            prices = c.execute(select(receipts.c.price).where(receipts.c.requester == requester.lower(),
+                                                              receipts.c.status != "settled")).scalars().all()
+        return sum(int(p) for p in prices)
+
+    def counts(self) -> dict[str, int]:
+        out = {"pending": 0, "submitted": 0, "settled": 0}
+        with self.engine.connect() as c:
+            for status, n in c.execute(select(receipts.c.status, func.count()).group_by(receipts.c.status)):
+                out[status] = n
+        return out
+
+    def pending(self, limit: int, requesters: list[str] | None = None, free: bool = False) -> list[Receipt]:
+        """The oldest pending receipts, in arrival order; with `requesters`, only theirs (plus, with `free`, the
+        zero-priced receipts of anyone)."""
+        q = select(receipts).where(receipts.c.status == "pending")
+        if requesters is not None:
+            cond = receipts.c.requester.in_([r.lower() for r in requesters])
+            q = q.where(cond | (receipts.c.price == big(0)) if free else cond)
+        with self.engine.connect() as c:
+            rows = c.execute(q.order_by(receipts.c.seq).limit(limit)).all()
+        return [self._receipt(r) for r in rows]
+
+    def pending_requesters(self) -> list[str]:
+        """Distinct requesters (lower-case) with pending receipts to pay (price > 0)."""
+        with self.engine.connect() as c:
+            return list(c.execute(select(receipts.c.requester).where(receipts.c.status == "pending",
+                                                                     receipts.c.price != big(0)).distinct())
+                        .scalars())
+
+    def unsettled_receipts(self) -> list[Receipt]:
+        """Every receipt not settled yet (pending or in a batch in flight), in arrival order."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(receipts).where(receipts.c.status != "settled").order_by(receipts.c.seq)).all()
+        return [self._receipt(r) for r in rows]
+
+    def oldest_pending_at(self) -> int | None:
+        with self.engine.connect() as c:
+            return c.execute(select(func.min(receipts.c.created_at)).where(receipts.c.status == "pending")).scalar()
+
+    def mark_free_settled(self, request_ids: list[str]) -> None:
+        """Zero-priced receipts that no batch will carry (nothing to debit): settled without a batch."""
+        with self.engine.begin() as c:
+            c.execute(update(receipts).where(receipts.c.request_id.in_(request_ids), receipts.c.status == "pending")
+                      .values(status="settled"))
+
+    # ---- batches -------------------------------------------------------------------------------------------
+
+    def create_batch(self, batch_id: str, request_ids: list[str], receipts_root: str, receipts_uri: str,
+                     debits: list[dict], credits: dict[str, int], total: int) -> None:
+        """Persist a batch and move its receipts (in Merkle order) to `submitted`, in one transaction."""
+        now = int(time.time())
+        with self.engine.begin() as c:
+            c.execute(delete(batches).where(batches.c.batch_id == batch_id, batches.c.state == "failed"))
+            c.execute(insert(batches).values(
+                batch_id=batch_id, state="prepared", receipts_root=receipts_root, receipt_count=len(request_ids),
+                receipts_uri=receipts_uri, debits=json.dumps(debits),
+                credits=json.dumps({k: str(v) for k, v in credits.items()}), total=big(total),
+                created_at=now, updated_at=now))
+            for i, rid in enumerate(request_ids):
+                n = c.execute(update(receipts).where(receipts.c.request_id == rid, receipts.c.status == "pending")
+                              .values(status="submitted", batch_id=batch_id, batch_index=i)).rowcount
+                if n != 1:
+                    raise StorageError(f"receipt {rid} is not pending; batch {batch_id} not created")
+
+    def set_batch(self, batch_id: str, **values: Any) -> None:
+        """Update a batch's state / tx_hash / tx_nonce / block / error; state 'settled' also settles its receipts,
+        'failed' puts them back to pending (they will be batched again)."""
+        values["updated_at"] = int(time.time())
+        with self.engine.begin() as c:
+            c.execute(update(batches).where(batches.c.batch_id == batch_id).values(**values))
+            if values.get("state") == "settled":
+                c.execute(update(receipts).where(receipts.c.batch_id == batch_id).values(status="settled"))
+            elif values.get("state") == "failed":
+                c.execute(update(receipts).where(receipts.c.batch_id == batch_id)
+                          .values(status="pending", batch_id=None, batch_index=None))
+
+    def open_batches(self) -> list[dict]:
+        """Batches prepared or submitted but not confirmed yet (what a restarted node must resume), oldest first."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(batches).where(batches.c.state.in_(("prepared", "submitted")))
+                             .order_by(batches.c.created_at, batches.c.batch_id)).mappings().all()
+        return [self._batch(r) for r in rows]
+
+    def batch(self, batch_id: str) -> dict | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(batches).where(batches.c.batch_id == batch_id)).mappings().first()
+        return self._batch(row) if row else None
+
+    def batch_receipts(self, batch_id: str) -> list[Receipt]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(receipts).where(receipts.c.batch_id == batch_id)
+                             .order_by(receipts.c.batch_index)).all()
+        return [self._receipt(r) for r in rows]
+
+    @staticmethod
+    def _batch(row: Any) -> dict:
+        d = dict(row)
+        d["debits"] = json.loads(d["debits"])
+        d["credits"] = {k: int(v) for k, v in json.loads(d["credits"]).items()}
+        d["total"] = int(d["total"])
+        return d

@@ -1,0 +1,204 @@
+"""The wiring of a serving node: the one module that connects engine, store, chain, pricing and the HTTP API.
+
+What it does: opens the receipt store, reads the deployment and binds the chain (EIP-712 domain, lane balances,
+adapter terms with a short cache), prices and attributes each served request, signs and commits its receipt, and
+builds the `NodeService` the HTTP API runs on. With no deployment (or an unreachable chain) the node still serves
+in free local mode, and says so.
+What it does not do: run loops (node/runner.py starts the server and the settlement loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from attribution import pricing
+from attribution.receipts import Receipt, sign_receipt
+from node.api import ApiError, NodeService, ServedRequest
+from node.config import NodeConfig
+
+log = logging.getLogger("openlora.node")
+ZERO_ADDRESS = "0x" + "00" * 20
+TERMS_TTL_S = 60.0
+
+
+@dataclass
+class Chain:
+    w3: Any
+    deployment: Any
+
+    def lane_of(self, requester: str, node: str) -> tuple[int, int]:
+        s = self.deployment.contract(self.w3, "Settlement")
+        return (int(s.functions.balanceOf(requester, node).call()), int(s.functions.debited(requester, node).call()))
+
+    def reachable(self) -> bool:
+        try:
+            return self.w3.eth.chain_id == self.deployment.chain_id
+        except Exception:  # any transport error means "not reachable now"
+            return False
+
+
+def connect_chain(cfg: NodeConfig) -> Chain | None:
+    from attribution.deployment import DeploymentError, read_deployment
+    from web3 import HTTPProvider, Web3
+    try:
+        dep = read_deployment(cfg.path(cfg.chain.deployment_file))
+    except DeploymentError as e:
+        log.warning(f"chain: {e}; serving in free local mode only" if cfg.api.free_local_mode
+                    else f"chain: {e}; signed requests will be refused until a deployment exists")
+        return None
+    chain = Chain(Web3(HTTPProvider(cfg.chain.rpc_url, request_kwargs={"timeout": 10})), dep)
+    try:
+        chain_id = chain.w3.eth.chain_id
+    except Exception as e:  # any transport error: the node still starts, /readyz says the chain is down
+        log.warning(f"chain: {cfg.chain.rpc_url} is not reachable ({type(e).__name__}); settlement waits for it")
+        return chain
+    if chain_id != dep.chain_id:
+        log.warning(f"chain: {cfg.chain.rpc_url} has chain id {chain_id}, the deployment file says {dep.chain_id}")
+    else:
+        log.info("chain reachable", extra={"fields": {"chain_id": chain_id, "settlement": dep.address("Settlement")}})
+    return chain
+
+
+class Pricer:
+    """Adapter terms and Datanet contributor weights from the chain, cached for TERMS_TTL_S."""
+
+    def __init__(self, chain: Chain | None, node_price_per_token: int, operator: str, shares: pricing.Shares):
+        self.chain, self.node_price, self.operator, self.shares = chain, node_price_per_token, operator, shares
+        self._cache: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def _cached(self, key, fn):
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit and time.monotonic() - hit[0] < TERMS_TTL_S:
+                return hit[1]
+        value = fn()
+        with self._lock:
+            self._cache[key] = (time.monotonic(), value)
+        return value
+
+    def terms(self, cid: str | None) -> pricing.AdapterTerms:
+        if cid is None or self.chain is None:
+            return pricing.BASE_MODEL if cid is None else pricing.AdapterTerms(cid, None, 0, ())
+        try:
+            return self._cached(("terms", cid), lambda: pricing.adapter_terms(self.chain.w3, self.chain.deployment,
+                                                                              cid))
+        except pricing.PricingError as e:
+            raise ApiError(404, "adapter_not_registered", str(e)) from None
+
+    def price_per_token(self, cid: str | None) -> int:
+        return self.terms(cid).price_per_token + self.node_price
+
+    def price_and_attribution(self, cid: str | None, prompt_tokens: int, completion_tokens: int):
+        terms = self.terms(cid)
+        contributors = {}
+        if self.chain is not None:
+            for d, _ in terms.datanet_weights:
+                contributors[d] = self._cached(("datanet", d), lambda d=d: pricing.contributor_weights(
+                    self.chain.w3, self.chain.deployment, d))
+        price = pricing.price_of(terms, self.node_price, prompt_tokens, completion_tokens)
+        return price, pricing.attribution_vector(terms, contributors, self.operator, self.shares)
+
+
+class Network:
+    """The adapter source of a node: its IPFS blockstore, plus libp2p peers, Kubo RPC and gateways as configured."""
+
+    def __init__(self, cfg: NodeConfig, account, base_model: str):
+        from node.ipfs.adapters import AdapterStore
+        from node.ipfs.fetchers import GatewayFetcher, KuboRpcFetcher
+        from node.ipfs.source import IpfsAdapterSource
+        self.store = AdapterStore(cfg.home / "ipfs")
+        self.p2p = None
+        fetchers: list = []
+        if cfg.p2p.enabled:
+            from node.p2p.service import P2PFetcher, from_config
+            self.p2p = from_config(cfg, account, self.store, base_model=base_model).start()
+            fetchers.append(P2PFetcher(self.p2p))
+            log.info("p2p host up", extra={"fields": {"peer_id": self.p2p.peer_id, "addrs": self.p2p.addrs}})
+        if cfg.ipfs.kubo_rpc:
+            fetchers.append(KuboRpcFetcher(cfg.ipfs.kubo_rpc))
+        fetchers += [GatewayFetcher(u) for u in cfg.ipfs.gateways]
+        self.source = IpfsAdapterSource(self.store, fetchers)
+
+    def ready(self) -> bool | str:
+        return "disabled" if self.p2p is None else True
+
+    def register_all(self, engine) -> dict[str, str | None]:
+        """Every adapter in the local blockstore, registered lazily under its CID. Returns the catalog."""
+        catalog: dict[str, str | None] = {}
+        for cid in self.store.list():
+            engine.register_adapter(str(cid), str(cid), identity=str(cid))
+            catalog[str(cid)] = str(cid)
+        if catalog:
+            log.info(f"{len(catalog)} adapter(s) in the local blockstore registered (loaded on first use)")
+        return catalog
+
+    def follow_announcements(self, engine, catalog: dict[str, str | None]) -> None:
+        """Adapters announced over gossip for this base model become servable by CID (fetched on first use)."""
+        if self.p2p is None:
+            return
+        import asyncio
+
+        queue = self.p2p.bridge.subscribe_asyncio("announce")
+
+        async def follow():
+            while True:
+                ann = await queue.get()          # a validated announcement dict (node/p2p/gossip.py)
+                cid = str(ann.get("cid", "")) if isinstance(ann, dict) else ""
+                if cid and cid not in catalog:
+                    engine.register_adapter(cid, cid, identity=cid)
+                    catalog[cid] = cid
+                    log.info("adapter announced by a peer; servable on demand", extra={"fields": {"cid": cid}})
+        self._follow = asyncio.get_running_loop().create_task(follow(), name="p2p-announcements")
+
+    def stop(self) -> None:
+        if self.p2p is not None:
+            self.p2p.stop()
+
+
+def start_network(cfg: NodeConfig, account, base_model: str) -> Network:
+    return Network(cfg, account, base_model)
+
+
+def build_service(cfg: NodeConfig, account, engine, client, store, catalog: dict[str, str | None],
+                  chain: Chain | None, p2p_ready=lambda: "disabled") -> NodeService:
+    node = to_checksum_address(account.address)
+    s = cfg.settlement
+    shares = pricing.Shares(author_bps=s.author_share_bps, operator_bps=s.operator_share_bps,
+                            contributors_bps=10_000 - s.author_share_bps - s.operator_share_bps)
+    pricer = Pricer(chain, s.price_per_token_wei, node, shares)
+    domain = None
+    if chain is not None:
+        from attribution.eip712 import Domain
+        domain = Domain(chain_id=chain.deployment.chain_id,
+                        verifying_contract=chain.deployment.address("Settlement"))
+
+    def write_receipt(served: ServedRequest) -> str:
+        price, vector = pricer.price_and_attribution(served.adapter_cid, served.prompt_tokens,
+                                                     served.completion_tokens)
+        if served.requester is None:          # free local mode: a receipt of a request nobody pays for
+            price = 0
+        elif served.max_price is not None:
+            price = min(price, served.max_price)
+        r = Receipt(request_id=served.request_id, request_digest=served.request_digest or bytes(32),
+                    requester=served.requester or ZERO_ADDRESS, node=node, adapter_cid=served.adapter_cid,
+                    prompt_tokens=served.prompt_tokens, completion_tokens=served.completion_tokens, price=price,
+                    attribution=vector, created_at=int(time.time()))
+        store.add_receipt(sign_receipt(r, account.key))
+        return served.request_id
+
+    def readiness() -> dict[str, bool | str]:
+        return {"chain": chain.reachable() if chain is not None else "disabled", "p2p": p2p_ready()}
+
+    return NodeService(
+        engine=engine, client=client, node_address=node, base_model=engine.spec.model_id,
+        free_local_mode=cfg.api.free_local_mode, admin_token=cfg.api.admin_token, store=store, domain=domain,
+        lane_of=(lambda requester: chain.lane_of(requester, node)) if chain is not None else None,
+        price_per_token=pricer.price_per_token, write_receipt=write_receipt, catalog=catalog, readiness=readiness)
+

@@ -1,0 +1,142 @@
+"""node.storage: nonces claimed once (also by two racing threads and across restarts), the highest voucher
+kept, receipts round-tripped with their status, batches moving receipts through pending/submitted/settled; and
+attribution.receipts: node signatures verify, any tampering breaks them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from eth_account import Account
+
+from attribution import merkle
+from attribution.receipts import (Receipt, receipt_from_json, receipt_hash, receipt_to_json, sign_receipt,
+                                  verify_receipt)
+from node.storage import Store, StorageError
+
+NODE = Account.from_key(b"\x11" * 32)
+REQ = Account.create().address
+
+
+def _receipt(i: int, price: int = 1000, requester: str = REQ) -> Receipt:
+    r = Receipt(request_id=f"req-{i}", request_digest=bytes([i % 256]) * 32, requester=requester,
+                node=NODE.address, adapter_cid="bafkreiexample" if i % 2 else None, prompt_tokens=3 + i,
+                completion_tokens=9, price=price, attribution=((NODE.address, 3), (REQ, 2**200)),
+                created_at=1_700_000_000 + i)
+    return sign_receipt(r, NODE.key)
+
+
+@pytest.fixture
+def db(tmp_path):
+    return f"sqlite:///{tmp_path / 'node.db'}"
+
+
+def test_receipt_signature_verifies_and_tampering_breaks_it():
+    r = _receipt(1)
+    assert len(r.node_signature) == 65 and verify_receipt(r)
+    assert not verify_receipt(replace(r, price=r.price + 1))
+    assert not verify_receipt(replace(r, attribution=((NODE.address, 4),)))
+    assert not verify_receipt(replace(r, node_signature=b""))
+    assert receipt_hash(replace(r, node_signature=b"x" * 65)) == receipt_hash(r)  # hash excludes the signature
+    assert receipt_from_json(receipt_to_json(r)) == r
+    with pytest.raises(ValueError):
+        sign_receipt(r, b"\x22" * 32)  # not the receipt's node
+
+
+def test_nonces_once_even_when_two_threads_race_and_after_restart(db):
+    s = Store(db)
+    assert s.use_nonce(REQ, 1) and not s.use_nonce(REQ, 1)
+    assert s.use_nonce(REQ, 2**256 - 1) and s.use_nonce(Account.create().address, 1)
+    wins: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def racer():
+        store = Store(db)  # each thread its own engine, as two processes would
+        barrier.wait()
+        wins.extend(n for n in range(100, 300) if store.use_nonce(REQ, n))
+
+    threads = [threading.Thread(target=racer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(wins) == list(range(100, 300))  # every nonce won exactly once
+    s.close()
+    again = Store(db)
+    assert not again.use_nonce(REQ, 1) and not again.use_nonce(REQ.lower(), 150) and again.use_nonce(REQ, 3)
+
+
+def test_vouchers_keep_the_highest_cap(db):
+    s = Store(db)
+    assert s.voucher(REQ) is None
+    s.record_voucher(REQ, NODE.address, 500, b"a" * 65)
+    s.record_voucher(REQ, NODE.address, 9 * 10**40, b"b" * 65)
+    s.record_voucher(REQ, NODE.address, 10**3, b"c" * 65)  # lower (and shorter as a number): ignored
+    assert s.voucher(REQ) == (9 * 10**40, b"b" * 65)
+    assert Store(db).voucher(REQ.lower()) == (9 * 10**40, b"b" * 65)
+
+
+def test_receipts_round_trip_status_and_restart(db):
+    s = Store(db)
+    rs = [_receipt(i, price=10**20 + i) for i in range(5)]
+    for r in rs:
+        s.add_receipt(r)
+    with pytest.raises(StorageError):
+        s.add_receipt(rs[0])
+    got = s.get_receipt("req-3")
+    assert got["status"] == "pending" and got["price"] == str(10**20 + 3)
+    assert got["receipt_hash"] == "0x" + receipt_hash(rs[3]).hex() and s.receipt("req-3") == rs[3]
+    assert s.get_receipt("nope") is None
+    assert s.unsettled_charges(REQ) == sum(r.price for r in rs) and s.unsettled_charges(NODE.address) == 0
+    assert s.counts() == {"pending": 5, "submitted": 0, "settled": 0}
+    assert [r.request_id for r in s.pending(3)] == ["req-0", "req-1", "req-2"]
+
+    # a batch: receipts in Merkle order go to submitted, then settled with a proof
+    ids = ["req-2", "req-0"]
+    root = merkle.receipts_root([receipt_hash(rs[2]), receipt_hash(rs[0])])
+    s.create_batch("0x" + "ab" * 32, ids, "0x" + root.hex(), "file:///tmp/x.json",
+                   [{"requester": REQ, "cap": "1", "amount": "1", "signature": "0x"}], {NODE.address: 5}, 5)
+    assert s.counts() == {"pending": 3, "submitted": 2, "settled": 0}
+    with pytest.raises(StorageError):  # a receipt already in a batch cannot join another
+        s.create_batch("0x" + "cd" * 32, ["req-1", "req-2"], "0x" + root.hex(), "u", [], {}, 0)
+    assert s.counts()["pending"] == 3  # ...and the failed creation left nothing behind
+    assert [b["batch_id"] for b in s.open_batches()] == ["0x" + "ab" * 32]
+    s.set_batch("0x" + "ab" * 32, state="settled", tx_hash="0x" + "ee" * 32, block=7)
+    del s
+    s2 = Store(db)  # restart
+    assert s2.counts() == {"pending": 3, "submitted": 0, "settled": 2} and s2.open_batches() == []
+    settled = s2.get_receipt("req-0")
+    assert settled["status"] == "settled" and settled["tx_hash"] == "0x" + "ee" * 32 and settled["block"] == 7
+    proof = [bytes.fromhex(p[2:]) for p in settled["proof"]]
+    assert merkle.verify(proof, root, merkle.leaf(receipt_hash(rs[0])))
+    assert s2.unsettled_charges(REQ) == sum(r.price for r in rs) - rs[0].price - rs[2].price
+
+
+def test_failed_batch_returns_receipts_to_pending(db):
+    s = Store(db)
+    for i in range(3):
+        s.add_receipt(_receipt(i))
+    s.create_batch("0x" + "01" * 32, ["req-0", "req-1"], "0x" + "00" * 32, "u", [], {}, 0)
+    s.set_batch("0x" + "01" * 32, state="failed", error="rejected")
+    assert s.counts() == {"pending": 3, "submitted": 0, "settled": 0}
+    s.create_batch("0x" + "01" * 32, ["req-0", "req-1"], "0x" + "00" * 32, "u", [], {}, 0)  # same id again
+    assert s.batch("0x" + "01" * 32)["state"] == "prepared"
+
+
+def test_add_receipt_rate(db, capsys):
+    """Durable inserts per second (SQLite WAL, synchronous=FULL): the cost each served request pays."""
+    s = Store(db)
+    rs = [_receipt(i) for i in range(1000, 1200)]
+    t = time.perf_counter()
+    for r in rs:
+        s.add_receipt(r)
+    dt = time.perf_counter() - t
+    t = time.perf_counter()
+    for n in range(200):
+        s.use_nonce(REQ, 10_000 + n)
+    dn = time.perf_counter() - t
+    with capsys.disabled():
+        print(f"\nstore: add_receipt {len(rs) / dt:,.0f}/s ({dt / len(rs) * 1e3:.2f} ms each), "
+              f"use_nonce {200 / dn:,.0f}/s")
