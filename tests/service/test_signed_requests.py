@@ -215,3 +215,19 @@ def test_served_requests_settle_on_chain_and_a_contributor_claims_exactly(env, t
     send(w3, dep.contract(w3, "Settlement").functions.claimMany(contributor, payouts.claim_items(mine)),
          accts[0].address, "claim")
     assert token.functions.balanceOf(contributor).call() - before == amount
+
+
+def test_request_command_line_signs_and_streams(env, tmp_path):
+    from click.testing import CliRunner
+
+    from node.cli import cli
+    key = tmp_path / "key"
+    key.write_text(env["accts"][ROLES["requester"]].key.hex())
+    out = CliRunner().invoke(cli, ["request", "--url", env["server"].url, "--model", "law", "--max-tokens", "4",
+                                   "--key-file", str(key), "--json", "--no-stream", "Hello"])
+    assert out.exit_code == 0, out.output
+    js = json.loads(out.stdout)
+    assert js["usage"]["completion_tokens"] <= 4
+    assert env["store"].get_receipt(js["openlora"]["request_id"])["requester"] == env["accts"][ROLES["requester"]].address
+    bad = CliRunner().invoke(cli, ["request", "--url", env["server"].url, "--model", "law", "--unsigned", "Hi"])
+    assert bad.exit_code != 0 and "signature_required" in str(bad.exception or bad.output)
