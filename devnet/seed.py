@@ -82,3 +82,26 @@ def seed(w3: Web3, dep: Deployment, progress: Any = None) -> dict[str, Any]:
             "node": node, "requester": requester, "accounts": {k: (addr[v] if isinstance(v, int) else
                                                                    [addr[i] for i in v]) for k, v in ROLES.items()},
             "block": w3.eth.block_number}
+
+
+def fund_node_lane(w3: Web3, dep: Deployment, node: str, amount: int = REQUESTER_DEPOSIT,
+                   progress: Any = None) -> tuple[str, bytes]:
+    """Give `node` gas money and have the demo requester deposit `amount` into its lane to it (each once).
+
+    Returns the demo requester's address and private key (Anvil's public test mnemonic: devnet only)."""
+    say = progress or (lambda msg: None)
+    accts = dev_accounts()
+    if w3.eth.get_balance(node) < 10**18:          # the node pays gas for its settlement transactions
+        tx = w3.eth.send_transaction({"from": accts[ROLES["deployer"]].address, "to": node, "value": 100 * 10**18})
+        w3.eth.wait_for_transaction_receipt(tx, timeout=30)
+        say(f"sent 100 ETH to node {node} for gas")
+    acct = accts[ROLES["requester"]]
+    settlement = dep.contract(w3, "Settlement")
+    if settlement.functions.balanceOf(acct.address, node).call() > 0:
+        say(f"demo requester {acct.address} already has a deposit to node {node}")
+        return acct.address, acct.key
+    token = dep.contract(w3, "OpenLoRAToken")
+    send(w3, token.functions.approve(settlement.address, amount), acct.address, "approving the deposit")
+    send(w3, settlement.functions.deposit(node, amount), acct.address, "depositing to the node")
+    say(f"demo requester {acct.address} deposited {amount // TOKEN:,} oUSD to node {node}")
+    return acct.address, acct.key

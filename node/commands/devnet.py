@@ -61,8 +61,34 @@ def up(obj, devnet_dir: str | None, host: str, port: int, chain_id: int) -> None
                         node_deployment_file=_node_deployment_file(obj.home), progress=click.echo)
     except (DevnetError, DeploymentError, ArtifactError) as e:
         raise DevnetCommandError(str(e)) from None
+    _fund_home_node(obj.home, res)
     click.echo(f"devnet ready: {res.anvil.url} chain id {res.deployment.chain_id}, "
                f"Settlement {res.deployment.address('Settlement')}")
+
+
+def _fund_home_node(home: Path, res) -> None:
+    """When this home has a node keystore, the demo requester funds a lane to that node and its (public, devnet-only)
+    key is written to <home>/devnet/demo-requester.key, so `openlora-node request` works against `start` at once."""
+    import os
+
+    from devnet.seed import fund_node_lane
+    from node.config import load_config
+    from node.errors import NodeError
+    from node.keystore import read_address
+    try:
+        node = read_address(load_config(home).keystore_path)
+    except NodeError:
+        return                                   # no initialised node here: nothing to fund
+    from web3 import Web3
+    w3 = Web3(Web3.HTTPProvider(res.anvil.url, request_kwargs={"timeout": 30}))
+    requester, key = fund_node_lane(w3, res.deployment, node, progress=click.echo)
+    key_file = home / "devnet" / "demo-requester.key"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    click.echo(f"demo requester key (Anvil's public test mnemonic) in {key_file}: try\n"
+               f"  openlora-node request --key-file {key_file} --model openlora/tiny-llama-s0 \"Hello\"")
 
 
 @command.command()

@@ -72,3 +72,29 @@ def test_down_leaves_foreign_anvil_alone(home, anvil):
     res = _cli(home, "down")
     assert res.returncode == 0 and "not running" in res.stdout
     assert anvil.proc.poll() is None
+
+
+def test_up_funds_a_lane_to_the_homes_node_for_the_demo_requester(home):
+    pw = home / "pw"
+    pw.write_text("devnet-test-password\n")
+    init = subprocess.run([sys.executable, "-m", "node.cli", "--home", str(home), "init", "--password-file", str(pw)],
+                          cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert init.returncode == 0, init.stderr
+    node = init.stdout.strip().splitlines()[-1].split()[-1]
+    port = str(free_port())
+    res = _cli(home, "up", "--port", port)
+    assert res.returncode == 0, res.stderr
+    key_file = home / "devnet" / "demo-requester.key"
+    assert f"deposited 10,000 oUSD to node {node}" in res.stdout and oct(key_file.stat().st_mode)[-3:] == "600"
+    from eth_account import Account
+    from web3 import Web3
+
+    from attribution.deployment import read_deployment
+    requester = Account.from_key(key_file.read_text().strip()).address
+    dep = read_deployment(home / "deployment.json")
+    w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}"))
+    assert dep.contract(w3, "Settlement").functions.balanceOf(requester, node).call() == 10_000 * 10**18
+    assert w3.eth.get_balance(node) >= 10**18                 # gas for its settlement transactions
+    again = _cli(home, "up", "--port", port)               # idempotent: no second deposit
+    assert "already has a deposit" in again.stdout
+    assert dep.contract(w3, "Settlement").functions.balanceOf(requester, node).call() == 10_000 * 10**18
