@@ -9,6 +9,7 @@ What it does not do: parse or validate adapters (inference/lora.py does, when th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import threading
@@ -39,6 +40,7 @@ class DiskStore:
         if self.copy:
             root.mkdir(parents=True, exist_ok=True)
         self._entries: dict[str, _DiskEntry] = {}
+        self._busy: dict[str, int] = {}        # refs whose files a loader is reading right now: never evicted
         self._lock = threading.Lock()
         self.evictions = 0
         self.fetches = 0
@@ -48,8 +50,23 @@ class DiskStore:
         with self._lock:
             return sum(e.bytes for e in self._entries.values() if not e.in_place)
 
-    def ensure(self, ref: str, protect: set[str] = frozenset()) -> Path:
-        """A local directory holding adapter `ref`. Blocking (runs on a loader thread). Raises AdapterSourceError."""
+    @contextlib.contextmanager
+    def checkout(self, ref: str):
+        """`with store.checkout(ref) as path:` the adapter's directory, kept on disk until the block ends (another
+        loader's eviction must not delete files this one is reading)."""
+        with self._lock:
+            self._busy[ref] = self._busy.get(ref, 0) + 1
+        try:
+            yield self.ensure(ref)
+        finally:
+            with self._lock:
+                self._busy[ref] -= 1
+                if not self._busy[ref]:
+                    del self._busy[ref]
+
+    def ensure(self, ref: str) -> Path:
+        """A local directory holding adapter `ref`. Blocking (runs on a loader thread). Raises AdapterSourceError.
+        Use `checkout` when the files are read afterwards: a concurrent eviction could remove them."""
         with self._lock:
             e = self._entries.get(ref)
             if e is not None and e.path.is_dir():
@@ -77,13 +94,13 @@ class DiskStore:
                     raise AdapterSourceError(f"adapter {ref!r}: cannot copy into the disk store: {e}") from None
         with self._lock:
             self._entries[ref] = _DiskEntry(dest, dir_bytes(dest), time.monotonic(), in_place=False)
-        self._evict(protect | {ref})
+        self._evict({ref})
         return dest
 
     def _evict(self, protect: set[str]) -> None:
         with self._lock:
             victims = sorted((e.last_used, ref) for ref, e in self._entries.items()
-                             if not e.in_place and ref not in protect)
+                             if not e.in_place and ref not in protect and ref not in self._busy)
             used = sum(e.bytes for e in self._entries.values() if not e.in_place)
             for _, ref in victims:
                 if used <= self.budget:

@@ -202,9 +202,9 @@ class AdapterManager:
 
     def _load(self, name: str, ref: str, identity: str | None, generation: int, t0: float):
         try:
-            path = self.disk.ensure(ref, protect={ref})
-            w = read_peft_adapter(path, name, self.spec, max_rank=self.max_rank, max_bytes=self.max_bytes,
-                                  identity=identity)
+            with self.disk.checkout(ref) as path:
+                w = read_peft_adapter(path, name, self.spec, max_rank=self.max_rank, max_bytes=self.max_bytes,
+                                      identity=identity)
             if w.max_rank > self.pool.num_rows:
                 raise AdapterError(f"adapter {name!r}: rank {w.max_rank} exceeds the device LoRA pool "
                                    f"({self.pool.num_rows} rows)")

@@ -211,7 +211,7 @@ def test_host_and_disk_tiers_evict_by_bytes(model, twenty, tmp_path):
     for name, path in twenty.items():
         llm.register_adapter(name, path)
     outs = llm.generate(PROMPTS[:10], GREEDY, adapters=[f"a{i}" for i in range(10)])
-    assert all(o.error is None for o in outs)
+    assert all(o.error is None for o in outs), [o.error for o in outs if o.error]
     m = llm.adapter_metrics()
     assert m["tiers"]["host"]["used_bytes"] <= max(m["tiers"]["host"]["budget_bytes"],
                                                    # tiers are inclusive: device-resident adapters stay in host
@@ -230,3 +230,15 @@ def test_fast_written_adapters_load_in_peft_and_match(model, tmp_path):
     llm.load_adapter("fast", d)
     out = llm.generate([PROMPTS[0]], GREEDY, adapters=["fast"])[0]
     assert out.token_ids == ref.greedy(PROMPTS[0], "fast", GREEDY.max_tokens)[0]
+
+
+def test_disk_store_never_evicts_an_adapter_a_loader_is_reading(twenty, tmp_path):
+    """Two loader threads: one reads adapter A's files while the other brings B in over budget. A stays."""
+    from inference.adapter_store import DiskStore
+    one = sum(f.stat().st_size for f in Path(twenty["a1"]).iterdir() if f.is_file())
+    store = DiskStore(tmp_path / "store", budget_bytes=one, source=LocalDirSource())
+    with store.checkout(str(twenty["a1"])) as a_dir:
+        store.ensure(str(twenty["a5"]))                # over budget: something must go, but not A
+        assert (a_dir / "adapter_model.safetensors").is_file()
+    store.ensure(str(twenty["a9"]))                    # A is no longer being read: now it may be evicted
+    assert not a_dir.exists() and store.evictions >= 1
