@@ -34,6 +34,14 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 @dataclass(frozen=True)
+class StepInfo:
+    """What the last model step ran (benchmarks and metrics read it)."""
+    decode: bool          # every scheduled sequence had exactly one new token
+    num_seqs: int
+    num_tokens: int
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: str
     dtype: str = "float32"
@@ -56,6 +64,9 @@ class EngineConfig:
     max_adapter_bytes: int | None = None
     tokenizer: str | None = None              # default: the model directory
     decode_bgmv_min_segments: int | None = None   # None: the kernel backend's choice (tests force BGMV with 1)
+    # All-decode steps as CUDA graphs: "auto" = on for a CUDA device with the Triton backend, "on" (error where
+    # impossible), "off", or "static" (the padded static-buffer path without capturing, any device: for tests).
+    decode_graphs: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -67,6 +78,8 @@ class EngineConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks={self.num_kv_blocks}: must be >= 1")
+        if self.decode_graphs not in ("auto", "on", "off", "static"):
+            raise ValueError(f"decode_graphs={self.decode_graphs!r}: allowed are auto, on, off, static")
         if self.kernel_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"kernel_backend={self.kernel_backend!r}: allowed are auto, torch, triton")
 
@@ -113,12 +126,14 @@ class LLMEngine:
         self.scheduler = Scheduler(self.blocks, self.adapters, max_num_seqs=config.max_num_seqs,
                                    max_num_batched_tokens=config.max_num_batched_tokens)
         self.runner = ModelRunner(self.spec, self.model, self.lora_pool, self.blocks,
-                                  config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len)
+                                  config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len,
+                                  decode_graphs=self._graph_mode(config), max_lora_rank=config.max_lora_rank)
         self.sampler = Sampler()
         self.tokenizer = self._load_tokenizer(Path(config.tokenizer or config.model))
         self._ids = itertools.count()
         self._failed: list[RequestOutput] = []
         self.num_steps = 0
+        self.last_step: StepInfo | None = None
         log.info(f"engine ready: {self.spec.arch} {self.spec.model_id}, {num_blocks} KV blocks of "
                  f"{config.block_size} tokens, LoRA pool {rows} rank-rows x {config.max_loras} slots")
 
@@ -193,6 +208,22 @@ class LLMEngine:
         return bool(self._failed) or self.scheduler.has_unfinished()
 
     # ---- the loop ----
+    def _graph_mode(self, config: EngineConfig) -> str:
+        """"capture", "static" or "off" for the runner, with the reason logged."""
+        capturable = self.device.type == "cuda" and self.backend.name == "triton"
+        mode = config.decode_graphs
+        if mode == "on" and not capturable:
+            raise ValueError(f"decode_graphs='on' needs a CUDA device and the Triton kernel backend "
+                             f"(device {self.device}, backend {self.backend.name})")
+        if mode in ("on", "auto") and capturable:
+            log.info("decode steps: CUDA graphs (captured per batch-size and LoRA-rank bucket on first use)")
+            return "capture"
+        if mode == "static":
+            return "static"
+        if mode == "auto" and self.device.type == "cuda":
+            log.info(f"decode steps: eager (CUDA graphs need the Triton backend; this is {self.backend.name})")
+        return "off"
+
     def step(self) -> list[RequestOutput]:
         outputs, self._failed = self._failed, []
         self.adapters.poll()
@@ -203,6 +234,9 @@ class LLMEngine:
                 self.adapters.wait_any(timeout=0.05)     # only loads are pending: wait for one, do not spin
             return outputs + self._unstick()
         result = self.runner.run(sched)
+        self.last_step = StepInfo(decode=all(s.num_new_tokens == 1 for s in sched.scheduled),
+                                  num_seqs=len(sched.scheduled),
+                                  num_tokens=sum(s.num_new_tokens for s in sched.scheduled))
         params = {s.seq.request_id: s.seq for s in sched.scheduled if s.sample}
         seqs = [params[r] for r in result.request_ids]
         samples = self.sampler(result.logits, [s.params for s in seqs], [s.generator for s in seqs])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from inference.graphs import DecodeGraphs
 from inference.kv_cache import BlockPool
 from inference.lora import LoRABatch, LoRAPool
 from inference.model import AttentionBatch, LlamaServingModel
@@ -36,7 +37,8 @@ def kv_bytes_per_block(spec: ModelSpec, block_size: int, dtype: torch.dtype) -> 
 
 class ModelRunner:
     def __init__(self, spec: ModelSpec, model: LlamaServingModel, pool: LoRAPool, blocks: BlockPool,
-                 max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int):
+                 max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int, decode_graphs: str = "off",
+                 max_lora_rank: int = 256):
         self.spec, self.model, self.pool, self.blocks = spec, model, pool, blocks
         self.device, self.dtype = model.device, model.dtype
         shape = (blocks.num_blocks, blocks.block_size, spec.num_kv_heads, spec.head_dim)
@@ -46,6 +48,11 @@ class ModelRunner:
         self.max_blocks_per_seq = blocks.blocks_needed(max_model_len)
         # Scratch allocated once at its maximum size and sliced per step.
         self._lora_buf = torch.zeros(max_num_batched_tokens, 64, dtype=torch.float32, device=self.device)
+        # All-decode steps run from static buffers, replayed as CUDA graphs ("capture") or eagerly ("static").
+        self.graphs = None
+        if decode_graphs != "off":
+            self.graphs = DecodeGraphs(model, self.kv_caches, pool, max_num_seqs, self.max_blocks_per_seq,
+                                       max_lora_rank, decode_graphs)
 
     def _lora_buf_for(self, T: int, rank: int) -> torch.Tensor:
         if rank > self._lora_buf.shape[1] or T > self._lora_buf.shape[0]:
@@ -87,6 +94,10 @@ class ModelRunner:
                 logits_idx.append(cu[-1] - 1)
                 sampled_ids.append(seq.request_id)
         T = len(ids)
+        if (decode and self.graphs is not None and len(logits_idx) == len(items)
+                and self.graphs.eligible(len(items), max_rank)):
+            logits = self.graphs.run(ids, pos, slots_map, lens, tables, tok_slots, max_rank)
+            return RunnerOutput(logits=logits, request_ids=sampled_ids)
         dev = self.device
         width = max(len(t) for t in tables)
         bt = torch.zeros(len(tables), width, dtype=torch.int32)

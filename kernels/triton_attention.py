@@ -23,6 +23,11 @@ from kernels import reference
 from kernels.triton_lora import _add_combine, _dot_in_f32, _is16, _max_combine
 
 DECODE_BLOCK_N = 32        # keys per online-softmax step (gathered through the block table); 64 spills at 4 warps
+
+
+def decode_warps(dot_f32: bool) -> int:
+    """Warps per decode program: float32 tiles at head_dim 128 spill registers at 4 warps (Triton 3.6, sm_90)."""
+    return 8 if dot_f32 else 4
 STORE_BLOCK = 128          # head_dim tile of the store kernel
 
 try:  # flash-attn builds only against a CUDA torch; on CPU hosts this import fails and SDPA is used.
@@ -201,6 +206,7 @@ def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         BLOCK_SIZE=block_size, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_N=DECODE_BLOCK_N, DOT_F32=dot_f32,
+        num_warps=decode_warps(dot_f32),
     )
 
 

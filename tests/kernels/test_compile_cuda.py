@@ -89,7 +89,8 @@ def cases():
         types = {n: f"*{dtype}" for n in ("q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr")}
         out.append((f"_paged_decode_kernel-{dtype}-sm{arch}", triton_attention._paged_decode_kernel, arch, types,
                     dict(BLOCK_SIZE=16, BLOCK_G=max(16, group), BLOCK_D=128,
-                         BLOCK_N=triton_attention.DECODE_BLOCK_N, DOT_F32=dot_f32), ("scale",), 4))
+                         BLOCK_N=triton_attention.DECODE_BLOCK_N, DOT_F32=dot_f32), ("scale",),
+                    triton_attention.decode_warps(dot_f32)))
     types = {"k_ptr": "*fp32", "v_ptr": "*fp32", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16",
              "slot_mapping_ptr": "*i64"}
     out.append(("_store_kv_kernel-bf16-sm90", triton_attention._store_kv_kernel, 90, types, dict(BLOCK_D=128), (), 4))
