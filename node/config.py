@@ -102,6 +102,7 @@ class EngineSection:
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     kernel_backend: str = "auto"
+    decode_graphs: str = "auto"
 
     def __post_init__(self) -> None:
         if self.kv_block_size not in (1, 2, 4, 8, 16, 32, 64, 128, 256):
@@ -110,6 +111,7 @@ class EngineSection:
         _check_range("engine.max_num_seqs", self.max_num_seqs, 1, 4096)
         _check_range("engine.max_num_batched_tokens", self.max_num_batched_tokens, 16, 1 << 20)
         _check_choice("engine.kernel_backend", self.kernel_backend, ("auto", "torch", "triton"))
+        _check_choice("engine.decode_graphs", self.decode_graphs, ("auto", "on", "off"))
 
 
 @dataclass(frozen=True)
@@ -416,6 +418,7 @@ max_num_seqs = 64               # sequences in the running batch
 max_num_batched_tokens = 2048   # token budget per step (chunked prefill splits longer prompts)
 enable_prefix_caching = true
 kernel_backend = "auto"         # auto (Triton on CUDA, torch elsewhere) | torch | triton
+decode_graphs = "auto"          # decode steps as CUDA graphs: auto (on with CUDA + Triton) | on | off
 
 [adapters]
 device_pool_bytes = "512MiB"    # adapters resident on the device

@@ -42,6 +42,7 @@ def engine_config(cfg: NodeConfig, model_dir: Path):
         block_size=cfg.engine.kv_block_size, kv_cache_bytes=int(cfg.engine.kv_cache_bytes),
         max_num_seqs=cfg.engine.max_num_seqs, max_num_batched_tokens=cfg.engine.max_num_batched_tokens,
         enable_prefix_caching=cfg.engine.enable_prefix_caching, kernel_backend=cfg.engine.kernel_backend,
+        decode_graphs=cfg.engine.decode_graphs,
         lora_pool_bytes=int(cfg.adapters.device_pool_bytes), host_cache_bytes=int(cfg.adapters.host_cache_bytes),
         disk_store_dir=None, disk_store_bytes=int(cfg.adapters.disk_store_bytes),
         max_lora_rank=cfg.adapters.max_rank, max_adapter_bytes=int(cfg.adapters.max_adapter_bytes))
