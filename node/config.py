@@ -170,6 +170,8 @@ class SettlementSection:
     price_per_token_wei: int = 10**12          # the node's price per token (prompt + completion), added to the adapter's
     author_share_bps: int = 2000               # of what is left after the protocol fee: the adapter's author
     operator_share_bps: int = 3000             # the node operator; the rest goes to the Datanet contributors
+    replace_after_s: float = 120.0             # a settlement tx pending this long is re-sent with +12.5% fees
+    max_fee_per_gas_wei: int = 0               # cap on maxFeePerGas of settlement txs (0: no cap)
 
     def __post_init__(self) -> None:
         _check_range("settlement.batch_max_receipts", self.batch_max_receipts, 1, 100_000)
@@ -177,6 +179,8 @@ class SettlementSection:
         _check_range("settlement.price_per_token_wei", self.price_per_token_wei, 0)
         _check_range("settlement.author_share_bps", self.author_share_bps, 0, 10_000)
         _check_range("settlement.operator_share_bps", self.operator_share_bps, 0, 10_000)
+        _check_range("settlement.replace_after_s", self.replace_after_s, 1.0)
+        _check_range("settlement.max_fee_per_gas_wei", self.max_fee_per_gas_wei, 0)
         if self.author_share_bps + self.operator_share_bps > 10_000:
             raise ConfigError(f"settlement.author_share_bps + settlement.operator_share_bps = "
                               f"{self.author_share_bps + self.operator_share_bps}: must be at most 10000")
@@ -446,6 +450,8 @@ batch_max_age_s = 30.0
 price_per_token_wei = 1000000000000   # this node's price per token, added to the adapter's registered price
 author_share_bps = 2000         # after the protocol fee: the adapter's author ...
 operator_share_bps = 3000       # ... the node operator; the rest to the Datanet contributors
+replace_after_s = 120.0         # a settlement tx pending this long is re-sent, same nonce, fees +12.5%
+max_fee_per_gas_wei = 0         # cap on a settlement tx's maxFeePerGas (0: no cap)
 
 [p2p]
 enabled = true

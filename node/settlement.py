@@ -50,6 +50,10 @@ class ChainUnavailable(SettlementError):
     """The RPC endpoint does not answer."""
 
 
+PENDING = object()            # _wait_receipt: the transaction is still in the pool
+FEE_BUMP_NUM, FEE_BUMP_DEN = 9, 8          # a replacement pays at least 12.5% more on both fee fields
+
+
 def _is_connection_error(e: BaseException) -> bool:
     import requests
     from web3.exceptions import ProviderConnectionError, TimeExhausted
@@ -97,7 +101,7 @@ class SettlementLoop:
     def __init__(self, store: Store, w3: Any, deployment: Deployment, account: Any, batch_max_receipts: int = 256,
                  batch_max_age_s: float = 30.0, confirmations: int = 1, publish_dir: Path | str = "receipts",
                  operator: str | None = None, retry_base_s: float = 1.0, retry_max_s: float = 60.0,
-                 mine_timeout_s: float = 120.0, poll_s: float = 0.5):
+                 mine_timeout_s: float = 120.0, poll_s: float = 0.5, max_fee_per_gas_wei: int = 0):
         self.store, self.w3, self.dep, self.account = store, w3, deployment, account
         self.node = to_checksum_address(account.address)
         self.operator = to_checksum_address(operator or account.address)
@@ -108,8 +112,10 @@ class SettlementLoop:
         self.domain = Domain(deployment.chain_id, deployment.address("Settlement"))
         self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
         self.mine_timeout_s, self.poll_s = mine_timeout_s, poll_s
+        self.max_fee_per_gas_wei = max_fee_per_gas_wei          # 0: no cap on replacement fees
         self.metrics: dict[str, Any] = {"batches_settled": 0, "receipts_settled": 0, "chain_errors": 0,
-                                        "last_error": None, "last_tx": None, "next_retry_s": 0.0}
+                                        "last_error": None, "last_tx": None, "next_retry_s": 0.0,
+                                        "replacements": 0}
         self._lock = threading.Lock()
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -278,13 +284,45 @@ class SettlementLoop:
             raise SettlementError(f"batch {b['batch_id']}: stored receipts no longer hash to its root")
         return batch
 
-    def submit(self, b: dict) -> str:
+    def _fees(self, stuck: Any | None) -> dict:
+        """EIP-1559 fees: the node's suggestion; for a replacement, at least FEE_BUMP over the stuck transaction's
+        (nodes refuse a same-nonce replacement below +10% on both fields), capped by max_fee_per_gas_wei."""
+        tip = int(self.w3.eth.max_priority_fee)
+        base = int(self.w3.eth.get_block("latest").get("baseFeePerGas") or 0)
+        fees = {"maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base + tip}
+        if stuck is not None:
+            old_tip = int(stuck.get("maxPriorityFeePerGas") or stuck.get("gasPrice") or 0)
+            old_max = int(stuck.get("maxFeePerGas") or stuck.get("gasPrice") or 0)
+            fees["maxPriorityFeePerGas"] = max(tip, old_tip * FEE_BUMP_NUM // FEE_BUMP_DEN + 1)
+            fees["maxFeePerGas"] = max(fees["maxFeePerGas"], old_max * FEE_BUMP_NUM // FEE_BUMP_DEN + 1,
+                                       fees["maxPriorityFeePerGas"])
+        cap = self.max_fee_per_gas_wei
+        if cap and fees["maxFeePerGas"] > cap:
+            if stuck is not None:
+                raise SettlementError(f"replacing the stuck settlement tx needs maxFeePerGas "
+                                      f"{fees['maxFeePerGas']} wei, above settlement.max_fee_per_gas_wei = {cap}; "
+                                      f"waiting for it to be mined")
+            fees = {"maxFeePerGas": cap, "maxPriorityFeePerGas": min(fees["maxPriorityFeePerGas"], cap)}
+        return fees
+
+    def submit(self, b: dict, replace: bool = False) -> str:
         """Sign and send settleBatch for a stored batch; the tx hash is stored (state 'submitted') before the
-        raw transaction leaves, so a crash right after sending is resumed by looking the hash up."""
+        raw transaction leaves, so a crash right after sending is resumed by looking the hash up.
+
+        replace=True: the batch's transaction is still pending after mine_timeout_s (fees too low for the
+        market): send the same call with the same nonce and fees raised by at least 12.5%. Whichever of the two
+        is mined settles the batch (the contract refuses a batch id twice); the other is void (same nonce).
+        """
         batch = self._rebuild(b)
         fn = self.settlement.functions.settleBatch(*batch.settle_args())
-        nonce = self.w3.eth.get_transaction_count(self.node, "pending")
-        tx = fn.build_transaction({"from": self.node, "nonce": nonce, "chainId": self.w3.eth.chain_id})
+        stuck = None
+        if replace:
+            stuck = self.w3.eth.get_transaction(b["tx_hash"])
+            nonce = int(b["tx_nonce"])
+        else:
+            nonce = self.w3.eth.get_transaction_count(self.node, "pending")
+        tx = fn.build_transaction({"from": self.node, "nonce": nonce, "chainId": self.w3.eth.chain_id,
+                                   **self._fees(stuck)})
         signed = self.account.sign_transaction(tx)
         tx_hash = "0x" + bytes(signed.hash).hex()
         self.store.set_batch(b["batch_id"], state="submitted", tx_hash=tx_hash, tx_nonce=nonce, error=None)
@@ -295,7 +333,13 @@ class SettlementLoop:
             # meanwhile) propagates; the retry finds this hash unknown to the chain and sends with a fresh nonce.
             if "already known" not in str(e).lower():
                 raise
-        log.info("batch %s submitted in tx %s (nonce %d)", b["batch_id"], tx_hash, nonce)
+        if replace:
+            self.metrics["replacements"] += 1
+            log.warning("batch %s: tx %s still pending after %.0fs; replaced by %s (nonce %d, maxFeePerGas %d -> %d "
+                        "wei)", b["batch_id"], b["tx_hash"], self.mine_timeout_s, tx_hash, nonce,
+                        int(stuck.get("maxFeePerGas") or stuck.get("gasPrice") or 0), tx["maxFeePerGas"])
+        else:
+            log.info("batch %s submitted in tx %s (nonce %d)", b["batch_id"], tx_hash, nonce)
         return tx_hash
 
     def _settled_log(self, batch_id: str) -> Any | None:
@@ -309,7 +353,8 @@ class SettlementLoop:
         return logs[0]
 
     def _wait_receipt(self, tx_hash: str) -> Any | None:
-        """The mined receipt, or None when the node does not know the transaction (dropped / never sent)."""
+        """The mined receipt; None when the node does not know the transaction (dropped / never sent); PENDING
+        when it is still in the pool after mine_timeout_s."""
         deadline = time.monotonic() + self.mine_timeout_s
         while True:
             try:
@@ -321,7 +366,7 @@ class SettlementLoop:
             except TransactionNotFound:
                 return None
             if time.monotonic() > deadline:
-                raise SettlementError(f"tx {tx_hash} not mined after {self.mine_timeout_s:.0f}s; will check again")
+                return PENDING
             time.sleep(self.poll_s)
 
     def _advance(self, b: dict) -> str | None:
@@ -332,12 +377,18 @@ class SettlementLoop:
             if ev is not None:
                 return self._finish(b, "0x" + bytes(ev["transactionHash"]).hex(), ev["blockNumber"])
             rcpt = self._wait_receipt(b["tx_hash"]) if b.get("tx_hash") else None
+            if rcpt is PENDING:
+                if self._settled_log(bid) is None:
+                    self.submit(b, replace=True)
+                    b = self.store.batch(bid)           # the replacement's hash, same nonce
+                continue
             if rcpt is not None and rcpt["status"] == 1:
                 continue  # mined: the next pass finds the event
             if rcpt is not None and rcpt["status"] == 0 and self._settled_log(bid) is None:
                 return self._fail(b, f"tx {b['tx_hash']} reverted")
             try:
-                b = {**b, "tx_hash": self.submit(b)}
+                self.submit(b)
+                b = self.store.batch(bid)
             except ContractLogicError as e:
                 if self._settled_log(bid) is None:
                     return self._fail(b, f"the contract rejects the batch: {e}")
@@ -370,7 +421,8 @@ async def start_settlement(cfg: Any, store: Store, chain: Any, account: Any) -> 
     loop = SettlementLoop(store, chain.w3, chain.deployment, account,
                           batch_max_receipts=cfg.settlement.batch_max_receipts,
                           batch_max_age_s=cfg.settlement.batch_max_age_s, confirmations=cfg.chain.confirmations,
-                          publish_dir=cfg.home / "receipts")
+                          publish_dir=cfg.home / "receipts", mine_timeout_s=cfg.settlement.replace_after_s,
+                          max_fee_per_gas_wei=cfg.settlement.max_fee_per_gas_wei)
     loop.start()
     log.info("settlement loop started: a batch every %d receipts or %.0fs, %d confirmation(s), receipts published "
              "in %s", loop.max_receipts, loop.max_age_s, loop.confirmations, loop.publish_dir)

@@ -347,3 +347,57 @@ def test_batch_of_256_receipts_from_10_requesters_figures(chain, adapter, tmp_pa
         print(f"\nsettlement of 256 receipts / 10 requesters / {len(b['credits'])} credits: add_receipt "
               f"{(t1 - t0) / 256 * 1e3:.2f} ms each; prepare {(t2 - t1) * 1e3:.0f} ms; submit+confirm "
               f"{(t3 - t2) * 1e3:.0f} ms; {gas:,} gas ({gas / 256:.0f}/receipt); published {size / 1024:.0f} KiB")
+
+
+def test_stuck_transaction_is_replaced_with_higher_fees(chain, tmp_path):
+    """A settlement tx still pending after mine_timeout_s is re-sent with the same nonce and >= 12.5% higher fees
+    (Anvil with automine off stands in for a congested chain); once a block is mined the batch settles exactly
+    once, by the replacement, and the replaced transaction is gone from the pool."""
+    from node.settlement import SettlementError
+
+    q = chain.requester(TOKEN)
+    loop = _loop(chain, tmp_path, mine_timeout_s=0.3)
+    loop.store.record_voucher(q.address, chain.node.address, 10**6, chain.voucher(q, 10**6))
+    rs = [chain.receipt(q, 3000 + i, ((chain.node.address, 1),)) for i in range(3)]
+    for r in rs:
+        loop.store.add_receipt(r)
+    w3 = chain.w3
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        b = loop.prepare()
+        with pytest.raises(SettlementError, match="not settled after 3 attempts"):
+            loop.settle_once_sync()
+        assert loop.metrics["replacements"] >= 2
+        first = loop.store.batch(b["batch_id"])
+        assert first["state"] == "submitted"
+        latest = w3.eth.get_transaction(first["tx_hash"])
+        assert latest["nonce"] == first["tx_nonce"]
+        pool = w3.provider.make_request("txpool_content", [])["result"]["pending"]
+        ours = [tx for by_nonce in pool.values() for tx in by_nonce.values()
+                if tx["from"].lower() == chain.node.address.lower()]
+        assert len(ours) == 1 and ours[0]["hash"] == first["tx_hash"], "only the latest replacement is pending"
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+    w3.provider.make_request("evm_mine", [])
+    assert asyncio.run(loop.settle_once()) == first["tx_hash"]
+    assert loop.store.counts() == {"pending": 0, "submitted": 0, "settled": 3}
+    mined = w3.eth.get_transaction(first["tx_hash"])
+    assert mined["blockNumber"] is not None and mined["maxFeePerGas"] > 0
+    bid = bytes.fromhex(b["batch_id"][2:])
+    assert len(chain.settlement.events.BatchSettled().get_logs(from_block=0, argument_filters={"batchId": bid})) == 1
+    assert chain.settlement.functions.debited(q.address, chain.node.address).call() == sum(r.price for r in rs)
+
+
+def test_replacement_fees_rise_by_an_eighth_and_respect_the_cap(chain, tmp_path):
+    from node.settlement import SettlementError
+
+    loop = _loop(chain, tmp_path)
+    stuck = {"maxFeePerGas": 8 * 10**9, "maxPriorityFeePerGas": 8 * 10**8}
+    fees = loop._fees(stuck)
+    assert fees["maxFeePerGas"] >= 9 * 10**9 + 1 and fees["maxPriorityFeePerGas"] >= 9 * 10**8 + 1
+    legacy = loop._fees({"gasPrice": 16 * 10**9})
+    assert legacy["maxFeePerGas"] > 18 * 10**9 and legacy["maxPriorityFeePerGas"] > 18 * 10**9
+    capped = _loop(chain, tmp_path, max_fee_per_gas_wei=5 * 10**9)
+    assert capped._fees(None)["maxFeePerGas"] <= 5 * 10**9
+    with pytest.raises(SettlementError, match="above settlement.max_fee_per_gas_wei"):
+        capped._fees(stuck)
