@@ -101,7 +101,8 @@ class SettlementLoop:
     def __init__(self, store: Store, w3: Any, deployment: Deployment, account: Any, batch_max_receipts: int = 256,
                  batch_max_age_s: float = 30.0, confirmations: int = 1, publish_dir: Path | str = "receipts",
                  operator: str | None = None, retry_base_s: float = 1.0, retry_max_s: float = 60.0,
-                 mine_timeout_s: float = 120.0, poll_s: float = 0.5, max_fee_per_gas_wei: int = 0):
+                 mine_timeout_s: float = 120.0, poll_s: float = 0.5, max_fee_per_gas_wei: int = 0,
+                 ipfs: Any | None = None, provide: Any | None = None):
         self.store, self.w3, self.dep, self.account = store, w3, deployment, account
         self.node = to_checksum_address(account.address)
         self.operator = to_checksum_address(operator or account.address)
@@ -113,6 +114,9 @@ class SettlementLoop:
         self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
         self.mine_timeout_s, self.poll_s = mine_timeout_s, poll_s
         self.max_fee_per_gas_wei = max_fee_per_gas_wei          # 0: no cap on replacement fees
+        # Published receipts also go into this IPFS blockstore (receiptsUri = ipfs://CID) and, with `provide`,
+        # are announced to the DHT so that auditors elsewhere can fetch them by CID.
+        self.ipfs, self.provide = ipfs, provide
         self.metrics: dict[str, Any] = {"batches_settled": 0, "receipts_settled": 0, "chain_errors": 0,
                                         "last_error": None, "last_tx": None, "next_retry_s": 0.0,
                                         "replacements": 0}
@@ -251,15 +255,30 @@ class SettlementLoop:
         probe = Batch.build(self.node, hashes, "", debits, credits, self.fee_bps, self.protocol)
         bid = "0x" + probe.batch_id.hex()
         path = self.publish_dir / f"{bid}.json"
-        self._publish(path, dumps(chosen, batch_id=bid, node=self.node, receipts_root="0x" +
-                                  probe.receipts_root.hex(), chain_id=self.dep.chain_id,
-                                  settlement=self.dep.address("Settlement")))
-        self.store.create_batch(bid, [r.request_id for r in chosen], "0x" + probe.receipts_root.hex(),
-                                path.resolve().as_uri(),
+        text = dumps(chosen, batch_id=bid, node=self.node, receipts_root="0x" + probe.receipts_root.hex(),
+                     chain_id=self.dep.chain_id, settlement=self.dep.address("Settlement"))
+        self._publish(path, text)
+        uri = self._publish_ipfs(text, bid) if self.ipfs is not None else path.resolve().as_uri()
+        self.store.create_batch(bid, [r.request_id for r in chosen], "0x" + probe.receipts_root.hex(), uri,
                                 [{"requester": d.requester, "cap": str(d.cumulative_cap), "amount": str(d.amount),
                                   "signature": "0x" + d.signature.hex()} for d in debits], credits, total)
         log.info("batch %s prepared: %d receipts, %d requesters, total %d wei", bid, len(chosen), len(debits), total)
         return self.store.batch(bid)
+
+    def _publish_ipfs(self, text: str, batch_id: str) -> str:
+        """Add the published receipts file to the node's blockstore (Kubo-identical CID: CIDv1, raw leaves) and
+        provide it; returns its ipfs:// URI (what goes on chain as the batch's receiptsUri)."""
+        from node.ipfs.importer import add_bytes
+
+        entry = add_bytes(text.encode("utf-8"), sink=self.ipfs.put_trusted)
+        self.ipfs.add_root(entry.cid, {"kind": "receipts", "batch_id": batch_id})
+        if self.provide is not None:
+            try:
+                self.provide(str(entry.cid))
+            except Exception as e:  # noqa: BLE001 - the DHT record is best effort; the blocks are stored
+                log.warning("receipts of batch %s: DHT provide failed (%s); peers can still fetch them from this "
+                            "node", batch_id, e)
+        return f"ipfs://{entry.cid}"
 
     def _publish(self, path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -415,14 +434,17 @@ class SettlementLoop:
         raise SettlementError(f"batch {b['batch_id']}: {why}")
 
 
-async def start_settlement(cfg: Any, store: Store, chain: Any, account: Any) -> SettlementLoop:
+async def start_settlement(cfg: Any, store: Store, chain: Any, account: Any, network: Any = None) -> SettlementLoop:
     """The node's settlement loop from its config (node.config.NodeConfig), running as a task: `chain` has
-    `.w3` (sync Web3) and `.deployment`; receipts are published under <home>/receipts/."""
+    `.w3` (sync Web3) and `.deployment`; receipts are published under <home>/receipts/ and, with `network`
+    (node.wiring.Network), into its IPFS blockstore (receiptsUri ipfs://CID, provided over the DHT)."""
+    ipfs = network.store.blocks if network is not None else None
+    provide = network.p2p.provide if network is not None and network.p2p is not None else None
     loop = SettlementLoop(store, chain.w3, chain.deployment, account,
                           batch_max_receipts=cfg.settlement.batch_max_receipts,
                           batch_max_age_s=cfg.settlement.batch_max_age_s, confirmations=cfg.chain.confirmations,
                           publish_dir=cfg.home / "receipts", mine_timeout_s=cfg.settlement.replace_after_s,
-                          max_fee_per_gas_wei=cfg.settlement.max_fee_per_gas_wei)
+                          max_fee_per_gas_wei=cfg.settlement.max_fee_per_gas_wei, ipfs=ipfs, provide=provide)
     loop.start()
     log.info("settlement loop started: a batch every %d receipts or %.0fs, %d confirmation(s), receipts published "
              "in %s", loop.max_receipts, loop.max_age_s, loop.confirmations, loop.publish_dir)

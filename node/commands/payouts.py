@@ -2,7 +2,8 @@
 
 What it does: reads the chain alone (attribution.payouts: BatchSettled events + the settleBatch calldata) for the
 settled credits of the address, per batch with claimed / claimable; breaks them down per adapter from the
-published receipts where this machine can read them (file:// receiptsUri); and, when this home has a receipt
+published receipts where this machine can read them (file:// receiptsUri, or ipfs://CID from the home's blockstore,
+its Kubo RPC or its gateways; every block verified against its CID); and, when this home has a receipt
 database, adds what this node served that is not settled yet. Default address: the node's own (keystore).
 What it does not do: send anything (`openlora-node claim` does).
 """
@@ -66,20 +67,56 @@ def _share(receipt: Any, who: str) -> int:
     return receipt.price * mine // total_w if total_w else 0
 
 
-def by_adapter(w3: Any, dep: Any, report: Any) -> dict[str, int] | None:
+def read_published(uri: str, cfg: Any = None) -> str:
+    """The text of a published receipts file: a file:// URI or path, or ipfs://CID read from the home's blockstore
+    (fetched first through the configured Kubo RPC / gateways when incomplete; blocks verified against their CIDs).
+    Raises OSError / ValueError / node.ipfs errors when it cannot be read here."""
+    import io
+
+    parsed = urlparse(uri)
+    if parsed.scheme != "ipfs":
+        return (Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)).read_text()
+    from node.ipfs.blockstore import Blockstore
+    from node.ipfs.cid import as_cid
+    from node.ipfs.dag import cat, missing_blocks
+    from node.ipfs.errors import IpfsError
+    from node.ipfs.fetchers import GatewayFetcher, KuboRpcFetcher
+
+    cid = as_cid(parsed.netloc or parsed.path.lstrip("/"))
+    if cfg is None:
+        raise ValueError(f"{uri}: no node home to read IPFS blocks from")
+    blocks = Blockstore(cfg.home / "ipfs")
+    if not blocks.has(cid) or missing_blocks(cid, blocks):
+        fetchers = ([KuboRpcFetcher(cfg.ipfs.kubo_rpc)] if cfg.ipfs.kubo_rpc else []) + \
+            [GatewayFetcher(u) for u in cfg.ipfs.gateways]
+        errors = []
+        for f in fetchers:
+            try:
+                f.fetch(cid, blocks)
+                break
+            except IpfsError as e:
+                errors.append(f"{f.name}: {e}")
+        else:
+            raise ValueError(f"{uri}: not in this home's blockstore and no source had it"
+                             + (f" ({'; '.join(errors)})" if errors else " (no Kubo RPC or gateway configured)"))
+    out = io.BytesIO()
+    cat(cid, blocks.get, out)
+    return out.getvalue().decode("utf-8")
+
+
+def by_adapter(w3: Any, dep: Any, report: Any, cfg: Any = None) -> dict[str, int] | None:
     """Gross share per adapter (before the protocol fee) from the published receipts of the address's batches;
     None when some batch's receipts are not readable here."""
     from attribution.receipts import ReceiptError, receipt_from_json
+    from node.ipfs.errors import IpfsError
     st = dep.contract(w3, "Settlement")
     out: dict[str, int] = {}
     for p in report.payouts:
         ev = st.events.BatchSettled().process_receipt(w3.eth.get_transaction_receipt(p.tx_hash))
         uri = ev[0]["args"]["receiptsUri"] if ev else ""
-        parsed = urlparse(uri)
-        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
         try:
-            receipts = [receipt_from_json(x) for x in json.loads(path.read_text())["receipts"]]
-        except (OSError, ValueError, KeyError, ReceiptError):
+            receipts = [receipt_from_json(x) for x in json.loads(read_published(uri, cfg))["receipts"]]
+        except (OSError, ValueError, KeyError, ReceiptError, IpfsError):
             return None
         for r in receipts:
             key = r.adapter_cid or "base model"
@@ -111,7 +148,7 @@ def command(obj: Any, address: str | None, as_json: bool) -> None:
     who = resolve_address(cfg, address)
     report = payouts_of(w3, dep, who, from_block=dep.block)
     claimed = sum(p.amount for p in report.payouts if p.claimed)
-    adapters = by_adapter(w3, dep, report)
+    adapters = by_adapter(w3, dep, report, cfg)
     pending = unsettled_here(cfg, who)
     if as_json:
         click.echo(json.dumps({

@@ -258,9 +258,11 @@ def test_nonce_gap_another_tx_from_the_node_key_in_between(chain, tmp_path):
     assert asyncio.run(loop.settle_once()) and loop.store.batch(b["batch_id"])["state"] == "settled"
 
 
-def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_account):
-    """start_settlement from a config settles on its own; `payouts` reports the credit and `claim` (signed with
-    the node keystore) pays it to the contributor; a dead RPC is one line."""
+@pytest.mark.parametrize("publish", ["file", "ipfs"])
+def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_account, publish):
+    """start_settlement from a config settles on its own; `payouts` reports the credit (per adapter from the
+    published receipts: a file:// URI, or ipfs://CID read back from the home's blockstore) and `claim` (signed
+    with the node keystore) pays it to the contributor; a dead RPC is one line."""
     from types import SimpleNamespace
 
     from click.testing import CliRunner
@@ -293,12 +295,35 @@ def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_accoun
         store.record_voucher(q.address, chain.node.address, total, chain.voucher(q, total))
         for r in rs:
             store.add_receipt(r)
-        loop = await start_settlement(cfg, store, SimpleNamespace(w3=chain.w3, deployment=chain.dep), node_account)
+        net = None
+        if publish == "ipfs":
+            from node.ipfs.blockstore import Blockstore
+            provided.clear()
+            net = SimpleNamespace(store=SimpleNamespace(blocks=Blockstore(home / "ipfs")),
+                                  p2p=SimpleNamespace(provide=provided.append))
+        loop = await start_settlement(cfg, store, SimpleNamespace(w3=chain.w3, deployment=chain.dep), node_account,
+                                      network=net)
         await asyncio.to_thread(wait_for, lambda: store.counts()["settled"] == 3, 20, what="the settlement task")
         await loop.stop()
         assert (home / "receipts").is_dir() and loop.metrics["batches_settled"] == 1
+        return loop.metrics["last_tx"]
 
-    asyncio.run(serve())
+    provided: list[str] = []
+    tx = asyncio.run(serve())
+    ev = chain.settlement.events.BatchSettled().process_receipt(chain.w3.eth.get_transaction_receipt(tx))[0]
+    uri = ev["args"]["receiptsUri"]
+    published = next((home / "receipts").glob("0x*.json")).read_text()
+    if publish == "ipfs":
+        from node.commands.payouts import read_published
+        from node.ipfs.importer import add_bytes
+        cid = str(add_bytes(published.encode()).cid)
+        assert uri == f"ipfs://{cid}" and provided == [cid], "the receipts file is on chain and in the DHT by CID"
+        assert read_published(uri, cfg) == published
+        assert cfg.ipfs.gateways == () and not cfg.ipfs.kubo_rpc
+        with pytest.raises(ValueError, match="no Kubo RPC or gateway configured"):
+            read_published(uri, SimpleNamespace(home=tmp_path / "elsewhere", ipfs=cfg.ipfs))
+    else:
+        assert uri.startswith("file://")
     run = CliRunner().invoke
     out = run(cli, ["--home", str(home), "payouts", "--address", contributor, "--json"])
     assert out.exit_code == 0, out.output + repr(out.exception)
