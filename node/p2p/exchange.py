@@ -5,11 +5,12 @@ Wire format (all lengths unsigned varints), on one stream, any number of rounds:
   response: for each requested CID, in order: 0x00, block_len, block bytes    (have it; block_len <= MAX_BLOCK)
                                           or  0x01                            (do not have it)
 What it does: `BlockServer` answers from the local blockstore (re-verified on read); `fetch_dag_from_peer` walks a
-DAG from its root asking one peer for the blocks the store lacks, level by level in batches over up to 2 streams,
-verifying each block against its CID as it arrives and writing it to disk from a worker thread fed by a bounded
-channel (memory: a few blocks plus stream buffers, whatever the file size); `fetch_with_failover` tries
-several providers in turn, keeping what earlier ones delivered, with timeouts, and fails with an error that names
-the CID and what each provider did.
+DAG from its root asking one peer for the blocks the store lacks, level by level in batches of 64 over up to 2
+streams (each with its next request already sent while the current one is answered, so the peer never waits for
+one), verifying each block against its CID as it arrives and writing it to disk from a writer thread fed by a
+bounded queue (memory: a few blocks plus stream buffers and windows, whatever the file size);
+`fetch_with_failover` tries several providers in turn, keeping what earlier ones delivered, with timeouts, and
+fails with an error that names the CID and what each provider did.
 What it does not do: bitswap (py-libp2p's bitswap client does not verify blocks against CIDs and its file fetch can
 truncate), or find providers (`node.p2p.host` does, through the DHT and gossip).
 """
@@ -17,20 +18,28 @@ truncate), or find providers (`node.p2p.host` does, through the DHT and gossip).
 from __future__ import annotations
 
 import logging
+import math
+import queue
+import threading
 from typing import Awaitable, Callable
 
 import trio
 
-from node.ipfs.cid import CID, DAG_PB, decode_varint, encode_varint, verify_block
+from node.ipfs.cid import CID, DAG_PB, encode_varint, verify_block
 from node.ipfs.dag import children
 from node.ipfs.errors import BlockNotFoundError, BlockVerificationError, FetchError, IpfsError
+from node.p2p.wire import ByteQueue
 
 log = logging.getLogger("openlora.p2p")
 
 PROTOCOL = "/openlora/blocks/1.0.0"
 MAX_WANT = 256
+MAX_CID = 64  # bytes of a binary CID in a request (ours are 36)
 MAX_BLOCK = 2 << 20
 BATCH = 64
+STREAMS = 2
+PIPELINE = 1  # requests a lane has outstanding beyond the one being answered
+READ_AHEAD = 1 << 20  # bytes asked of a stream per read (it returns what has arrived, up to this)
 
 
 class ExchangeError(IpfsError):
@@ -38,34 +47,40 @@ class ExchangeError(IpfsError):
 
 
 class _Reader:
-    """Exact reads over a libp2p stream (whose read(n) returns whatever has arrived, up to n)."""
+    """Exact reads over a libp2p stream (whose read(n) returns whatever has arrived, up to n), reading ahead in
+    chunks of up to READ_AHEAD bytes (what the stream holds: one call per chunk, not per field)."""
 
     def __init__(self, stream):
         self.stream = stream
-        self.buf = bytearray()
+        self.q = ByteQueue()
 
     async def _fill(self, n: int) -> None:
-        while len(self.buf) < n:
-            part = await self.stream.read(max(n - len(self.buf), 65536))
+        q = self.q
+        while len(q) < n:
+            part = await self.stream.read(max(n - len(q), READ_AHEAD))
             if not part:
                 raise EOFError("stream closed")
-            self.buf += part
+            q.append(part)
 
     async def exact(self, n: int) -> bytes:
-        await self._fill(n)
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
+        if len(self.q) < n:
+            await self._fill(n)
+        return self.q.take(n)
+
+    async def byte(self) -> int:
+        if not self.q:
+            await self._fill(1)
+        return self.q.take_view(1)[0]
 
     async def varint(self) -> int:
-        raw = bytearray()
-        while True:
-            b = await self.exact(1)
-            raw += b
-            if not b[0] & 0x80:
-                return decode_varint(bytes(raw))[0]
-            if len(raw) > 9:
-                raise ExchangeError("varint too long")
+        value = shift = 0
+        for _ in range(9):
+            b = await self.byte()
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+        raise ExchangeError("varint too long")
 
 
 class BlockServer:
@@ -88,7 +103,10 @@ class BlockServer:
                     raise ExchangeError(f"request for {count} blocks (max {MAX_WANT})")
                 want = []
                 for _ in range(count):
-                    want.append(CID.from_bytes(await reader.exact(await reader.varint())))
+                    n = await reader.varint()
+                    if n > MAX_CID:
+                        raise ExchangeError(f"a CID of {n} bytes (max {MAX_CID})")
+                    want.append(CID.from_bytes(await reader.exact(n)))
                 for cid in want:
                     data = self._get(cid)
                     if data is None:
@@ -112,20 +130,29 @@ class BlockServer:
         return self.tamper(cid, data) if self.tamper else data
 
 
-async def _request(stream, reader: _Reader, want: list[CID], sink: trio.MemorySendChannel, block_timeout: float,
-                   on_block: Callable[[CID, int], None] | None) -> list[CID]:
-    """One round on one stream: ask for `want`, verify each block as it arrives and hand it to the disk writer;
-    return their children (parsed only from verified blocks)."""
+def _encode_request(want: list[CID]) -> bytes:
     req = bytearray(encode_varint(len(want)))
     for cid in want:
         raw = cid.to_bytes()
         req += encode_varint(len(raw)) + raw
+    return bytes(req)
+
+
+async def _send_request(stream, want: list[CID], block_timeout: float) -> None:
     with trio.fail_after(block_timeout):
-        await stream.write(bytes(req))
+        await stream.write(_encode_request(want))
+
+
+async def _read_blocks(reader: _Reader, want: list[CID], writer: "_BlockWriter", block_timeout: float,
+                       on_block: Callable[[CID, int], None] | None) -> list[CID]:
+    """The answers to one request: verify each block as it arrives and hand it to the disk writer; return their
+    children (parsed only from verified blocks). Each block must arrive within `block_timeout` of the previous step
+    (trio.TooSlowError otherwise); waiting for the disk writer is not timed."""
     new: list[CID] = []
-    for cid in want:
-        with trio.fail_after(block_timeout):
-            status = (await reader.exact(1))[0]
+    with trio.CancelScope() as scope:  # one scope whose deadline moves per step (cheaper than a scope per block)
+        for cid in want:
+            scope.deadline = trio.current_time() + block_timeout
+            status = await reader.byte()
             if status == 1:
                 raise BlockNotFoundError(cid, f"block {cid}: the peer does not have it")
             if status != 0:
@@ -134,24 +161,65 @@ async def _request(stream, reader: _Reader, want: list[CID], sink: trio.MemorySe
             if n > MAX_BLOCK:
                 raise ExchangeError(f"block {cid}: peer sent {n} bytes, more than any block may hold")
             data = await reader.exact(n)
-        verify_block(cid, data)  # raises BlockVerificationError: nothing of it is used or stored
-        if on_block:
-            on_block(cid, n)
-        new.extend(children(cid, data))
-        await sink.send((cid, data))
+            verify_block(cid, data)  # raises BlockVerificationError: nothing of it is used or stored
+            if on_block:
+                on_block(cid, n)
+            if cid.codec == DAG_PB:
+                new.extend(children(cid, data))
+            scope.deadline = math.inf
+            await writer.put(cid, data)
+    if scope.cancelled_caught:
+        raise trio.TooSlowError
     return new
 
 
-async def _disk_writer(store, blocks: trio.MemoryReceiveChannel) -> None:
-    """Writes verified blocks in a worker thread, so file creation overlaps with reading the network."""
-    async with blocks:
-        async for cid, data in blocks:
-            await trio.to_thread.run_sync(store.put_trusted, cid, data)
+class _BlockWriter:
+    """Writes verified blocks to the store from one thread of its own, so file creation and the copy into the page
+    cache overlap with reading the network. At most `depth` blocks wait for it (memory stays a few blocks whatever
+    the file size); `put` only involves trio when that many are waiting. A write error is raised by the next `put`
+    or by `close`."""
+
+    def __init__(self, store, depth: int = 8):
+        self.store = store
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._slots = threading.Semaphore(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="openlora-block-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self.store.put_trusted(*item)
+                except BaseException as e:  # noqa: BLE001 - handed to the trio side
+                    self._error = e
+            del item
+            self._slots.release()
+
+    async def put(self, cid: CID, data) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._slots.acquire(blocking=False):
+            await trio.to_thread.run_sync(self._slots.acquire, abandon_on_cancel=True)
+        self._queue.put((cid, data))
+
+    async def close(self) -> None:
+        """Wait until every block handed over is written (shielded: at most `depth` blocks), then raise any write
+        error."""
+        self._queue.put(None)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._thread.join)
+        if self._error is not None:
+            raise self._error
 
 
 async def fetch_dag_from_peer(open_stream: Callable[[], Awaitable], root: CID, store, *,
-                              block_timeout: float = 15.0, batch: int = BATCH, streams: int = 2,
-                              max_bytes: int | None = None,
+                              block_timeout: float = 15.0, batch: int = BATCH, streams: int = STREAMS,
+                              pipeline: int = PIPELINE, max_bytes: int | None = None,
                               on_block: Callable[[CID, int], None] | None = None) -> int:
     """Fetch every block of `root` that `store` lacks from one peer, level by level of the DAG; the blocks of a
     level are requested in batches over up to `streams` parallel streams. More than `max_bytes` of blocks is refused
@@ -169,40 +237,49 @@ async def fetch_dag_from_peer(open_stream: Callable[[], Awaitable], root: CID, s
     level = [root]
     seen: set[CID] = set()
     lanes: list[tuple[object, _Reader]] = []
+    writer = _BlockWriter(store, depth=8)  # at most 8 blocks (2 MiB) wait for the disk
     try:
-        async with trio.open_nursery() as outer:
-            sink, blocks = trio.open_memory_channel(8)  # at most 8 blocks (2 MiB) wait for the disk
-            outer.start_soon(_disk_writer, store, blocks)
-            async with sink:
-                while level:
-                    want, nxt = [], []
-                    for cid in level:
-                        if cid in seen:
-                            continue
-                        seen.add(cid)
-                        if store.has(cid):
-                            nxt.extend(children(cid, store.get(cid)) if cid.codec == DAG_PB else ())
-                        else:
-                            want.append(cid)
-                    batches = [want[i:i + batch] for i in range(0, len(want), batch)]
-                    while len(lanes) < min(streams, len(batches)):
-                        with trio.fail_after(block_timeout):
-                            s = await open_stream()
-                        lanes.append((s, _Reader(s)))
-                    results: list[list[CID]] = [[] for _ in batches]
+        while level:
+            want, nxt = [], []
+            for cid in level:
+                if cid in seen:
+                    continue
+                seen.add(cid)
+                if store.has(cid):
+                    nxt.extend(children(cid, store.get(cid)) if cid.codec == DAG_PB else ())
+                else:
+                    want.append(cid)
+            batches = [want[i:i + batch] for i in range(0, len(want), batch)]
+            while len(lanes) < min(streams, len(batches)):
+                with trio.fail_after(block_timeout):
+                    s = await open_stream()
+                lanes.append((s, _Reader(s)))
+            results: list[list[CID]] = [[] for _ in batches]
 
-                    async def lane(k: int) -> None:
-                        stream, reader = lanes[k]
-                        for b in range(k, len(batches), len(lanes)):
-                            results[b] = await _request(stream, reader, batches[b], sink, block_timeout, count)
+            async def lane(k: int) -> None:
+                # Pipelined: the request for a lane's next batch goes out before the answers to the current one are
+                # read, so the peer always has the next request waiting when it finishes a batch.
+                stream, reader = lanes[k]
+                mine = list(range(k, len(batches), len(lanes)))
+                for b in mine[:pipeline]:
+                    await _send_request(stream, batches[b], block_timeout)
+                for j, b in enumerate(mine):
+                    if j + pipeline < len(mine):
+                        await _send_request(stream, batches[mine[j + pipeline]], block_timeout)
+                    results[b] = await _read_blocks(reader, batches[b], writer, block_timeout, count)
 
-                    if batches:
-                        async with trio.open_nursery() as nursery:
-                            for k in range(len(lanes)):
-                                nursery.start_soon(lane, k)
-                    fetched += len(want)
-                    level = nxt + [c for r in results for c in r]
+            if batches:
+                async with trio.open_nursery() as nursery:
+                    for k in range(len(lanes)):
+                        nursery.start_soon(lane, k)
+            fetched += len(want)
+            level = nxt + [c for r in results for c in r]
+        await writer.close()  # every verified block is on disk before this returns
     except BaseException as e:
+        try:
+            await writer.close()  # the verified blocks already handed over are kept
+        except Exception:  # noqa: BLE001 - the fetch's own error is the one to report
+            pass
         first = e
         while isinstance(first, BaseExceptionGroup):  # a lane's failure: re-raise the underlying error itself
             first = first.exceptions[0]

@@ -1,7 +1,8 @@
 """The libp2p side of a node, run entirely inside the bridge's trio thread.
 
 What it does: builds a py-libp2p host with Noise as the ONLY security transport (a plaintext or secio dialer is
-refused during negotiation) and yamux, from a persistent ed25519 identity in `<home>/p2p/identity.key`; listens,
+refused during negotiation) and yamux (both with the leaner byte paths of `node.p2p.wire`: same handshake and wire
+format), from a persistent ed25519 identity in `<home>/p2p/identity.key`; listens,
 dials bootstrap peers (and retries them), runs gossipsub (announcement and heartbeat topics, with a topic validator
 that drops and counts invalid or unsigned messages before they are forwarded), a Kad-DHT in server mode (provider
 records for every complete adapter held), and the block exchange server. It re-sends the announcements of the
@@ -30,19 +31,16 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service.context import background_trio_service
 
 from node.ipfs.cid import CID
 from node.p2p import gossip
 from node.p2p.exchange import PROTOCOL as BLOCKS_PROTOCOL
 from node.p2p.exchange import BlockServer, fetch_with_failover
+from node.p2p.wire import BufferedNoiseTransport, use_fast_yamux
 
 log = logging.getLogger("openlora.p2p")
 
-# py-libp2p's yamux sends a window update after every read by default; batching them (go-yamux's behaviour) saves
-# ~10 % of a receiver's CPU on bulk block transfers (docs/benchmarks.md). An operator's own setting wins.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 
 @dataclass(frozen=True)
@@ -82,10 +80,13 @@ def load_or_create_identity(path: Path):
 
 
 def noise_only_host(key_pair, listen: str):
-    """A host whose only security protocol is Noise (no plaintext, secio or TLS fallback) and whose muxer is yamux."""
-    sec = {NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)}
-    return new_host(key_pair=key_pair, sec_opt=sec, muxer_opt=create_yamux_muxer_option(),
+    """A host whose only security protocol is Noise (no plaintext, secio or TLS fallback) and whose muxer is yamux;
+    Noise sessions are `BufferedNoiseSession`s and yamux connections `FastYamux` (node.p2p.wire)."""
+    sec = {NOISE_PROTOCOL_ID: BufferedNoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)}
+    host = new_host(key_pair=key_pair, sec_opt=sec, muxer_opt=create_yamux_muxer_option(),
                     listen_addrs=[multiaddr.Multiaddr(listen)])
+    use_fast_yamux(host)
+    return host
 
 
 class P2PNode:
