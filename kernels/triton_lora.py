@@ -4,32 +4,61 @@ What it does: the four LoRA ops of kernels/reference.py (`sgmv_shrink`, `sgmv_ex
 `bgmv_expand`) with the same signatures and semantics, as Triton kernels that run natively on CUDA and under
 TRITON_INTERPRET=1 on CPU (exact, slow: for tests).
 
-How the work is laid out:
-- Adapter weights are addressed through the slot table (`slot_row_start`, `slot_rank`, `slot_scale`), so the pools
-  can live anywhere in device memory and any mix of ranks shares one pool.
-- The rank dimension of each program is bounded by its slot's own rank: shrink programs whose rank tile starts at
-  or past the slot's rank exit at once, expand programs loop over `range(0, rank, BLOCK_R)`. A rank-8 adapter in a
-  batch whose largest rank is 128 therefore reads 8 rows of A/B, not 128 (the last tile is masked, never padded).
-- BGMV shrink splits K over several programs (then sums the float32 partials in a second small kernel) when a
-  decode batch has too few tokens to fill the GPU.
-- A token (BGMV) or a segment (SGMV) with slot -1, or an empty slot (rank 0), launches programs that exit on their
-  first loads; SGMV does not even launch tiles for slot -1 segments (the tile map below skips them).
-- SGMV grids over "tiles" of BLOCK_M tokens that never straddle two segments. The tile -> segment map is computed
-  with a few device-side torch ops (no host sync, fixed grid size cdiv(T, BLOCK_M) + S), and cached for as long as
-  the same metadata tensors are passed unmodified (the engine calls 2 x 7 x num_layers LoRA ops per step with the
-  same metadata).
-- Memory safety: a slot whose rank exceeds buf's R columns (which the semantics exclude) is clamped to R, so a
-  metadata bug elsewhere can never make a kernel write past buf.
-- Accumulation is float32. Shrink multiplies x by A in their own dtype on tensor cores (fp32 inputs use IEEE fp32,
-  not TF32, to match the reference). Expand multiplies the float32 buffer by B: for a 16-bit B the buffer tile is
-  rounded to B's dtype first (what PEFT does: lora_A's output is in the model dtype), for a float32 B it stays fp32.
+How the work is laid out (docs/kernels.md has the per-shape arithmetic and the H100 figures):
+- Four kernels. Tensor-core (`tl.dot`, fp32 accumulation) kernels `_lora_shrink_kernel` / `_lora_expand_kernel`
+  for SGMV and for BGMV with several tokens per program; CUDA-core "GEMV" kernels `_gemv_shrink_kernel` /
+  `_gemv_expand_kernel` for BGMV with one token per program (no shared memory, few registers: many programs per
+  SM hide the memory latency, which is what a batch of tokens with distinct adapters needs).
+- Token blocks. A tl.dot program owns a block of tokens:
+  * SGMV: a tile of BLOCK_M tokens of one segment (tiles never straddle two segments; the tile -> segment map is
+    computed on the device, see `build_tile_map`). One slot per program.
+  * BGMV: `tokens` consecutive tokens (2..16), and the program loops over the *distinct* slots among them (a
+    `while` over the tokens not yet done: take the first, select every token of the block with its slot). Each
+    adapter's rows are read once per block instead of once per token when the batch groups tokens by adapter (as
+    the engine does), and the result is exact for any token order (blocks never share outputs). `tokens` is
+    chosen on the host, never from device values: T // number of slots (a lower bound of the average run length),
+    a power of two up to 16; when it is 1 (tokens may all have their own adapter) the GEMV kernels run instead.
+- Shrink: program (token block, rank tile, K split) streams its slot's A rows (contiguous: rank x K) in
+  [BLOCK_R, BLOCK_K] tiles, software-pipelined (num_stages) on the tl.dot kernels. Rank-adaptive: programs whose
+  rank tile starts at or past every rank of their block exit at once, and tiles are masked to each slot's rank (a
+  rank-8 adapter in a batch whose largest rank is 128 loads 8 rows of A).
+- Split-K (every shrink): when token blocks x rank tiles do not give every SM `programs_per_sm` programs, K is
+  split over several programs, each streaming a contiguous K chunk. Each split stores a float32 partial into a
+  scratch `[splits, T, R]`; the partials are summed (deterministically, in split order) either by the last split
+  of each tile to finish ("atomic": a CTA barrier, a per-tile counter `tl.atomic_add` acq_rel at GPU scope, `.cg`
+  loads of the partials, the counter reset to 0: one launch, the default) or by a second launch of the same
+  kernel ("kernel"). The scratch and the zeroed counters persist per device and are never freed, so CUDA-graph
+  captures keep valid pointers; a capture that would need to grow them uses fewer splits instead.
+- Expand: a tl.dot program (token block, range of output columns) holds the slot's whole rank in one tile when
+  the batch's rank fits BLOCK_R (else it loops over rank chunks), loads its buffer rows once and streams B in
+  [rank, BLOCK_N] tiles over its column range (pipelined), with y's next tile loaded one iteration ahead; each y
+  tile is read and written once. The GEMV expand program (token, BLOCK_N columns) loops over the slot's own rank
+  in BLOCK_R rows; with BLOCK_N = 256 x num_warps each thread owns whole columns and the rank sum stays in
+  registers.
+- A token (BGMV) or segment (SGMV) with slot -1, or an empty slot (rank 0), is never written; SGMV launches no
+  tiles for slot -1 segments.
+- Memory safety: a slot whose rank exceeds buf's R columns (which the semantics exclude) is clamped to R.
+- Accumulation is float32. Shrink multiplies x by A in their own dtype (fp32 inputs use IEEE fp32, not TF32).
+  Expand multiplies the float32 buffer by B: for a 16-bit B the buffer is rounded to B's dtype first (what PEFT
+  does: lora_A's output is in the model dtype), for a float32 B it stays fp32. In a BGMV block that holds several
+  slots every slot's product goes to its own tokens only, so a NaN/inf in one adapter's weights cannot reach
+  another adapter's tokens.
+- Launch cost: one launch per op by default, no host syncs, no allocations after the first split-K call
+  (everything can be captured in a CUDA graph), and plain-Python index arithmetic (triton.cdiv and
+  triton.next_power_of_2 cost microseconds per call).
+
+Tunables: the `*_CONFIG` constants below (block sizes, warps, stages, split policy) are the defaults of the
+public functions; the internal launchers (`_bgmv_shrink`, `_bgmv_expand`, `_sgmv_shrink`, `_sgmv_expand`) take
+configs and overrides (`cfg=`, `gemv_cfg=`, `tokens=`, `splits=`, `gemv=`) as keyword-only arguments, which
+bench/tune_lora.py sweeps on a GPU.
 
 What it does not do: choose between SGMV and BGMV (the engine does: segments for prefill, per-token for decode),
-or autotune (the block sizes below are fixed and still to be tuned on a GPU).
+or autotune at run time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import weakref
@@ -38,17 +67,54 @@ import torch
 import triton
 import triton.language as tl
 
-# Fixed tile sizes (not yet tuned on a GPU; see docs/kernels.md).
-SGMV_BLOCK_M = 32          # tokens per SGMV tile (a tile never straddles two segments)
-SGMV_BLOCK_K = 64          # reduction tile over in_features (shrink)
-SGMV_BLOCK_N = 64          # output-feature tile (expand)
-BGMV_BLOCK_K = 256         # reduction tile over in_features (shrink, one token per program)
-BGMV_BLOCK_N = 128         # output-feature tile (expand, one token per program)
-BLOCK_R_MIN = 16           # smallest rank tile (tl.dot needs >= 16)
-BGMV_TARGET_PROGRAMS_PER_SM = 4    # BGMV shrink splits K until a launch has about this many programs per SM
-BGMV_MAX_SPLITS = 16
-INTERPRETED_TARGET_PROGRAMS = 16   # the same target without a GPU (small, so that the tests exercise split-K)
-SGMV_SHRINK_WARPS = 8      # 4 warps spill registers at BLOCK_M=32, BLOCK_R=64, BLOCK_K=64 (ptxas, sm_90)
+
+@dataclasses.dataclass(frozen=True)
+class ShrinkConfig:
+    block_m: int            # SGMV: tokens per tile; BGMV: the most tokens one program may take (1 for GEMV)
+    block_r: int            # rank tile (a power of two; >= 16 on the tl.dot kernels); capped by buf's R
+    block_k: int            # K chunk per loop iteration
+    num_warps: int
+    num_stages: int
+    programs_per_sm: int    # split K until a launch has about this many programs per SM (0: never split)
+    max_splits: int
+    split_reduce: str = "kernel"    # how split partials are summed: "kernel" (a second, small launch of the same
+                                    # kernel) or "atomic" (the last split of each tile, found with a counter: one
+                                    # launch, but a fence and an atomic round trip at the end of every program)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpandConfig:
+    block_m: int            # SGMV: tokens per tile; BGMV: the most tokens one program may take (1 for GEMV)
+    block_r: int            # rank tile: the whole rank in one tile up to this (tl.dot kernels), else a loop
+    block_n: int            # output columns per tile (GEMV: best 256 x num_warps, so rank sums stay in-thread)
+    num_warps: int
+    num_stages: int
+    programs_per_sm: int    # tl.dot kernels: the output columns are cut into ranges (of whole tiles) so that the
+                            # launch has about this many programs per SM (0: one tile per program); GEMV: unused
+
+
+# Defaults of the public functions, chosen with bench/tune_lora.py on an H100 (bf16, Llama-3-8B shapes; see
+# docs/kernels.md for the measured figures).
+# BGMV with one token per program (tokens may all have their own adapter): FMA "GEMV" kernels.
+BGMV_SHRINK_GEMV_CONFIG = ShrinkConfig(block_m=1, block_r=16, block_k=256, num_warps=8, num_stages=1,
+                                       programs_per_sm=4, max_splits=16, split_reduce="atomic")
+BGMV_EXPAND_GEMV_CONFIG = ExpandConfig(block_m=1, block_r=16, block_n=1024, num_warps=4, num_stages=1,
+                                       programs_per_sm=0)
+# BGMV with several tokens per program (T // slots >= 2) and SGMV: tensor-core (tl.dot) kernels.
+BGMV_SHRINK_CONFIG = ShrinkConfig(block_m=16, block_r=32, block_k=128, num_warps=4, num_stages=3,
+                                  programs_per_sm=2, max_splits=16, split_reduce="atomic")
+BGMV_EXPAND_CONFIG = ExpandConfig(block_m=16, block_r=128, block_n=128, num_warps=4, num_stages=3,
+                                  programs_per_sm=2)
+SGMV_SHRINK_CONFIG = ShrinkConfig(block_m=16, block_r=64, block_k=128, num_warps=4, num_stages=3,
+                                  programs_per_sm=4, max_splits=16, split_reduce="atomic")
+SGMV_EXPAND_CONFIG = ExpandConfig(block_m=16, block_r=128, block_n=128, num_warps=4, num_stages=3,
+                                  programs_per_sm=4)
+
+BLOCK_MIN = 16                     # tl.dot needs every dimension >= 16
+F32_BLOCK_N_MAX = 64               # expand output tile with float32 (IEEE) dots: wider ones spill on sm_90
+INTERPRETED_TARGET_PROGRAMS = 16   # the split target without a GPU (small, so that the tests exercise split-K)
+SCRATCH_MIN_COUNTERS = 1 << 14     # split-K tile counters allocated at first use (64 KiB of int32)
+SCRATCH_MIN_PARTIALS = 1 << 21     # split-K float32 partials allocated at first use on a GPU (8 MiB)
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # read when the kernels are decorated, as Triton does
 
@@ -65,10 +131,6 @@ def _dot_in_f32(*dtypes: torch.dtype) -> bool:
     to the float32 accumulation order.
     """
     return any(d == torch.float32 for d in dtypes) or (INTERPRETED and any(d == torch.bfloat16 for d in dtypes))
-
-
-def _rank_tile(max_rank: int, cap: int) -> int:
-    return max(BLOCK_R_MIN, min(cap, triton.next_power_of_2(max(int(max_rank), 1))))
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -93,179 +155,344 @@ _add_combine = getattr(tl.standard, "_sum_combine", _own_add)
 _max_combine = getattr(tl.standard, "_elementwise_max", _own_max)
 
 
+@triton.jit
+def _pick(v, ar, i):
+    """v[i] of a 1-D tensor, as a scalar."""
+    return tl.reduce(tl.where(ar == i, v, 0), 0, _add_combine)
+
 
 @triton.jit
-def _bgmv_shrink_kernel(
-    x_ptr, a_ptr, out_ptr, token_slots_ptr, slot_row_start_ptr, slot_rank_ptr,
-    R, K, k_per_split, stride_xt, stride_ar, stride_ot, stride_os,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+def _first_todo(todo, ar, BLOCK_T: tl.constexpr):
+    """The smallest index i with todo[i] != 0 (todo must have one)."""
+    return BLOCK_T - 1 - tl.reduce(tl.where(todo != 0, BLOCK_T - 1 - ar, -1), 0, _max_combine)
+
+
+@triton.jit
+def _shrink_tile(x_ptr, a_ptr, out_ptr, offs_t, sel, row0, rank, r0, k_lo, k_hi, stride_xt, stride_ar, stride_ot,
+                 BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
+    """out[t, r0 + r] = sum over k in [k_lo, k_hi) of A[row0 + r0 + r, k] * x[t, k], for the tokens `sel` and
+    r0 + r < rank: one slot's rows against the block's tokens of that slot, [BLOCK_R, BLOCK_K] x [BLOCK_K, BLOCK_T]."""
+    offs_r = r0 + tl.arange(0, BLOCK_R)
+    rmask = offs_r < rank
+    a_rows = a_ptr + (row0 + offs_r).to(tl.int64)[:, None] * stride_ar                  # [BLOCK_R, 1]
+    x_cols = x_ptr + offs_t.to(tl.int64)[None, :] * stride_xt                            # [1, BLOCK_T]
+    acc = tl.full([BLOCK_R, BLOCK_T], 0.0, dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < k_hi
+        av = tl.load(a_rows + offs_k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)    # [BR, BK]
+        xv = tl.load(x_cols + offs_k[:, None], mask=kmask[:, None] & sel[None, :], other=0.0)      # [BK, BT]
+        if DOT_F32:
+            acc = tl.dot(av.to(tl.float32), xv.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(av, xv, acc)
+    out = out_ptr + offs_t.to(tl.int64)[None, :] * stride_ot + offs_r[:, None]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & sel[None, :])
+
+
+@triton.jit
+def _sum_partials(part_ptr, buf_ptr, offs_t, offs_r, wmask, num_splits, R, stride_ps, stride_bt):
+    """buf[t, r] = sum over splits of part[split, t, r] where wmask (partials read from L2: `.cg`)."""
+    part_tile = part_ptr + offs_t.to(tl.int64)[None, :] * R + offs_r[:, None]
+    acc = tl.load(part_tile, mask=wmask, other=0.0, cache_modifier=".cg")
+    for s in range(1, num_splits):
+        acc += tl.load(part_tile + s * stride_ps, mask=wmask, other=0.0, cache_modifier=".cg")
+    tl.store(buf_ptr + offs_t.to(tl.int64)[None, :] * stride_bt + offs_r[:, None], acc.to(buf_ptr.dtype.element_ty),
+             mask=wmask)
+
+
+@triton.jit
+def _lora_shrink_kernel(
+    x_ptr, a_ptr, buf_ptr, part_ptr, lock_ptr, slots_ptr, seg_starts_ptr, tile_seg_ptr, tile_first_ptr,
+    slot_row_start_ptr, slot_rank_ptr,
+    num_segs, T, R, K, k_per_split, num_splits, tokens_per_prog, stride_xt, stride_ar, stride_bt, stride_ps,
+    SEGMENTED: tl.constexpr, MULTI: tl.constexpr, MODE: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
 ):
-    """One program per (token, rank tile, K split): out[split, t, r0:r0+BLOCK_R] = x[t, ks] @ A[rows, ks].T, masked
-    to the slot's rank. With one split `out` is buf itself; with several, a float32 scratch reduced afterwards."""
+    """One program per (token block, rank tile, K split): buf[t, r] = x[t] @ A[rows(slot(t)) + r].T.
+
+    SEGMENTED: the block is a tile of one segment (slots_ptr = seg_slots); else (slots_ptr = token_slots) one
+    token, or with MULTI `tokens_per_prog` consecutive tokens handled one distinct slot at a time.
+    MODE 0: no split, results into buf. 1: partials into part[split, t, r] (a MODE 2 launch of the same grid
+    without the split axis sums them into buf). 3: partials, and the last split of each tile to finish (a counter
+    per tile) sums them: one launch."""
+    pid_m = tl.program_id(0)
+    r0 = tl.program_id(1) * BLOCK_R
+    split = tl.program_id(2)
+    ar = tl.arange(0, BLOCK_T)
+    k_lo = split * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    if MODE == 0:
+        out_ptr = buf_ptr
+        stride_ot = stride_bt
+    else:
+        out_ptr = part_ptr + split.to(tl.int64) * stride_ps
+        stride_ot = R
+    if not MULTI:                                                    # one slot: a segment's tile, or one token
+        if SEGMENTED:
+            seg = tl.load(tile_seg_ptr + pid_m)
+            if seg >= num_segs:                                      # past the last active tile
+                return
+            slot = tl.load(slots_ptr + seg)
+            t_end = tl.load(seg_starts_ptr + seg + 1)
+            m0 = tl.load(seg_starts_ptr + seg) + (pid_m - tl.load(tile_first_ptr + seg)) * BLOCK_T
+        else:
+            slot = tl.load(slots_ptr + pid_m)
+            if slot < 0:
+                return
+            t_end = pid_m + 1
+            m0 = pid_m
+        rank = tl.minimum(tl.load(slot_rank_ptr + slot), R)          # never past buf's R columns
+        if rank <= r0:
+            return
+        row0 = tl.load(slot_row_start_ptr + slot).to(tl.int64)
+        offs_t = m0 + ar
+        active = offs_t < t_end
+        ranks = tl.where(active, rank, 0)
+        if MODE != 2:
+            _shrink_tile(x_ptr, a_ptr, out_ptr, offs_t, active, row0, rank, r0, k_lo, k_hi, stride_xt, stride_ar,
+                         stride_ot, BLOCK_T, BLOCK_R, BLOCK_K, DOT_F32)
+    else:
+        offs_t = pid_m * tokens_per_prog + ar
+        slots = tl.load(slots_ptr + offs_t, mask=(ar < tokens_per_prog) & (offs_t < T), other=-1)
+        valid = slots >= 0
+        safe = tl.maximum(slots, 0)
+        ranks = tl.minimum(tl.load(slot_rank_ptr + safe, mask=valid, other=0), R)
+        active = ranks > r0
+        todo = active.to(tl.int32)
+        left = tl.reduce(todo, 0, _add_combine)
+        if left == 0:
+            return
+        if MODE != 2:
+            rows = tl.load(slot_row_start_ptr + safe, mask=active, other=0)
+            while left > 0:                                          # one iteration per distinct slot
+                first = _first_todo(todo, ar, BLOCK_T)
+                slot = _pick(slots, ar, first)
+                sel = (slots == slot) & (todo != 0)
+                _shrink_tile(x_ptr, a_ptr, out_ptr, offs_t, sel, _pick(rows, ar, first).to(tl.int64),
+                             _pick(ranks, ar, first), r0, k_lo, k_hi, stride_xt, stride_ar, stride_ot,
+                             BLOCK_T, BLOCK_R, BLOCK_K, DOT_F32)
+                todo = tl.where(sel, 0, todo)
+                left = tl.reduce(todo, 0, _add_combine)
+    if MODE >= 2:
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        wmask = (offs_r[:, None] < ranks[None, :]) & active[None, :]
+        if MODE == 2:
+            _sum_partials(part_ptr, buf_ptr, offs_t, offs_r, wmask, num_splits, R, stride_ps, stride_bt)
+        else:
+            # every split of this tile has stored its partial: the last one to get here reduces them
+            tl.debug_barrier()
+            lock = lock_ptr + pid_m * tl.num_programs(1) + tl.program_id(1)
+            count = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
+            if count == num_splits - 1:
+                _sum_partials(part_ptr, buf_ptr, offs_t, offs_r, wmask, num_splits, R, stride_ps, stride_bt)
+                tl.atomic_xchg(lock, 0)                              # ready for the next launch
+
+
+@triton.jit
+def _expand_rows(buf_ptr, b_ptr, y_ptr, offs_t, sel, row0, rank, scale, n_lo, n_hi, y_offset, stride_bt, stride_br,
+                 stride_yt, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                 FULL_R: tl.constexpr, DOT_F32: tl.constexpr):
+    """y[t, off + n] += scale * buf[t, :rank] @ B[row0:row0 + rank, n] for the tokens `sel` and n in [n_lo, n_hi):
+    one slot, streaming its B rows in [BLOCK_R, BLOCK_N] tiles (FULL_R: the whole rank in one tile, loaded once per
+    N tile; the loop over N is then the pipelined one). Each N tile of y is read and written once."""
+    buf_rows = buf_ptr + offs_t.to(tl.int64)[:, None] * stride_bt                      # [BLOCK_T, 1]
+    y_rows = y_ptr + offs_t.to(tl.int64)[:, None] * stride_yt + y_offset
+    ar_r = tl.arange(0, BLOCK_R)
+    if FULL_R:
+        rmask = ar_r < rank
+        bv = tl.load(buf_rows + ar_r[None, :], mask=sel[:, None] & rmask[None, :], other=0.0)        # [BT, BR]
+        lhs = bv.to(b_ptr.dtype.element_ty)    # a 16-bit B rounds the buffer tile to its dtype (as PEFT does)
+        if DOT_F32:
+            lhs = lhs.to(tl.float32)
+        w_rows = b_ptr + (row0 + ar_r).to(tl.int64)[:, None] * stride_br                    # [BLOCK_R, 1]
+        offs_n = n_lo + tl.arange(0, BLOCK_N)
+        yv = tl.load(y_rows + offs_n[None, :], mask=sel[:, None] & (offs_n < n_hi)[None, :], other=0.0)
+        for n0 in range(n_lo, n_hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            nmask = offs_n < n_hi
+            wv = tl.load(w_rows + offs_n[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)  # [BR, BN]
+            nxt = offs_n + BLOCK_N                       # the next tile of y, loaded one iteration ahead
+            y_next = tl.load(y_rows + nxt[None, :], mask=sel[:, None] & (nxt < n_hi)[None, :], other=0.0)
+            if DOT_F32:
+                part = tl.dot(lhs, wv.to(tl.float32), input_precision="ieee")
+            else:
+                part = tl.dot(lhs, wv)
+            tl.store(y_rows + offs_n[None, :], (yv.to(tl.float32) + part * scale).to(y_ptr.dtype.element_ty),
+                     mask=sel[:, None] & nmask[None, :])
+            yv = y_next
+    else:
+        for n0 in range(n_lo, n_hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            nmask = offs_n < n_hi
+            part = tl.full([BLOCK_T, BLOCK_N], 0.0, dtype=tl.float32)
+            for r0 in range(0, rank, BLOCK_R):                                         # bounded by this slot's rank
+                offs_r = r0 + ar_r
+                rmask = offs_r < rank
+                bv = tl.load(buf_rows + offs_r[None, :], mask=sel[:, None] & rmask[None, :], other=0.0)
+                wv = tl.load(b_ptr + (row0 + offs_r).to(tl.int64)[:, None] * stride_br + offs_n[None, :],
+                             mask=rmask[:, None] & nmask[None, :], other=0.0)
+                lhs = bv.to(wv.dtype)
+                if DOT_F32:
+                    part = tl.dot(lhs.to(tl.float32), wv.to(tl.float32), part, input_precision="ieee")
+                else:
+                    part = tl.dot(lhs, wv, part)
+            ymask = sel[:, None] & nmask[None, :]
+            yv = tl.load(y_rows + offs_n[None, :], mask=ymask, other=0.0).to(tl.float32)
+            tl.store(y_rows + offs_n[None, :], (yv + part * scale).to(y_ptr.dtype.element_ty), mask=ymask)
+
+
+@triton.jit
+def _lora_expand_kernel(
+    buf_ptr, b_ptr, y_ptr, slots_ptr, seg_starts_ptr, tile_seg_ptr, tile_first_ptr,
+    slot_row_start_ptr, slot_rank_ptr, slot_scale_ptr,
+    num_segs, T, R, N, y_offset, tokens_per_prog, n_per_prog, stride_bt, stride_br, stride_yt,
+    SEGMENTED: tl.constexpr, MULTI: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr, FULL_R: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    """One program per (token block, range of n_per_prog output columns): y[t, off + n] += scale(slot(t)) *
+    buf[t, :r] @ B[rows(slot(t)), n]. Blocks as in the shrink kernel; each slot of a block updates its own tokens'
+    rows of y (so a NaN/inf in one adapter's weights cannot reach another adapter's tokens)."""
+    pid_m = tl.program_id(0)
+    n_lo = tl.program_id(1) * n_per_prog
+    n_hi = tl.minimum(n_lo + n_per_prog, N)
+    ar = tl.arange(0, BLOCK_T)
+    if not MULTI:                                                    # one slot: a segment's tile, or one token
+        if SEGMENTED:
+            seg = tl.load(tile_seg_ptr + pid_m)
+            if seg >= num_segs:
+                return
+            slot = tl.load(slots_ptr + seg)
+            t_end = tl.load(seg_starts_ptr + seg + 1)
+            m0 = tl.load(seg_starts_ptr + seg) + (pid_m - tl.load(tile_first_ptr + seg)) * BLOCK_T
+        else:
+            slot = tl.load(slots_ptr + pid_m)
+            if slot < 0:
+                return
+            t_end = pid_m + 1
+            m0 = pid_m
+        rank = tl.minimum(tl.load(slot_rank_ptr + slot), R)          # never past buf's R columns
+        if rank <= 0:                                                # empty slot: nothing written
+            return
+        row0 = tl.load(slot_row_start_ptr + slot).to(tl.int64)
+        offs_t = m0 + ar
+        _expand_rows(buf_ptr, b_ptr, y_ptr, offs_t, offs_t < t_end, row0, rank,
+                     tl.load(slot_scale_ptr + slot).to(tl.float32), n_lo, n_hi, y_offset, stride_bt, stride_br,
+                     stride_yt, BLOCK_T, BLOCK_R, BLOCK_N, FULL_R, DOT_F32)
+    else:
+        offs_t = pid_m * tokens_per_prog + ar
+        slots = tl.load(slots_ptr + offs_t, mask=(ar < tokens_per_prog) & (offs_t < T), other=-1)
+        valid = slots >= 0
+        safe = tl.maximum(slots, 0)
+        ranks = tl.minimum(tl.load(slot_rank_ptr + safe, mask=valid, other=0), R)
+        active = ranks > 0
+        todo = active.to(tl.int32)
+        left = tl.reduce(todo, 0, _add_combine)
+        if left == 0:
+            return
+        rows = tl.load(slot_row_start_ptr + safe, mask=active, other=0)
+        scales = tl.load(slot_scale_ptr + safe, mask=active, other=0.0).to(tl.float32)
+        while left > 0:                                              # one iteration per distinct slot
+            first = _first_todo(todo, ar, BLOCK_T)
+            slot = _pick(slots, ar, first)
+            sel = (slots == slot) & (todo != 0)
+            _expand_rows(buf_ptr, b_ptr, y_ptr, offs_t, sel, _pick(rows, ar, first).to(tl.int64),
+                         _pick(ranks, ar, first), tl.reduce(tl.where(ar == first, scales, 0.0), 0, _add_combine),
+                         n_lo, n_hi, y_offset, stride_bt, stride_br, stride_yt, BLOCK_T, BLOCK_R, BLOCK_N, FULL_R,
+                         DOT_F32)
+            todo = tl.where(sel, 0, todo)
+            left = tl.reduce(todo, 0, _add_combine)
+
+
+@triton.jit
+def _gemv_shrink_kernel(
+    x_ptr, a_ptr, buf_ptr, part_ptr, lock_ptr, token_slots_ptr, slot_row_start_ptr, slot_rank_ptr,
+    T, R, K, k_per_split, num_splits, stride_xt, stride_ar, stride_bt,
+    MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """BGMV shrink, one token per program (t, rank tile, K split), on CUDA cores: a [BLOCK_R, BLOCK_K] tile of the
+    slot's A rows times x[t] accumulates elementwise in float32 registers and is summed over K once at the end (no
+    shared memory: many programs per SM hide the memory latency). MODE as in _lora_shrink_kernel."""
     t = tl.program_id(0)
     r0 = tl.program_id(1) * BLOCK_R
     split = tl.program_id(2)
     slot = tl.load(token_slots_ptr + t)
     if slot < 0:
         return
-    rank = tl.minimum(tl.load(slot_rank_ptr + slot), R)       # never past buf's R columns
-    if r0 >= rank:
-        return
-    row0 = tl.load(slot_row_start_ptr + slot).to(tl.int64)
-    offs_r = r0 + tl.arange(0, BLOCK_R)
-    rmask = offs_r < rank
-    x_row = x_ptr + t.to(tl.int64) * stride_xt
-    a_rows = a_ptr + (row0 + offs_r)[:, None] * stride_ar                  # [BLOCK_R, 1] row pointers
-    k_lo = split * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
-    acc = tl.full([BLOCK_R], 0.0, dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        kmask = offs_k < k_hi
-        xv = tl.load(x_row + offs_k, mask=kmask, other=0.0).to(tl.float32)                 # [BLOCK_K]
-        av = tl.load(a_rows + offs_k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        acc += tl.reduce(av.to(tl.float32) * xv[None, :], 1, _add_combine)
-    out_row = out_ptr + split.to(tl.int64) * stride_os + t.to(tl.int64) * stride_ot
-    tl.store(out_row + offs_r, acc.to(out_ptr.dtype.element_ty), mask=rmask)
-
-
-@triton.jit
-def _bgmv_shrink_reduce_kernel(
-    part_ptr, buf_ptr, token_slots_ptr, slot_rank_ptr, R, num_splits, stride_ps, stride_pt, stride_bt,
-    BLOCK_R: tl.constexpr,
-):
-    """One program per (token, rank tile): buf[t, r] = sum over splits of part[split, t, r], masked to the rank."""
-    t = tl.program_id(0)
-    r0 = tl.program_id(1) * BLOCK_R
-    slot = tl.load(token_slots_ptr + t)
-    if slot < 0:
-        return
-    rank = tl.minimum(tl.load(slot_rank_ptr + slot), R)       # never past buf's R columns
-    if r0 >= rank:
+    rank = tl.minimum(tl.load(slot_rank_ptr + slot), R)              # never past buf's R columns
+    if rank <= r0:
         return
     offs_r = r0 + tl.arange(0, BLOCK_R)
     rmask = offs_r < rank
-    acc = tl.full([BLOCK_R], 0.0, dtype=tl.float32)
-    for s in range(0, num_splits):
-        acc += tl.load(part_ptr + s * stride_ps + t.to(tl.int64) * stride_pt + offs_r, mask=rmask, other=0.0)
-    tl.store(buf_ptr + t.to(tl.int64) * stride_bt + offs_r, acc.to(buf_ptr.dtype.element_ty), mask=rmask)
+    part_row = part_ptr + t.to(tl.int64) * R + offs_r
+    buf_row = buf_ptr + t.to(tl.int64) * stride_bt + offs_r
+    if MODE != 2:
+        row0 = tl.load(slot_row_start_ptr + slot).to(tl.int64)
+        k_lo = split * k_per_split
+        k_hi = tl.minimum(k_lo + k_per_split, K)
+        x_row = x_ptr + t.to(tl.int64) * stride_xt
+        a_rows = a_ptr + (row0 + offs_r).to(tl.int64)[:, None] * stride_ar              # [BLOCK_R, 1]
+        acc = tl.full([BLOCK_R, BLOCK_K], 0.0, dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            kmask = offs_k < k_hi
+            xv = tl.load(x_row + offs_k, mask=kmask, other=0.0).to(tl.float32)                        # [BK]
+            av = tl.load(a_rows + offs_k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)     # [BR, BK]
+            acc += av.to(tl.float32) * xv[None, :]
+        res = tl.reduce(acc, 1, _add_combine)                                              # [BLOCK_R]
+        if MODE == 0:
+            tl.store(buf_row, res.to(buf_ptr.dtype.element_ty), mask=rmask)
+        else:
+            tl.store(part_row + split.to(tl.int64) * T * R, res, mask=rmask)
+    if MODE >= 2:
+        last = True
+        if MODE == 3:
+            tl.debug_barrier()
+            lock = lock_ptr + t * tl.num_programs(1) + tl.program_id(1)
+            last = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu") == num_splits - 1
+        if last:                                                     # sum the splits
+            tot = tl.load(part_row, mask=rmask, other=0.0, cache_modifier=".cg")
+            for s in range(1, num_splits):
+                tot += tl.load(part_row + s * T * R, mask=rmask, other=0.0, cache_modifier=".cg")
+            tl.store(buf_row, tot.to(buf_ptr.dtype.element_ty), mask=rmask)
+            if MODE == 3:
+                tl.atomic_xchg(lock, 0)
 
 
 @triton.jit
-def _bgmv_expand_kernel(
+def _gemv_expand_kernel(
     buf_ptr, b_ptr, y_ptr, token_slots_ptr, slot_row_start_ptr, slot_rank_ptr, slot_scale_ptr,
     R, N, y_offset, stride_bt, stride_br, stride_yt,
-    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, ROUND_BUF: tl.constexpr,
 ):
-    """One program per (token, output tile): y[t, off + n] += scale * buf[t, :rank] @ B[rows, n]."""
+    """BGMV expand, one token per program (t, output tile), on CUDA cores: [BLOCK_R, BLOCK_N] tiles of the slot's
+    B rows; with BLOCK_N = 256 x num_warps every thread owns whole columns, so the sum over the rank stays in
+    registers. y's tile is loaded before the weights (it does not depend on the slot)."""
     t = tl.program_id(0)
-    n0 = tl.program_id(1) * BLOCK_N
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < N
     slot = tl.load(token_slots_ptr + t)
     if slot < 0:
         return
-    rank = tl.minimum(tl.load(slot_rank_ptr + slot), R)       # never past buf's R columns
+    y_ptrs = y_ptr + t.to(tl.int64) * stride_yt + y_offset + offs_n
+    yv = tl.load(y_ptrs, mask=nmask, other=0.0)
+    rank = tl.minimum(tl.load(slot_rank_ptr + slot), R)              # never past buf's R columns
     if rank <= 0:
         return
     row0 = tl.load(slot_row_start_ptr + slot).to(tl.int64)
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    nmask = offs_n < N
     buf_row = buf_ptr + t.to(tl.int64) * stride_bt
     acc = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
-    for r0 in range(0, rank, BLOCK_R):                                     # bounded by this slot's rank
+    for r0 in range(0, rank, BLOCK_R):                                # bounded by this slot's rank
         offs_r = r0 + tl.arange(0, BLOCK_R)
         rmask = offs_r < rank
-        bv = tl.load(buf_row + offs_r, mask=rmask, other=0.0).to(tl.float32)              # [BLOCK_R]
-        wv = tl.load(b_ptr + (row0 + offs_r)[:, None] * stride_br + offs_n[None, :],
-                     mask=rmask[:, None] & nmask[None, :], other=0.0)                      # [BLOCK_R, BLOCK_N]
-        acc += tl.reduce(wv.to(tl.float32) * bv[:, None], 0, _add_combine)
+        bv = tl.load(buf_row + offs_r, mask=rmask, other=0.0)
+        if ROUND_BUF:
+            bv = bv.to(b_ptr.dtype.element_ty)     # a 16-bit B rounds the buffer to its dtype (as PEFT does)
+        wv = tl.load(b_ptr + (row0 + offs_r).to(tl.int64)[:, None] * stride_br + offs_n[None, :],
+                     mask=rmask[:, None] & nmask[None, :], other=0.0)                    # [BLOCK_R, BLOCK_N]
+        acc += tl.reduce(wv.to(tl.float32) * bv.to(tl.float32)[:, None], 0, _add_combine)
     scale = tl.load(slot_scale_ptr + slot).to(tl.float32)
-    y_ptrs = y_ptr + t.to(tl.int64) * stride_yt + y_offset + offs_n
-    yv = tl.load(y_ptrs, mask=nmask, other=0.0).to(tl.float32)
-    tl.store(y_ptrs, (yv + acc * scale).to(y_ptr.dtype.element_ty), mask=nmask)
-
-
-@triton.jit
-def _sgmv_shrink_kernel(
-    x_ptr, a_ptr, buf_ptr, seg_starts_ptr, seg_slots_ptr, slot_row_start_ptr, slot_rank_ptr,
-    tile_seg_ptr, tile_first_ptr, num_segs,
-    R, K, stride_xt, stride_ar, stride_bt,
-    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
-):
-    """One program per (token tile of one segment, rank tile): buf[m, r] = x[m] @ A[rows].T on tensor cores."""
-    tile = tl.program_id(0)
-    r0 = tl.program_id(1) * BLOCK_R
-    seg = tl.load(tile_seg_ptr + tile)
-    if seg >= num_segs:                                                    # past the last active tile
-        return
-    slot = tl.load(seg_slots_ptr + seg)
-    rank = tl.minimum(tl.load(slot_rank_ptr + slot), R)       # never past buf's R columns
-    if r0 >= rank:
-        return
-    row0 = tl.load(slot_row_start_ptr + slot).to(tl.int64)
-    t_end = tl.load(seg_starts_ptr + seg + 1)
-    m0 = tl.load(seg_starts_ptr + seg) + (tile - tl.load(tile_first_ptr + seg)) * BLOCK_M
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    mmask = offs_m < t_end
-    offs_r = r0 + tl.arange(0, BLOCK_R)
-    rmask = offs_r < rank
-    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xt              # [BLOCK_M, 1]
-    a_cols = a_ptr + (row0 + offs_r)[None, :] * stride_ar                  # [1, BLOCK_R]  (A^T view)
-    acc = tl.full([BLOCK_M, BLOCK_R], 0.0, dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        kmask = offs_k < K
-        xv = tl.load(x_rows + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
-        av = tl.load(a_cols + offs_k[:, None], mask=kmask[:, None] & rmask[None, :], other=0.0)
-        if DOT_F32:
-            acc = tl.dot(xv.to(tl.float32), av.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(xv, av, acc)
-    out = buf_ptr + offs_m.to(tl.int64)[:, None] * stride_bt + offs_r[None, :]
-    tl.store(out, acc.to(buf_ptr.dtype.element_ty), mask=mmask[:, None] & rmask[None, :])
-
-
-@triton.jit
-def _sgmv_expand_kernel(
-    buf_ptr, b_ptr, y_ptr, seg_starts_ptr, seg_slots_ptr, slot_row_start_ptr, slot_rank_ptr, slot_scale_ptr,
-    tile_seg_ptr, tile_first_ptr, num_segs,
-    R, N, y_offset, stride_bt, stride_br, stride_yt,
-    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr,
-):
-    """One program per (token tile of one segment, output tile): y[m, off + n] += scale * buf[m, :r] @ B[rows, n]."""
-    tile = tl.program_id(0)
-    n0 = tl.program_id(1) * BLOCK_N
-    seg = tl.load(tile_seg_ptr + tile)
-    if seg >= num_segs:
-        return
-    slot = tl.load(seg_slots_ptr + seg)
-    rank = tl.minimum(tl.load(slot_rank_ptr + slot), R)       # never past buf's R columns
-    if rank <= 0:                                                          # empty slot: nothing written
-        return
-    row0 = tl.load(slot_row_start_ptr + slot).to(tl.int64)
-    t_end = tl.load(seg_starts_ptr + seg + 1)
-    m0 = tl.load(seg_starts_ptr + seg) + (tile - tl.load(tile_first_ptr + seg)) * BLOCK_M
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    mmask = offs_m < t_end
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    nmask = offs_n < N
-    buf_rows = buf_ptr + offs_m.to(tl.int64)[:, None] * stride_bt          # [BLOCK_M, 1]
-    acc = tl.full([BLOCK_M, BLOCK_N], 0.0, dtype=tl.float32)
-    for r0 in range(0, rank, BLOCK_R):                                     # bounded by this slot's rank
-        offs_r = r0 + tl.arange(0, BLOCK_R)
-        rmask = offs_r < rank
-        bv = tl.load(buf_rows + offs_r[None, :], mask=mmask[:, None] & rmask[None, :], other=0.0)
-        wv = tl.load(b_ptr + (row0 + offs_r)[:, None] * stride_br + offs_n[None, :],
-                     mask=rmask[:, None] & nmask[None, :], other=0.0)
-        lhs = bv.to(wv.dtype)                  # a 16-bit B rounds the buffer tile to its dtype (as PEFT does)
-        if DOT_F32:
-            acc = tl.dot(lhs.to(tl.float32), wv.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(lhs, wv, acc)
-    scale = tl.load(slot_scale_ptr + slot).to(tl.float32)
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_yt + y_offset + offs_n[None, :]
-    ymask = mmask[:, None] & nmask[None, :]
-    yv = tl.load(y_ptrs, mask=ymask, other=0.0).to(tl.float32)
-    tl.store(y_ptrs, (yv + acc * scale).to(y_ptr.dtype.element_ty), mask=ymask)
+    tl.store(y_ptrs, (yv.to(tl.float32) + acc * scale).to(y_ptr.dtype.element_ty), mask=nmask)
 
 
 # ------------------------------------------------------------------------------------------------ launchers
@@ -287,14 +514,13 @@ class _TileMap:
 
     The key holds weak references to the tensors (a new step's tensors never hit a stale map) and their version
     counters (an in-place write invalidates it; inference tensors have none, so for them only identity counts:
-    do not write into metadata tensors that are still in use). While a CUDA graph is being captured the map is
-    always rebuilt, so that its computation is part of the graph.
+    do not write into metadata tensors that are still in use). One entry per tile height (shrink and expand may
+    use different ones). While a CUDA graph is being captured the map is always rebuilt, so that its computation
+    is part of the graph.
     """
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._refs: tuple = ()
-        self._value: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._entries: dict[int, tuple] = {}
 
     @staticmethod
     def _version(t: torch.Tensor) -> int:
@@ -305,12 +531,12 @@ class _TileMap:
         if seg_starts.is_cuda and torch.cuda.is_current_stream_capturing():
             return build_tile_map(seg_starts, seg_slots, num_tokens, block_m)
         tensors = (seg_starts, seg_slots)
-        key = tuple((t.data_ptr(), self._version(t), t.shape, t.device) for t in tensors) + (num_tokens, block_m)
-        if (self._value is not None and key == self._key
-                and all(r() is t for r, t in zip(self._refs, tensors))):
-            return self._value
+        key = tuple((t.data_ptr(), self._version(t), t.shape, t.device) for t in tensors) + (num_tokens,)
+        entry = self._entries.get(block_m)
+        if entry is not None and entry[0] == key and all(r() is t for r, t in zip(entry[1], tensors)):
+            return entry[2]
         value = build_tile_map(seg_starts, seg_slots, num_tokens, block_m)
-        self._key, self._refs, self._value = key, tuple(weakref.ref(t) for t in tensors), value
+        self._entries[block_m] = (key, tuple(weakref.ref(t) for t in tensors), value)
         return value
 
 
@@ -329,7 +555,7 @@ def build_tile_map(seg_starts: torch.Tensor, seg_slots: torch.Tensor, num_tokens
     slots = seg_slots.long()
     tiles = torch.where(slots >= 0, (lens + block_m - 1) // block_m, torch.zeros_like(lens))
     last = torch.cumsum(tiles, 0)                                                     # [S] inclusive
-    grid = triton.cdiv(num_tokens, block_m) + S
+    grid = _cdiv(num_tokens, block_m) + S
     tile_ids = torch.arange(grid, device=seg_starts.device, dtype=last.dtype)
     tile_seg = torch.searchsorted(last, tile_ids, right=True).to(torch.int32)        # [G]
     tile_first = (last - tiles).to(torch.int32)                                       # [S]
@@ -337,6 +563,276 @@ def build_tile_map(seg_starts: torch.Tensor, seg_slots: torch.Tensor, num_tokens
 
 
 _TILE_MAP = _TileMap()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The next power of two >= n (plain Python: triton.cdiv / next_power_of_2 cost microseconds per call)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _target_programs(device: torch.device, per_sm: int) -> int:
+    if device.type == "cuda":
+        return per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return INTERPRETED_TARGET_PROGRAMS          # small: exercises the split path in the interpreted tests
+
+
+def _k_splits(tiles: int, K: int, cfg: ShrinkConfig, device: torch.device) -> int:
+    """How many programs share one shrink dot product (split-K): enough that the launch has about
+    cfg.programs_per_sm programs per SM; 1 when the token blocks x rank tiles alone fill the GPU."""
+    if cfg.programs_per_sm <= 0:
+        return 1
+    target = _target_programs(device, cfg.programs_per_sm)
+    if tiles >= target:
+        return 1
+    return max(1, min(_cdiv(target, tiles), cfg.max_splits, _cdiv(K, cfg.block_k)))
+
+
+def _split_k(tiles: int, K: int, cfg: ShrinkConfig, device: torch.device, splits: int | None) -> tuple[int, int]:
+    """(splits, K per split, a multiple of block_k) with every split non-empty."""
+    if splits is None:
+        splits = _k_splits(tiles, K, cfg, device)
+    splits = max(1, min(int(splits), _cdiv(K, cfg.block_k)))
+    if splits == 1:
+        return 1, K
+    k_per_split = _cdiv(_cdiv(K, splits), cfg.block_k) * cfg.block_k
+    return _cdiv(K, k_per_split), k_per_split
+
+
+def _bgmv_tokens(T: int, num_slots: int, cap: int) -> int:
+    """Tokens per BGMV program: T // num_slots (every slot of the table used equally often: a lower bound of the
+    average number of tokens per adapter), as a power of two, at most `cap`; 1 when tokens may all differ."""
+    share = T // max(num_slots, 1)
+    if cap <= 1 or share < 2:
+        return 1
+    return min(cap, 1 << (share.bit_length() - 1))
+
+
+# Split-K scratch per device: float32 partials and int32 tile counters that every launch leaves at 0. Grown on
+# demand outside CUDA-graph captures; the old tensors are kept alive (a graph captured with them still uses them).
+# Split-K launches of one device therefore must not run concurrently on several streams (the engine uses one).
+_SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_RETIRED: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+def _split_scratch(device: torch.device, part_numel: int, lock_numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partials, counters) for split-K. While a CUDA graph is being captured they are never grown (a zero-fill
+    captured in a graph would not run before the eager launches that follow): the caller then uses fewer splits."""
+    key = (device.type, device.index)
+    cur = _SCRATCH.get(key)
+    if cur is not None and cur[0].numel() >= part_numel and cur[1].numel() >= lock_numel:
+        return cur
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if cur is not None:
+            return cur
+        return (torch.empty(0, dtype=torch.float32, device=device),   # no scratch yet: the caller does not split
+                torch.empty(0, dtype=torch.int32, device=device))
+    part_n = max(part_numel, SCRATCH_MIN_PARTIALS if device.type == "cuda" else 0)
+    lock_n = max(lock_numel, SCRATCH_MIN_COUNTERS)
+    if cur is not None:
+        part_n, lock_n = max(part_n, 2 * cur[0].numel()), max(lock_n, 2 * cur[1].numel())
+        _RETIRED.append(cur)
+    new = (torch.empty(part_n, dtype=torch.float32, device=device),
+           torch.zeros(lock_n, dtype=torch.int32, device=device))
+    _SCRATCH[key] = new
+    return new
+
+
+def _scratch_for(device, splits: int, k_per_split: int, K: int, block_k: int, per_split: int, tiles: int):
+    """(splits, k_per_split, part, lock): the scratch for `splits`, or fewer splits if a capture cannot grow it."""
+    part, lock = _split_scratch(device, splits * per_split, tiles)
+    if part.numel() >= splits * per_split and lock.numel() >= tiles:
+        return splits, k_per_split, part, lock
+    fit = part.numel() // per_split if lock.numel() >= tiles else 1
+    if fit >= 2:
+        k_per_split = _cdiv(_cdiv(K, fit), block_k) * block_k
+        splits = _cdiv(K, k_per_split)
+        if splits <= fit:
+            return splits, k_per_split, part, lock
+    return 1, K, part, lock
+
+
+def _split_mode(cfg: ShrinkConfig, splits: int) -> int:
+    if splits == 1:
+        return 0
+    if cfg.split_reduce not in ("kernel", "atomic"):
+        raise ValueError(f"split_reduce {cfg.split_reduce!r}: allowed are 'kernel', 'atomic'")
+    return 3 if cfg.split_reduce == "atomic" else 1
+
+
+def _launch_shrink(x, a_pool, buf, slots, seg_starts, tile_seg, tile_first, num_segs, grid_m, tokens, block_t,
+                   slot_row_start, slot_rank, cfg: ShrinkConfig, splits: int | None, segmented: bool) -> None:
+    T, R = buf.shape
+    K = x.shape[1]
+    if x.dtype != a_pool.dtype:
+        x, a_pool = x.float(), a_pool.float()   # mixed dtypes: compute in fp32 (a slow path the engine avoids)
+    block_r = max(BLOCK_MIN, min(cfg.block_r, _pow2(R)))
+    grid_r = _cdiv(R, block_r)
+    splits, k_per_split = _split_k(grid_m * grid_r, K, cfg, x.device, splits)
+    part = lock = buf                                               # unused without split
+    if splits > 1:
+        splits, k_per_split, part, lock = _scratch_for(x.device, splits, k_per_split, K, cfg.block_k, T * R,
+                                                       grid_m * grid_r)
+    mode = _split_mode(cfg, splits)
+    args = (x, a_pool, buf, part, lock, slots, seg_starts, tile_seg, tile_first, slot_row_start, slot_rank,
+            num_segs, T, R, K, k_per_split, splits, tokens, x.stride(0), a_pool.stride(0), buf.stride(0), T * R)
+    meta = dict(SEGMENTED=segmented, MULTI=not segmented and tokens > 1, BLOCK_T=block_t, BLOCK_R=block_r,
+                BLOCK_K=cfg.block_k, DOT_F32=_dot_in_f32(x.dtype, a_pool.dtype), num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
+    _lora_shrink_kernel[(grid_m, grid_r, splits)](*args, MODE=mode, **meta)
+    if mode == 1:
+        _lora_shrink_kernel[(grid_m, grid_r, 1)](*args, MODE=2, **meta)
+
+
+def _launch_expand(buf, b_pool, y, slots, seg_starts, tile_seg, tile_first, num_segs, grid_m, tokens, block_t,
+                   slot_row_start, slot_rank, slot_scale, y_offset, cfg: ExpandConfig, segmented: bool) -> None:
+    T, R = buf.shape
+    N = b_pool.shape[1]
+    full = _pow2(R) <= cfg.block_r
+    block_r = max(BLOCK_MIN, _pow2(R) if full else cfg.block_r)
+    dot_f32 = _dot_in_f32(b_pool.dtype)
+    block_n = min(cfg.block_n, F32_BLOCK_N_MAX) if dot_f32 else cfg.block_n
+    tiles_n = _cdiv(N, block_n)
+    chunks = tiles_n
+    if cfg.programs_per_sm > 0:
+        chunks = max(1, min(tiles_n, _cdiv(_target_programs(buf.device, cfg.programs_per_sm), grid_m)))
+    n_per_prog = _cdiv(tiles_n, chunks) * block_n
+    _lora_expand_kernel[(grid_m, _cdiv(N, n_per_prog))](
+        buf, b_pool, y, slots, seg_starts, tile_seg, tile_first, slot_row_start, slot_rank, slot_scale,
+        num_segs, T, R, N, int(y_offset), tokens, n_per_prog, buf.stride(0), b_pool.stride(0), y.stride(0),
+        SEGMENTED=segmented, MULTI=not segmented and tokens > 1, BLOCK_T=block_t, BLOCK_R=block_r,
+        BLOCK_N=block_n, FULL_R=full, DOT_F32=dot_f32, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def _launch_gemv_shrink(x, a_pool, buf, token_slots, slot_row_start, slot_rank, cfg: ShrinkConfig,
+                        splits: int | None) -> None:
+    T, R = buf.shape
+    K = x.shape[1]
+    block_r = min(cfg.block_r, _pow2(R))
+    grid_r = _cdiv(R, block_r)
+    splits, k_per_split = _split_k(T * grid_r, K, cfg, x.device, splits)
+    part = lock = buf                                               # unused without split
+    if splits > 1:
+        splits, k_per_split, part, lock = _scratch_for(x.device, splits, k_per_split, K, cfg.block_k, T * R,
+                                                       T * grid_r)
+    mode = _split_mode(cfg, splits)
+    args = (x, a_pool, buf, part, lock, token_slots, slot_row_start, slot_rank,
+            T, R, K, k_per_split, splits, x.stride(0), a_pool.stride(0), buf.stride(0))
+    meta = dict(BLOCK_R=block_r, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _gemv_shrink_kernel[(T, grid_r, splits)](*args, MODE=mode, **meta)
+    if mode == 1:
+        _gemv_shrink_kernel[(T, grid_r, 1)](*args, MODE=2, **meta)
+
+
+def _launch_gemv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset,
+                        cfg: ExpandConfig) -> None:
+    T, R = buf.shape
+    N = b_pool.shape[1]
+    _gemv_expand_kernel[(T, _cdiv(N, cfg.block_n))](
+        buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale,
+        R, N, int(y_offset), buf.stride(0), b_pool.stride(0), y.stride(0),
+        BLOCK_R=min(cfg.block_r, _pow2(R)), BLOCK_N=cfg.block_n, ROUND_BUF=_is16(b_pool.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def _check_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, y_offset: int) -> None:
+    for name, t in (("buf", buf), ("b_pool", b_pool), ("y", y)):
+        _check_rows(name, t)
+    if y.shape[1] < y_offset + b_pool.shape[1]:
+        raise ValueError(f"y has {y.shape[1]} columns, the slice [{y_offset}, {y_offset + b_pool.shape[1]}) "
+                         f"does not fit")
+
+
+def _sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank, *,
+                 cfg: ShrinkConfig | None = None, splits: int | None = None, tile_map: tuple | None = None) -> None:
+    """sgmv_shrink with a config (default SGMV_SHRINK_CONFIG), an optional forced number of K splits and an
+    optional precomputed `build_tile_map(seg_starts, seg_slots, T, block_m)` (benchmarks)."""
+    cfg = cfg or SGMV_SHRINK_CONFIG
+    T, R = buf.shape
+    S = seg_slots.shape[0]
+    if T == 0 or S == 0 or R == 0:
+        return
+    for name, t in (("x", x), ("a_pool", a_pool), ("buf", buf)):
+        _check_rows(name, t)
+    seg_starts, seg_slots, slot_row_start, slot_rank = map(_vec, (seg_starts, seg_slots, slot_row_start, slot_rank))
+    block_m = max(BLOCK_MIN, cfg.block_m)
+    tile_seg, tile_first, grid_m = tile_map or _TILE_MAP.get(seg_starts, seg_slots, T, block_m)
+    _launch_shrink(x, a_pool, buf, seg_slots, seg_starts, tile_seg, tile_first, S, grid_m, block_m, block_m,
+                   slot_row_start, slot_rank, cfg, splits, True)
+
+
+def _sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset=0, *,
+                 cfg: ExpandConfig | None = None, tile_map: tuple | None = None) -> None:
+    """sgmv_expand with a config (default SGMV_EXPAND_CONFIG) and an optional precomputed tile map."""
+    cfg = cfg or SGMV_EXPAND_CONFIG
+    T, R = buf.shape
+    S = seg_slots.shape[0]
+    if T == 0 or S == 0 or R == 0 or b_pool.shape[1] == 0:
+        return
+    _check_expand(buf, b_pool, y, y_offset)
+    seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale = map(
+        _vec, (seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale))
+    block_m = max(BLOCK_MIN, cfg.block_m)
+    tile_seg, tile_first, grid_m = tile_map or _TILE_MAP.get(seg_starts, seg_slots, T, block_m)
+    _launch_expand(buf, b_pool, y, seg_slots, seg_starts, tile_seg, tile_first, S, grid_m, block_m, block_m,
+                   slot_row_start, slot_rank, slot_scale, y_offset, cfg, True)
+
+
+def _bgmv_shrink(x, a_pool, buf, token_slots, slot_row_start, slot_rank, *, cfg: ShrinkConfig | None = None,
+                 gemv_cfg: ShrinkConfig | None = None, tokens: int | None = None, splits: int | None = None,
+                 gemv: bool = True) -> None:
+    """bgmv_shrink with configs (default BGMV_SHRINK_CONFIG for several tokens per program, BGMV_SHRINK_GEMV_CONFIG
+    for one), optional forced tokens per program and K splits; gemv=False runs one token per program on the tl.dot
+    kernel instead of the GEMV one."""
+    T, R = buf.shape
+    if T == 0 or R == 0:
+        return
+    for name, t in (("x", x), ("a_pool", a_pool), ("buf", buf)):
+        _check_rows(name, t)
+    token_slots, slot_row_start, slot_rank = map(_vec, (token_slots, slot_row_start, slot_rank))
+    cfg = cfg or BGMV_SHRINK_CONFIG
+    tokens = tokens or _bgmv_tokens(T, slot_rank.shape[0], cfg.block_m)
+    if tokens == 1 and gemv:
+        if x.dtype != a_pool.dtype:
+            x, a_pool = x.float(), a_pool.float()
+        _launch_gemv_shrink(x, a_pool, buf, token_slots, slot_row_start, slot_rank, gemv_cfg or BGMV_SHRINK_GEMV_CONFIG,
+                            splits)
+        return
+    _launch_shrink(x, a_pool, buf, token_slots, token_slots, token_slots, token_slots, 0, _cdiv(T, tokens),
+                   tokens, max(BLOCK_MIN, _pow2(tokens)), slot_row_start, slot_rank, cfg, splits, False)
+
+
+def _bgmv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset=0, *,
+                 cfg: ExpandConfig | None = None, gemv_cfg: ExpandConfig | None = None, tokens: int | None = None,
+                 gemv: bool = True) -> None:
+    """bgmv_expand with configs (default BGMV_EXPAND_CONFIG / BGMV_EXPAND_GEMV_CONFIG), optional forced tokens per
+    program; gemv=False runs one token per program on the tl.dot kernel."""
+    T, R = buf.shape
+    if T == 0 or R == 0 or b_pool.shape[1] == 0:
+        return
+    _check_expand(buf, b_pool, y, y_offset)
+    token_slots, slot_row_start, slot_rank, slot_scale = map(_vec, (token_slots, slot_row_start, slot_rank, slot_scale))
+    cfg = cfg or BGMV_EXPAND_CONFIG
+    tokens = tokens or _bgmv_tokens(T, slot_rank.shape[0], cfg.block_m)
+    if tokens == 1 and gemv:
+        _launch_gemv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset,
+                            gemv_cfg or BGMV_EXPAND_GEMV_CONFIG)
+        return
+    _launch_expand(buf, b_pool, y, token_slots, token_slots, token_slots, token_slots, 0, _cdiv(T, tokens),
+                   tokens, max(BLOCK_MIN, _pow2(tokens)), slot_row_start, slot_rank, slot_scale, y_offset, cfg, False)
+
+
+# ------------------------------------------------------------------------------------------------ public ops
 
 
 def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
@@ -352,24 +848,7 @@ def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_st
         # every other element of buf is left untouched
     Shapes: x [T, in], a_pool [P, in], buf [T, R] with R >= every rank used, seg_starts [S + 1], seg_slots [S].
     """
-    T, R = buf.shape
-    S = seg_slots.shape[0]
-    if T == 0 or S == 0 or R == 0:
-        return
-    for name, t in (("x", x), ("a_pool", a_pool), ("buf", buf)):
-        _check_rows(name, t)
-    seg_starts, seg_slots, slot_row_start, slot_rank = map(_vec, (seg_starts, seg_slots, slot_row_start, slot_rank))
-    tile_seg, tile_first, grid_m = _TILE_MAP.get(seg_starts, seg_slots, T, SGMV_BLOCK_M)
-    block_r = _rank_tile(R, 64)
-    if x.dtype != a_pool.dtype:
-        x, a_pool = x.float(), a_pool.float()   # mixed dtypes: compute in fp32 (a slow path the engine avoids)
-    dot_f32 = _dot_in_f32(x.dtype, a_pool.dtype)
-    grid = (grid_m, triton.cdiv(R, block_r))
-    _sgmv_shrink_kernel[grid](
-        x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank, tile_seg, tile_first, S,
-        R, x.shape[1], x.stride(0), a_pool.stride(0), buf.stride(0),
-        BLOCK_M=SGMV_BLOCK_M, BLOCK_R=block_r, BLOCK_K=SGMV_BLOCK_K, DOT_F32=dot_f32, num_warps=SGMV_SHRINK_WARPS,
-    )
+    _sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
 
 
 def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
@@ -387,26 +866,7 @@ def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_st
         # float32 accumulation, one rounding to y.dtype; y_offset lets fused qkv / gate_up outputs be addressed
     Shapes: buf [T, R], b_pool [P, n], y [T, >= y_offset + n].
     """
-    T, R = buf.shape
-    S = seg_slots.shape[0]
-    N = b_pool.shape[1]
-    if T == 0 or S == 0 or R == 0 or N == 0:
-        return
-    for name, t in (("buf", buf), ("b_pool", b_pool), ("y", y)):
-        _check_rows(name, t)
-    if y.shape[1] < y_offset + N:
-        raise ValueError(f"y has {y.shape[1]} columns, the slice [{y_offset}, {y_offset + N}) does not fit")
-    seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale = map(
-        _vec, (seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale))
-    tile_seg, tile_first, grid_m = _TILE_MAP.get(seg_starts, seg_slots, T, SGMV_BLOCK_M)
-    block_r = _rank_tile(R, 32)
-    dot_f32 = _dot_in_f32(b_pool.dtype)
-    grid = (grid_m, triton.cdiv(N, SGMV_BLOCK_N))
-    _sgmv_expand_kernel[grid](
-        buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, tile_seg, tile_first, S,
-        R, N, int(y_offset), buf.stride(0), b_pool.stride(0), y.stride(0),
-        BLOCK_M=SGMV_BLOCK_M, BLOCK_R=block_r, BLOCK_N=SGMV_BLOCK_N, DOT_F32=dot_f32,
-    )
+    _sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset)
 
 
 def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,
@@ -422,55 +882,7 @@ def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_
         # every other element of buf is left untouched
     Shapes: x [T, in], a_pool [P, in], buf [T, R], token_slots [T] int32.
     """
-    T, R = buf.shape
-    if T == 0 or R == 0:
-        return
-    for name, t in (("x", x), ("a_pool", a_pool), ("buf", buf)):
-        _check_rows(name, t)
-    token_slots, slot_row_start, slot_rank = map(_vec, (token_slots, slot_row_start, slot_rank))
-    block_r = _rank_tile(R, 16)
-    K = x.shape[1]
-    tiles = T * triton.cdiv(R, block_r)
-    splits = _k_splits(tiles, K, x.device)
-    if splits == 1:
-        _bgmv_shrink_kernel[(T, triton.cdiv(R, block_r), 1)](
-            x, a_pool, buf, token_slots, slot_row_start, slot_rank,
-            R, K, K, x.stride(0), a_pool.stride(0), buf.stride(0), 0,
-            BLOCK_R=block_r, BLOCK_K=BGMV_BLOCK_K,
-        )
-        return
-    k_per_split = triton.cdiv(triton.cdiv(K, splits), BGMV_BLOCK_K) * BGMV_BLOCK_K
-    splits = triton.cdiv(K, k_per_split)
-    part = torch.empty((splits, T, R), dtype=torch.float32, device=x.device)
-    _bgmv_shrink_kernel[(T, triton.cdiv(R, block_r), splits)](
-        x, a_pool, part, token_slots, slot_row_start, slot_rank,
-        R, K, k_per_split, x.stride(0), a_pool.stride(0), part.stride(1), part.stride(0),
-        BLOCK_R=block_r, BLOCK_K=BGMV_BLOCK_K,
-    )
-    _bgmv_shrink_reduce_kernel[(T, triton.cdiv(R, block_r))](
-        part, buf, token_slots, slot_rank, R, splits, part.stride(0), part.stride(1), buf.stride(0),
-        BLOCK_R=block_r,
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _k_splits(tiles: int, K: int, device: torch.device) -> int:
-    """How many programs share one BGMV shrink dot product (split-K): enough that the launch has about
-    BGMV_TARGET_PROGRAMS_PER_SM programs per SM when there are few tokens (a batch of 1-32 decode tokens would
-    otherwise run on a few SMs); 1 when the tokens alone fill the GPU."""
-    if device.type == "cuda":
-        target = BGMV_TARGET_PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None
-                                                         else torch.cuda.current_device())
-    else:
-        target = INTERPRETED_TARGET_PROGRAMS          # small: exercises the split path in the interpreted tests
-    if tiles >= target:
-        return 1
-    want = triton.next_power_of_2(triton.cdiv(target, tiles))
-    return max(1, min(want, BGMV_MAX_SPLITS, triton.cdiv(K, BGMV_BLOCK_K)))
+    _bgmv_shrink(x, a_pool, buf, token_slots, slot_row_start, slot_rank)
 
 
 def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor,
@@ -487,19 +899,4 @@ def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_
             y[t, y_offset:y_offset + n] += slot_scale[slot] * (buf[t, :r] @ b_pool[o:o + r])
     Shapes: buf [T, R], b_pool [P, n], y [T, >= y_offset + n], token_slots [T] int32.
     """
-    T, R = buf.shape
-    N = b_pool.shape[1]
-    if T == 0 or R == 0 or N == 0:
-        return
-    for name, t in (("buf", buf), ("b_pool", b_pool), ("y", y)):
-        _check_rows(name, t)
-    if y.shape[1] < y_offset + N:
-        raise ValueError(f"y has {y.shape[1]} columns, the slice [{y_offset}, {y_offset + N}) does not fit")
-    token_slots, slot_row_start, slot_rank, slot_scale = map(_vec, (token_slots, slot_row_start, slot_rank, slot_scale))
-    block_r = _rank_tile(R, 16)
-    grid = (T, triton.cdiv(N, BGMV_BLOCK_N))
-    _bgmv_expand_kernel[grid](
-        buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale,
-        R, N, int(y_offset), buf.stride(0), b_pool.stride(0), y.stride(0),
-        BLOCK_R=block_r, BLOCK_N=BGMV_BLOCK_N,
-    )
+    _bgmv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset)

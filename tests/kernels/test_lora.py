@@ -114,15 +114,21 @@ def assert_within(out: torch.Tensor, expected: torch.Tensor, bound: torch.Tensor
 
 
 def check_shrink(kind: str, pool: Pool, x: torch.Tensor, spec: list[tuple[int, int]],
-                 buf_width: int | None = None, buf_dtype: torch.dtype = torch.float32) -> None:
-    """Poisoned buf: written elements must equal the reference, all others must still be NaN."""
+                 buf_width: int | None = None, buf_dtype: torch.dtype = torch.float32, fn=None,
+                 order: list[int] | None = None) -> None:
+    """Poisoned buf: written elements must equal the reference, all others must still be NaN.
+
+    fn: the Triton op to check (default tri.{kind}_shrink); order (BGMV only): a permutation of the tokens, so
+    that the tokens of one slot are not contiguous."""
     seg_starts, seg_slots, T = segments(spec)
     slots = token_slots_of(spec)
+    if order is not None:
+        slots = slots[torch.tensor(order, device=DEVICE)]
     R = buf_width or pool.max_rank
     meta = (seg_starts, seg_slots) if kind == "sgmv" else (slots,)
     buf_k = torch.full((T, R), NAN, dtype=buf_dtype, device=DEVICE)
     buf_r = buf_k.clone()
-    getattr(tri, f"{kind}_shrink")(x, pool.a, buf_k, *meta, pool.row_start, pool.rank)
+    (fn or getattr(tri, f"{kind}_shrink"))(x, pool.a, buf_k, *meta, pool.row_start, pool.rank)
     getattr(ref, f"{kind}_shrink")(x, pool.a, buf_r, *meta, pool.row_start, pool.rank)
     abs_terms = torch.zeros((T, R), dtype=torch.float32, device=DEVICE)
     getattr(ref, f"{kind}_shrink")(x.abs(), pool.a.abs(), abs_terms, *meta, pool.row_start, pool.rank)
@@ -136,11 +142,16 @@ def check_shrink(kind: str, pool: Pool, x: torch.Tensor, spec: list[tuple[int, i
 
 
 def check_expand(kind: str, pool: Pool, spec: list[tuple[int, int]], y_width: int | None = None,
-                 y_offset: int = 0, y_dtype: torch.dtype | None = None, seed: int = 0) -> None:
-    """y starts random inside the slice of active rows and NaN everywhere the kernel must not touch."""
+                 y_offset: int = 0, y_dtype: torch.dtype | None = None, seed: int = 0, fn=None,
+                 order: list[int] | None = None) -> None:
+    """y starts random inside the slice of active rows and NaN everywhere the kernel must not touch.
+
+    fn, order: as for check_shrink."""
     g = torch.Generator().manual_seed(seed)
     seg_starts, seg_slots, T = segments(spec)
     slots = token_slots_of(spec)
+    if order is not None:
+        slots = slots[torch.tensor(order, device=DEVICE)]
     n = pool.b.shape[1]
     W = y_width or (y_offset + n)
     y_dtype = y_dtype or pool.b.dtype
@@ -155,7 +166,7 @@ def check_expand(kind: str, pool: Pool, spec: list[tuple[int, int]], y_width: in
     y0[~_active_rows(slots, pool)] = NAN
     y0 = y0.to(y_dtype)
     y_k, y_r = y0.clone(), y0.clone()
-    getattr(tri, f"{kind}_expand")(buf, pool.b, y_k, *meta, pool.row_start, pool.rank, pool.scale, y_offset)
+    (fn or getattr(tri, f"{kind}_expand"))(buf, pool.b, y_k, *meta, pool.row_start, pool.rank, pool.scale, y_offset)
     getattr(ref, f"{kind}_expand")(buf, pool.b, y_r, *meta, pool.row_start, pool.rank, pool.scale, y_offset)
     abs_terms = torch.zeros((T, W), dtype=torch.float32, device=DEVICE)
     getattr(ref, f"{kind}_expand")(buf.abs().nan_to_num(0.0), pool.b.abs(), abs_terms, *meta, pool.row_start,
@@ -389,13 +400,14 @@ def test_inference_mode_metadata():
 
 @pytest.mark.parametrize("hidden,tokens", [(4864, [(1, 0)]), (11008, [(1, 1), (1, -1), (1, 0)]), (896, [(2, 1)])])
 def test_bgmv_shrink_split_k_for_few_tokens(hidden, tokens):
-    """A decode batch of 1-3 tokens splits each dot product over several programs (split-K, then a reduction);
-    the result and the untouched elements are the same as without the split."""
+    """A decode batch of 1-3 tokens splits each dot product over several programs (split-K, the last program of a
+    tile reduces); the result and the untouched elements are the same as without the split."""
     pool = Pool([8, 16], in_f=hidden, out_f=16, dtype=torch.bfloat16, seed=hidden)
     T = sum(n for n, _ in tokens)
     x = torch.randn(T, hidden, generator=torch.Generator().manual_seed(1)).bfloat16().to(DEVICE)
-    tiles = T * triton_cdiv(16, tri._rank_tile(16, 16))
-    assert tri._k_splits(tiles, hidden, torch.device(DEVICE)) > 1, "the case must exercise split-K"
+    cfg = tri.BGMV_SHRINK_GEMV_CONFIG                  # one token per program: the GEMV kernel
+    tiles = T * triton_cdiv(16, min(16, cfg.block_r))
+    assert tri._k_splits(tiles, hidden, cfg, torch.device(DEVICE)) > 1, "the case must exercise split-K"
     check_shrink("bgmv", pool, x, tokens)
 
 
@@ -417,3 +429,178 @@ def test_never_writes_past_buf_when_a_rank_exceeds_it(kind):
     y = torch.zeros(T, 24, device=DEVICE)
     getattr(tri, f"{kind}_expand")(full[:, :16], pool.b, y, *meta, pool.row_start, pool.rank, pool.scale)
     assert not torch.isnan(y).any()                           # the NaN guard columns were never read
+
+
+# ------------------------------------------------------------------------------------------------ launch variants
+# The public ops use the default configs of kernels/triton_lora.py; bench/tune_lora.py sweeps the internal
+# launchers over other configs on a GPU. Every variant must compute the same function: these tests run the
+# launchers with forced K splits, tokens per BGMV program, tile sizes and rank tiles.
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+
+SPLIT_RANKS = [16, 5, 0, 64, 100, 1, 32, 8]          # slot 2 empty; ranks above, below and across rank tiles
+
+
+def _variant(kind: str, side: str, **kw):
+    launcher = getattr(tri, f"_{kind}_{side}")
+    cfg = kw.pop("cfg", {})
+    if cfg:
+        base = getattr(tri, f"{kind.upper()}_{side.upper()}_CONFIG")
+        kw["cfg"] = dataclasses.replace(base, **cfg)
+    return functools.partial(launcher, **kw)
+
+
+@pytest.mark.parametrize("kind", ["sgmv", "bgmv"])
+@pytest.mark.parametrize("splits,dtype,reduce", [(1, torch.bfloat16, "kernel"), (2, torch.float32, "atomic"),
+                                                 (3, torch.float16, "kernel"), (3, torch.float16, "atomic"),
+                                                 (5, torch.bfloat16, "atomic"), (13, torch.float32, "kernel")],
+                         ids=["1-bf16", "2-fp32-atomic", "3-fp16", "3-fp16-atomic", "5-bf16-atomic", "13-fp32"])
+def test_shrink_split_k_counts(kind, splits, dtype, reduce):
+    """Forced K splits (K = 200, BLOCK_K = 16: up to 13 chunks, a ragged last one) with mixed ranks, slot -1,
+    an empty slot and empty segments: the reduction writes exactly the elements the op writes."""
+    pool = Pool(SPLIT_RANKS, in_f=200, out_f=24, dtype=dtype, seed=20 + splits)
+    spec = [(3, 0), (0, 1), (2, 3), (1, -1), (4, 4), (2, 2), (0, -1), (3, 5), (1, 6), (5, 7), (2, 1)]
+    T = sum(n for n, _ in spec)
+    x = torch.randn(T, 200, generator=torch.Generator().manual_seed(splits)).to(dtype).to(DEVICE)
+    extra = {"tokens": 4} if kind == "bgmv" else {}
+    # partials summed by a second launch ("kernel"), or by the last split of each tile ("atomic")
+    fn = _variant(kind, "shrink", splits=splits, cfg=dict(block_k=16, block_r=32, split_reduce=reduce), **extra)
+    check_shrink(kind, pool, x, spec, fn=fn)
+    # the counters are back at zero for the next launch: a second run gives the same result
+    check_shrink(kind, pool, x, spec, fn=fn)
+    part, lock = tri._SCRATCH.get((torch.device(DEVICE).type, torch.device(DEVICE).index), (None, None))
+    assert lock is None or int(lock.abs().sum()) == 0
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 3, 5, 16, 32])
+def test_bgmv_tokens_per_program_any_order(tokens):
+    """A BGMV program takes several consecutive tokens and handles each distinct slot once; the tokens of one slot
+    are scattered (shuffled order), interleaved with slot -1 and an empty slot: exact for any order."""
+    rng = random.Random(tokens)
+    pool = Pool(SPLIT_RANKS, in_f=64, out_f=40, dtype=torch.float16, seed=tokens)
+    spec = [(4, 0), (3, 1), (2, 2), (5, 3), (3, -1), (6, 4), (1, 5), (4, 6), (3, 7)]
+    T = sum(n for n, _ in spec)
+    order = list(range(T))
+    rng.shuffle(order)
+    x = torch.randn(T, 64, generator=torch.Generator().manual_seed(3)).half().to(DEVICE)
+    for splits in (1, 3):
+        check_shrink("bgmv", pool, x, spec, fn=_variant("bgmv", "shrink", tokens=tokens, splits=splits), order=order)
+    check_expand("bgmv", pool, spec, fn=_variant("bgmv", "expand", tokens=tokens), order=order)
+    # contiguous runs (the engine's order) too
+    check_shrink("bgmv", pool, x, spec, fn=_variant("bgmv", "shrink", tokens=tokens))
+    check_expand("bgmv", pool, spec, fn=_variant("bgmv", "expand", tokens=tokens))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("cfg", [dict(block_m=16, block_r=16, block_n=16), dict(block_m=32, block_r=64, block_n=64),
+                                 dict(block_m=64, block_r=32, block_n=32)], ids=["small", "mid", "tall"])
+def test_expand_tile_configs(cfg, dtype):
+    """Expand with other tile heights, rank chunks (ranks above, below and across them) and output tiles, into a
+    slice of a wider y, both forms."""
+    pool = Pool(SPLIT_RANKS, in_f=16, out_f=72, dtype=dtype, seed=31)
+    spec = [(3, 0), (0, 1), (17, 3), (1, -1), (4, 4), (2, 2), (3, 5), (1, 6), (5, 7)]
+    for kind in ("sgmv", "bgmv"):
+        extra = {"tokens": 4} if kind == "bgmv" else {}
+        check_expand(kind, pool, spec, y_width=72 + 13, y_offset=5, fn=_variant(kind, "expand", cfg=cfg, **extra))
+
+
+@pytest.mark.parametrize("cfg", [dict(block_m=16, block_r=16, block_k=32), dict(block_m=64, block_r=128, block_k=64)],
+                         ids=["small", "wide"])
+def test_shrink_tile_configs(cfg):
+    """Shrink with other tile heights, rank tiles (ranks up to 100 over 16-wide tiles, or all in one) and K chunks."""
+    pool = Pool(SPLIT_RANKS, in_f=72, out_f=16, dtype=torch.bfloat16, seed=32)
+    spec = [(3, 0), (0, 1), (17, 3), (1, -1), (4, 4), (2, 2), (3, 5), (1, 6), (5, 7)]
+    T = sum(n for n, _ in spec)
+    x = torch.randn(T, 72, generator=torch.Generator().manual_seed(4)).bfloat16().to(DEVICE)
+    for kind in ("sgmv", "bgmv"):
+        extra = {"tokens": 8} if kind == "bgmv" else {}
+        for splits in (1, 2):
+            check_shrink(kind, pool, x, spec, fn=_variant(kind, "shrink", cfg=cfg, splits=splits, **extra))
+
+
+@pytest.mark.parametrize("kind", ["sgmv", "bgmv"])
+def test_fused_slices_with_multi_token_programs(kind):
+    """y_offset slices of one fused output with several tokens (and slots) per program."""
+    spec = [(3, 0), (2, -1), (4, 1), (1, 0)]
+    dims = [64, 16, 16]
+    pools = [Pool([8, 32], in_f=32, out_f=d, dtype=torch.bfloat16, seed=40 + i) for i, d in enumerate(dims)]
+    offset = 0
+    for p, d in zip(pools, dims):
+        extra = {"tokens": 8} if kind == "bgmv" else {}
+        check_expand(kind, p, spec, y_width=sum(dims) + 5, y_offset=offset, y_dtype=torch.bfloat16,
+                     fn=_variant(kind, "expand", **extra))
+        offset += d
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_bgmv_block_isolates_adapters_with_nonfinite_weights():
+    """Tokens of several adapters share a BGMV program: an adapter whose own A/B rows hold inf/NaN makes its own
+    tokens NaN (as the reference does) and no one else's."""
+    pool = Pool([8, 16, 4], in_f=48, out_f=32, dtype=torch.float16, seed=50)
+    start, rank = int(pool.row_start[1]), int(pool.rank[1])
+    pool.a[start + 2, 5] = float("inf")
+    pool.b[start + 3, 7] = float("nan")
+    spec = [(2, 0), (2, 1), (2, 2), (1, 1), (1, 0)]
+    T = sum(n for n, _ in spec)
+    slots = token_slots_of(spec)
+    x = torch.randn(T, 48, generator=torch.Generator().manual_seed(5)).half().to(DEVICE)
+    for splits in (1, 2):
+        bk = torch.full((T, 16), NAN, device=DEVICE)
+        br = bk.clone()
+        tri._bgmv_shrink(x, pool.a, bk, slots, pool.row_start, pool.rank, tokens=8, splits=splits)
+        ref.bgmv_shrink(x, pool.a, br, slots, pool.row_start, pool.rank)
+        torch.testing.assert_close(bk, br, rtol=2e-3, atol=2e-3, equal_nan=True)
+    buf = torch.randn(T, 16, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    yk = torch.randn(T, 32, generator=torch.Generator().manual_seed(7)).half().to(DEVICE)
+    yr = yk.clone()
+    tri._bgmv_expand(buf, pool.b, yk, slots, pool.row_start, pool.rank, pool.scale, tokens=8)
+    ref.bgmv_expand(buf, pool.b, yr, slots, pool.row_start, pool.rank, pool.scale)
+    torch.testing.assert_close(yk, yr, rtol=2e-2, atol=2e-2, equal_nan=True)
+    assert torch.isnan(yk[slots == 1]).any() and not torch.isnan(yk[slots != 1]).any()
+
+
+def test_bgmv_tokens_heuristic():
+    """Tokens per BGMV program: T // slots as a power of two, capped; 1 while every token may have its own slot."""
+    assert tri._bgmv_tokens(64, 64, 16) == 1
+    assert tri._bgmv_tokens(256, 64, 16) == 4
+    assert tri._bgmv_tokens(512, 64, 16) == 8
+    assert tri._bgmv_tokens(7, 2, 16) == 2
+    assert tri._bgmv_tokens(4096, 8, 16) == 16
+    assert tri._bgmv_tokens(4096, 8, 1) == 1
+
+
+@pytest.mark.parametrize("gemv,dtype", [(dict(block_r=4, block_k=32, block_n=32), torch.float32),
+                                        (dict(block_r=16, block_k=64, block_n=64), torch.bfloat16),
+                                        (dict(block_r=128, block_k=16, block_n=16), torch.float16)],
+                         ids=["r4-fp32", "r16-bf16", "r128-fp16"])
+def test_bgmv_one_token_per_program_kernels(gemv, dtype):
+    """One token per program: the GEMV kernels (rank tiles narrower and wider than the ranks, K and N tails, forced
+    K splits), and the tl.dot kernels run the same way (gemv=False); tokens of one slot scattered."""
+    pool = Pool(SPLIT_RANKS, in_f=72, out_f=40, dtype=dtype, seed=60)
+    spec = [(3, 0), (2, 3), (1, -1), (4, 4), (2, 2), (3, 5), (1, 6), (5, 7), (1, 1)]
+    T = sum(n for n, _ in spec)
+    order = list(range(T))
+    random.Random(61).shuffle(order)
+    x = torch.randn(T, 72, generator=torch.Generator().manual_seed(62)).to(dtype).to(DEVICE)
+    scfg = dataclasses.replace(tri.BGMV_SHRINK_GEMV_CONFIG, block_r=gemv["block_r"], block_k=gemv["block_k"])
+    ecfg = dataclasses.replace(tri.BGMV_EXPAND_GEMV_CONFIG, block_r=min(gemv["block_r"], 32), block_n=gemv["block_n"])
+    for splits, reduce in ((1, "kernel"), (2, "kernel"), (5, "kernel"), (2, "atomic"), (5, "atomic")):
+        cfg = dataclasses.replace(scfg, split_reduce=reduce)
+        check_shrink("bgmv", pool, x, spec, order=order,
+                     fn=functools.partial(tri._bgmv_shrink, tokens=1, gemv_cfg=cfg, splits=splits))
+    check_expand("bgmv", pool, spec, order=order, y_width=40 + 7, y_offset=3,
+                 fn=functools.partial(tri._bgmv_expand, tokens=1, gemv_cfg=ecfg))
+    check_shrink("bgmv", pool, x, spec, order=order, fn=functools.partial(tri._bgmv_shrink, tokens=1, gemv=False))
+    check_expand("bgmv", pool, spec, order=order, fn=functools.partial(tri._bgmv_expand, tokens=1, gemv=False))
+
+
+def test_expand_rank_above_the_full_rank_tile():
+    """Expand with ranks above the tile cap (block_r < R: the rank loop inside each N tile), both forms."""
+    pool = Pool([100, 7, 33], in_f=16, out_f=48, dtype=torch.bfloat16, seed=70)
+    spec = [(3, 0), (2, 1), (5, 2), (1, -1)]
+    for kind in ("sgmv", "bgmv"):
+        extra = {"tokens": 4} if kind == "bgmv" else {}
+        cfg = dataclasses.replace(getattr(tri, f"{kind.upper()}_EXPAND_CONFIG"), block_r=32, block_n=32,
+                                  programs_per_sm=1)
+        check_expand(kind, pool, spec, fn=functools.partial(getattr(tri, f"_{kind}_expand"), cfg=cfg, **extra))
