@@ -6,8 +6,9 @@
 The model is a random checkpoint with Llama-3-8B's layer shapes (hidden 4096, intermediate 14336, 32 query / 8 KV
 heads of 128; vocab 32000; --layers of them), written as an ordinary HF directory (bf16 safetensors) and loaded by
 the engine like any other. Adapters are ordinary PEFT directories (rank --rank on --targets), written directly.
-Every request names one of --adapters adapters, round robin, so every full batch holds all of them. Side by side
-in one run, alternating --reps times (best of each kept), on the same requests:
+Every request names one of --adapters adapters, round robin, so every full batch holds all of them. After one
+untimed run per side (compiles, adapter loads, graph captures), side by side in one process, alternating --reps
+times (best of each kept, and each alternating pair's ratio printed: their spread is the noise), same requests:
   * offline throughput (all requests queued at t=0): generated tokens/s with adapters and with none;
   * a decode-only figure: tokens/s of decode steps alone (prefill steps excluded), with adapters and with none.
 EOS is ignored so that both sides generate exactly the same number of tokens.
@@ -130,7 +131,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="max_num_seqs: sequences decoded together")
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     ap.add_argument("--engine-opt", action="append", default=[],
                     help="extra EngineConfig field=value (int/bool parsed), e.g. --engine-opt cuda_graphs=false")
@@ -161,20 +162,24 @@ def main() -> None:
     for i in range(args.adapters):
         llm.load_adapter(f"lora{i}", work / f"lora{i}")
     prompts, names, out_len = requests(args.requests, args.adapters, args.input_len, args.output_len, args.vocab)
-    # warm-up both sides (Triton compiles, adapters copied into the device pool, graphs captured if enabled)
-    run(llm, prompts[:args.batch], names[:args.batch], 4)
-    run(llm, prompts[:args.batch], [None] * args.batch, 4)
+    # warm-up: one whole run per side (Triton compiles, adapters copied into the device pool, every batch-size
+    # bucket's graph captured), so that no timed run pays a compile or a capture
+    run(llm, prompts, names, out_len)
+    run(llm, prompts, [None] * len(prompts), out_len)
     sides = {"adapters": [], "none": []}
     for _ in range(args.reps):
         sides["adapters"].append(run(llm, prompts, names, out_len))
         sides["none"].append(run(llm, prompts, [None] * len(prompts), out_len))
     best = {k: max(v, key=lambda r: r["tokens_per_s"]) for k, v in sides.items()}
     ratio = best["adapters"]["tokens_per_s"] / best["none"]["tokens_per_s"]
+    pair_ratios = [a["tokens_per_s"] / n["tokens_per_s"] for a, n in zip(sides["adapters"], sides["none"])]
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "args": vars(args) | {"json": None},
-              "backend": llm.engine.backend.description, "runs": sides, "best": best, "ratio": ratio}
+              "backend": llm.engine.backend.description, "runs": sides, "best": best, "ratio": ratio,
+              "pair_ratios": pair_ratios}
     line = (f"{args.adapters} distinct adapters (rank {args.rank}, {args.targets}) vs none, {args.requests} requests "
             f"x ({args.input_len} in, {args.output_len} out), batch {args.batch}, {args.layers} layers: "
-            f"{best['adapters']['tokens_per_s']:.0f} vs {best['none']['tokens_per_s']:.0f} tok/s = {ratio:.3f}")
+            f"{best['adapters']['tokens_per_s']:.0f} vs {best['none']['tokens_per_s']:.0f} tok/s = {ratio:.3f} (best of "
+            f"{args.reps}; alternating pairs {', '.join(f'{r:.3f}' for r in pair_ratios)})")
     if "decode_tokens_per_s" in best["adapters"] and "decode_tokens_per_s" in best["none"]:
         d = best["adapters"]["decode_tokens_per_s"] / best["none"]["decode_tokens_per_s"]
         result["decode_ratio"] = d

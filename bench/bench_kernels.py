@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_kernels.py                  # CUDA: Triton kernels; else the CPU path
     .venv/bin/python bench/bench_kernels.py --json out.json  # also write the rows as JSON
 
-On CUDA every op is timed with CUDA events (median of --iters runs after --warmup runs) for Llama-3-8B-like shapes
+On CUDA every op is timed alone as one replay of a CUDA graph holding it (CUDA events, median of --iters runs
+after --warmup runs, each after a 256 MB L2 flush) for Llama-3-8B-like shapes
 (hidden 4096, ranks 8..128, 1..512 tokens, 1..64 distinct adapters) and printed with the bytes and flops it must
 move, the achieved GB/s and TFLOP/s, and its floor: max(bytes / peak bandwidth, flops / peak tensor flops), with
 peak bandwidth both from the datasheet and measured (a device-to-device copy). The goals checked:
@@ -130,6 +131,12 @@ def time_graph(fn, warmup: int, iters: int) -> float:
     return time_op(g.replay, warmup, iters)
 
 
+def kernel_time(fn, warmup: int, iters: int) -> float:
+    """The op's own time: on CUDA one replay of a graph holding it (Triton's host launch path costs 35-130 us per
+    op on a GPU host, more than the L2 flush hides, so plain events would time the host); on CPU wall-clock."""
+    return time_graph(fn, warmup, iters) if CUDA else time_op(fn, warmup, iters)
+
+
 def copy_bandwidth_gbps(device: str) -> float:
     """Measured device-to-device copy bandwidth (read + write bytes), the practical memory roofline."""
     n = (1 << 30) if CUDA else (1 << 28)
@@ -196,10 +203,10 @@ def bench_lora(be, name: str, device: str, dtype, cases, warmup: int, iters: int
         shrink, expand = p.ops(be, kind)
         rank_desc = f"r={ranks[0]}" if len(set(ranks)) == 1 else f"r={min(ranks)}..{max(ranks)}"
         shape = f"T={p.T} adapters={len(tokens)} {rank_desc} {in_f}->{out_f}"
-        rows.append(Row(f"{kind}_shrink", shape, time_op(shrink, warmup, iters), p.shrink_bytes, p.shrink_flops,
-                        name))
-        rows.append(Row(f"{kind}_expand", shape, time_op(expand, warmup, iters), p.expand_bytes, p.expand_flops,
-                        name))
+        rows.append(Row(f"{kind}_shrink", shape, kernel_time(shrink, warmup, iters), p.shrink_bytes,
+                        p.shrink_flops, name))
+        rows.append(Row(f"{kind}_expand", shape, kernel_time(expand, warmup, iters), p.expand_bytes,
+                        p.expand_flops, name))
     return rows
 
 
@@ -211,7 +218,7 @@ def bench_mixed_vs_padded(be, name: str, device: str, dtype, hidden: int, tokens
     t = {}
     for label, p in (("mixed", mixed), ("padded", padded)):
         s, e = p.ops(be, "sgmv")
-        t[label] = time_op(lambda: (s(), e()), warmup, iters)            # noqa: B023
+        t[label] = kernel_time(lambda: (s(), e()), warmup, iters)        # noqa: B023
     return dict(backend=name, hidden=hidden, tokens=sum(tokens), adapters=len(tokens),
                 ranks=f"{min(ranks)}..{max(ranks)}", mixed_ms=t["mixed"], padded_ms=t["padded"],
                 ratio=t["mixed"] / t["padded"])
@@ -267,13 +274,13 @@ def bench_attention(be, name: str, device: str, dtype, batch: int, ctx: int, hq:
     out = torch.empty_like(q)
     es = torch.finfo(dtype).bits // 8
     shape = f"B={batch} ctx={ctx} Hq={hq} Hkv={hkv} D={d} bs={block_size}"
-    ms = time_op(lambda: be.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, d ** -0.5, out),
-                 warmup, iters)
+    ms = kernel_time(lambda: be.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, d ** -0.5, out),
+                     warmup, iters)
     rows = [Row("paged_attention_decode", shape, ms, 2 * batch * ctx * hkv * d * es + 2 * q.numel() * es,
                 4 * batch * ctx * hq * d, name)]
     k = torch.randn(batch, hkv, d, device=device).to(dtype)
     slots = (tables[:, -1].long() * block_size + (ctx - 1) % block_size)
-    ms = time_op(lambda: be.store_kv(k, k, k_cache, v_cache, slots), warmup, iters)
+    ms = kernel_time(lambda: be.store_kv(k, k, k_cache, v_cache, slots), warmup, iters)
     rows.append(Row("store_kv", f"T={batch} Hkv={hkv} D={d}", ms, 4 * k.numel() * es, 0, name))
     return rows
 
