@@ -46,6 +46,14 @@ def rank_bucket(max_rank: int, cap: int) -> int:
     return min(b, max(cap, max_rank))
 
 
+def block_table_tensor(tables: list[list[int]], rows: int) -> torch.Tensor:
+    """Host int32 [rows, longest table] of block ids, zero-padded (rows past len(tables) are all block 0)."""
+    bt = torch.zeros(rows, max(len(t) for t in tables), dtype=torch.int32)
+    for i, t in enumerate(tables):
+        bt[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+    return bt
+
+
 class DecodeGraphs:
     """Static decode inputs and, in mode "capture", the CUDA graphs replaying the model over them."""
 
@@ -55,7 +63,7 @@ class DecodeGraphs:
             raise ValueError(f"decode graph mode {mode!r}: allowed are 'capture', 'static'")
         self.model, self.kv_caches, self.pool, self.mode = model, kv_caches, pool, mode
         self.buckets = batch_buckets(max_batch)
-        self.max_batch, self.max_blocks, self.max_rank = max_batch, max_blocks, max_rank
+        self.max_batch, self.max_rank = max_batch, max_rank
         dev = model.device
         B = max_batch
         self.input_ids = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -85,18 +93,14 @@ class DecodeGraphs:
     def _fill(self, n: int, bs: int, ids: list[int], pos: list[int], slots_map: list[int], lens: list[int],
               tables: list[list[int]], tok_slots: list[int]) -> None:
         """Copy one step's inputs into the static buffers (one host->device copy per buffer) and reset padding."""
-        dev = self.model.device
-        width = max(len(t) for t in tables)
-        bt = torch.zeros(bs, width, dtype=torch.int32)
-        for i, t in enumerate(tables):
-            bt[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+        bt = block_table_tensor(tables, bs)
         pad = bs - n
         self.input_ids[:bs].copy_(torch.tensor(ids + [0] * pad, dtype=torch.int64), non_blocking=True)
         self.positions[:bs].copy_(torch.tensor(pos + [0] * pad, dtype=torch.int64), non_blocking=True)
         self.slot_mapping[:bs].copy_(torch.tensor(slots_map + [-1] * pad, dtype=torch.int64), non_blocking=True)
         self.seq_lens[:bs].copy_(torch.tensor(lens + [1] * pad, dtype=torch.int32), non_blocking=True)
         self.token_slots[:bs].copy_(torch.tensor(tok_slots + [-1] * pad, dtype=torch.int32), non_blocking=True)
-        self.block_tables[:bs, :width].copy_(bt.to(dev, non_blocking=True))
+        self.block_tables[:bs, :bt.shape[1]].copy_(bt.to(self.model.device, non_blocking=True))
 
     def _batch(self, bs: int, rank: int) -> tuple[AttentionBatch, LoRABatch | None]:
         attn = AttentionBatch(positions=self.positions[:bs], slot_mapping=self.slot_mapping[:bs],

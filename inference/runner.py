@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.graphs import DecodeGraphs
+from inference.graphs import DecodeGraphs, block_table_tensor
 from inference.kv_cache import BlockPool
 from inference.lora import LoRABatch, LoRAPool
 from inference.model import AttentionBatch, LlamaServingModel
@@ -99,10 +99,7 @@ class ModelRunner:
             logits = self.graphs.run(ids, pos, slots_map, lens, tables, tok_slots, max_rank)
             return RunnerOutput(logits=logits, request_ids=sampled_ids)
         dev = self.device
-        width = max(len(t) for t in tables)
-        bt = torch.zeros(len(tables), width, dtype=torch.int32)
-        for i, t in enumerate(tables):
-            bt[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+        bt = block_table_tensor(tables, len(tables))
         attn = AttentionBatch(
             positions=torch.tensor(pos, dtype=torch.int64, device=dev),
             slot_mapping=torch.tensor(slots_map, dtype=torch.int64, device=dev),

@@ -111,7 +111,7 @@ class Network:
 
     def __init__(self, cfg: NodeConfig, account, base_model: str):
         from node.ipfs.adapters import AdapterStore
-        from node.ipfs.fetchers import GatewayFetcher, KuboRpcFetcher
+        from node.ipfs.fetchers import fetchers_from_config
         from node.ipfs.source import IpfsAdapterSource
         self.store = AdapterStore(cfg.home / "ipfs")
         self.p2p = None
@@ -121,9 +121,7 @@ class Network:
             self.p2p = from_config(cfg, account, self.store, base_model=base_model).start()
             fetchers.append(P2PFetcher(self.p2p))
             log.info("p2p host up", extra={"fields": {"peer_id": self.p2p.peer_id, "addrs": self.p2p.addrs}})
-        if cfg.ipfs.kubo_rpc:
-            fetchers.append(KuboRpcFetcher(cfg.ipfs.kubo_rpc))
-        fetchers += [GatewayFetcher(u) for u in cfg.ipfs.gateways]
+        fetchers += fetchers_from_config(cfg)
         self.source = IpfsAdapterSource(self.store, fetchers)
 
     def ready(self) -> bool | str:

@@ -79,26 +79,22 @@ def read_published(uri: str, cfg: Any = None) -> str:
     from node.ipfs.blockstore import Blockstore
     from node.ipfs.cid import as_cid
     from node.ipfs.dag import cat, missing_blocks
-    from node.ipfs.errors import IpfsError
-    from node.ipfs.fetchers import GatewayFetcher, KuboRpcFetcher
+    from node.ipfs.errors import FetchError
+    from node.ipfs.fetchers import fetch_from_any, fetchers_from_config
 
     cid = as_cid(parsed.netloc or parsed.path.lstrip("/"))
     if cfg is None:
         raise ValueError(f"{uri}: no node home to read IPFS blocks from")
     blocks = Blockstore(cfg.home / "ipfs")
     if not blocks.has(cid) or missing_blocks(cid, blocks):
-        fetchers = ([KuboRpcFetcher(cfg.ipfs.kubo_rpc)] if cfg.ipfs.kubo_rpc else []) + \
-            [GatewayFetcher(u) for u in cfg.ipfs.gateways]
-        errors = []
-        for f in fetchers:
-            try:
-                f.fetch(cid, blocks)
-                break
-            except IpfsError as e:
-                errors.append(f"{f.name}: {e}")
-        else:
-            raise ValueError(f"{uri}: not in this home's blockstore and no source had it"
-                             + (f" ({'; '.join(errors)})" if errors else " (no Kubo RPC or gateway configured)"))
+        fetchers = fetchers_from_config(cfg)
+        if not fetchers:
+            raise ValueError(f"{uri}: not in this home's blockstore and no source had it "
+                             f"(no Kubo RPC or gateway configured)")
+        try:
+            fetch_from_any(cid, fetchers, blocks)
+        except FetchError as e:
+            raise ValueError(f"{uri}: not in this home's blockstore and {e}") from None
     out = io.BytesIO()
     cat(cid, blocks.get, out)
     return out.getvalue().decode("utf-8")

@@ -18,7 +18,7 @@ from typing import Iterable, Protocol
 from node.ipfs.car import CarError, import_car
 from node.ipfs.cid import CID, as_cid
 from node.ipfs.dag import fetch_dag, missing_blocks
-from node.ipfs.errors import BlockNotFoundError, FetchError
+from node.ipfs.errors import BlockNotFoundError, FetchError, IpfsError
 
 log = logging.getLogger("openlora.ipfs")
 
@@ -89,3 +89,22 @@ class KuboRpcFetcher:
 
     def close(self) -> None:
         self.client.close()
+
+
+def fetchers_from_config(cfg) -> list:
+    """The fetchers an operator configured outside the peer network ([ipfs] kubo_rpc, then gateways, in order)."""
+    return ([KuboRpcFetcher(cfg.ipfs.kubo_rpc)] if cfg.ipfs.kubo_rpc else []) + \
+        [GatewayFetcher(u) for u in cfg.ipfs.gateways]
+
+
+def fetch_from_any(cid: CID, fetchers: Iterable, store) -> tuple[str, int]:
+    """Try each fetcher in order until one makes the DAG of `cid` present in `store`; returns (its name, blocks
+    fetched). Raises FetchError listing every fetcher's failure."""
+    errors = []
+    for f in fetchers:
+        try:
+            return f.name, f.fetch(cid, store)
+        except IpfsError as e:
+            errors.append(f"{f.name}: {e}")
+            log.warning("fetching %s from %s failed: %s", cid, f.name, e)
+    raise FetchError("no source could provide it; " + "; ".join(errors))

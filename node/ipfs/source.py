@@ -16,7 +16,8 @@ from pathlib import Path
 from inference.sources import AdapterSourceError
 from node.ipfs.adapters import AdapterStore
 from node.ipfs.cid import CID
-from node.ipfs.errors import IpfsError
+from node.ipfs.errors import FetchError, IpfsError
+from node.ipfs.fetchers import fetch_from_any
 
 log = logging.getLogger("openlora.ipfs")
 
@@ -53,13 +54,8 @@ class IpfsAdapterSource:
         if not self.fetchers:
             raise AdapterSourceError(f"adapter {cid} is not in the local blockstore and no network source is "
                                      f"configured (enable [p2p], or set [ipfs] kubo_rpc / gateways)")
-        errors = []
-        for f in self.fetchers:
-            try:
-                n = f.fetch(cid, self.store.blocks)
-                log.info("fetched adapter %s from %s (%d blocks)", cid, f.name, n)
-                return
-            except IpfsError as e:
-                errors.append(f"{f.name}: {e}")
-                log.warning("fetching %s from %s failed: %s", cid, f.name, e)
-        raise AdapterSourceError(f"adapter {cid}: no source could provide it; " + "; ".join(errors))
+        try:
+            name, n = fetch_from_any(cid, self.fetchers, self.store.blocks)
+        except FetchError as e:
+            raise AdapterSourceError(f"adapter {cid}: {e}") from None
+        log.info("fetched adapter %s from %s (%d blocks)", cid, name, n)
