@@ -54,6 +54,7 @@ GPU_GOALS = [
     "kernel GB/s and TFLOP/s for every op at Llama-3-8B shapes",
     "paged-attention decode bandwidth at Llama-3-8B heads",
     "layer-level LoRA overhead with Triton kernels, 64 adapters (goal base/lora >= 0.85)",
+    "fused q/k/v LoRA as one sliced shrink + expand vs three separate pairs (bench/tune_lora.py on a GPU)",
     "end-to-end throughput 64 adapters vs none (bench/bench_engine.py on a GPU; goal >= 0.85)",
 ]
 
@@ -238,21 +239,25 @@ def bench_layer_overhead(be, name: str, device: str, dtype, hidden: int, inter: 
     per_adapter = [tokens // adapters + (1 if i < tokens % adapters else 0) for i in range(adapters)]
     problems = {m: [LoRAProblem(k, n, [rank] * adapters, per_adapter, dtype, device, seed=i) for i, n in
                     enumerate(outs)] for m, (k, outs) in shapes.items()}
-    buf = torch.empty(tokens, rank, device=device)
+    # the engine's layout: one sliced pool per fused linear (A [S, rows, in], B rows side by side, [S, slots]
+    # tables), so each linear costs one shrink and one expand launch (kernels/reference.py, "Slices")
+    fused = {m: dict(a=torch.stack([p.a for p in ps]), b=torch.cat([p.b for p in ps], 1).contiguous(),
+                     rank=torch.stack([p.rank for p in ps]), scale=torch.stack([p.scale for p in ps]),
+                     widths=tuple(outs), first=ps[0])
+             for (m, ps), (_, outs) in zip(problems.items(), shapes.values())}
+    buf = torch.empty(3, tokens, rank, device=device)
 
     def base():
         for m in shapes:
             torch.nn.functional.linear(xs[m], weights[m])
 
     def with_lora():
-        for m, (_, outs) in shapes.items():
+        for m, f in fused.items():
             y = torch.nn.functional.linear(xs[m], weights[m])
-            off = 0
-            for p, n in zip(problems[m], outs):
-                meta = (p.token_slots,) if kind == "bgmv" else (p.seg_starts, p.seg_slots)
-                getattr(be, f"{kind}_shrink")(xs[m], p.a, buf, *meta, p.row_start, p.rank)
-                getattr(be, f"{kind}_expand")(buf, p.b, y, *meta, p.row_start, p.rank, p.scale, off)
-                off += n
+            p, b = f["first"], buf[:len(f["widths"])]
+            meta = (p.token_slots,) if kind == "bgmv" else (p.seg_starts, p.seg_slots)
+            getattr(be, f"{kind}_shrink")(xs[m], f["a"], b, *meta, p.row_start, f["rank"])
+            getattr(be, f"{kind}_expand")(b, f["b"], y, *meta, p.row_start, f["rank"], f["scale"], 0, f["widths"])
 
     tb, tl = time_op(base, warmup, iters), time_op(with_lora, warmup, iters)
     row = dict(backend=name, form=kind, hidden=hidden, intermediate=inter, tokens=tokens, adapters=adapters,

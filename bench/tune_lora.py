@@ -58,6 +58,7 @@ from kernels import triton_lora as tri  # noqa: E402
 
 MIXED64 = [8, 16, 32, 64, 128] * 12 + [8, 16, 32, 64]
 MIXED8 = [8, 8, 16, 16, 32, 32, 64, 128]
+QKV = [4096, 1024, 1024]              # Llama-3-8B q / k / v output widths
 NAN = float("nan")
 
 
@@ -65,22 +66,32 @@ NAN = float("nan")
 
 
 class Problem:
-    """One projection's pool (contiguous rows, mixed ranks) and a batch of tokens grouped by adapter."""
+    """One projection's pool (contiguous rows, mixed ranks) and a batch of tokens grouped by adapter.
+
+    widths: a fused linear's slices (e.g. q/k/v output widths): one sliced op over all of them (A [S, rows, in],
+    B [rows, sum(widths)], every slice with the same ranks); out_f is then sum(widths)."""
 
     def __init__(self, kind: str, in_f: int, out_f: int, ranks: list[int], tokens: list[int], dtype, device,
-                 seed: int = 0, shuffle: bool = False):
+                 seed: int = 0, shuffle: bool = False, widths: list[int] | None = None):
         g = torch.Generator().manual_seed(seed)
+        self.widths = tuple(widths) if widths else None
+        self.S = len(widths) if widths else 1
+        out_f = sum(widths) if widths else out_f
         self.kind, self.in_f, self.out_f, self.ranks, self.tokens, self.dtype = kind, in_f, out_f, ranks, tokens, dtype
         self.device = device
         starts, row = [], 0
         for r in ranks:
             starts.append(row)
             row += r
-        self.a = (torch.randn(row, in_f, generator=g) / in_f ** 0.5).to(dtype).to(device)
+        a_shape = (self.S, row, in_f) if widths else (row, in_f)
+        self.a = (torch.randn(*a_shape, generator=g) / in_f ** 0.5).to(dtype).to(device)
         self.b = (torch.randn(row, out_f, generator=g) / max(ranks) ** 0.5).to(dtype).to(device)
         self.row_start = torch.tensor(starts, dtype=torch.int32, device=device)
         self.rank = torch.tensor(ranks, dtype=torch.int32, device=device)
         self.scale = (torch.rand(len(ranks), generator=g) + 0.5).to(device)
+        if widths:
+            self.rank = self.rank.repeat(self.S, 1)
+            self.scale = self.scale.repeat(self.S, 1)
         bounds = [0]
         for n in tokens:
             bounds.append(bounds[-1] + n)
@@ -95,16 +106,21 @@ class Problem:
         self.token_slots = torch.tensor(slots, dtype=torch.int32, device=device)
         self.token_ranks = torch.tensor([ranks[s] for s in slots], dtype=torch.long, device=device)
         self.x = torch.randn(self.T, in_f, generator=g).to(dtype).to(device)
-        self.buf = torch.randn(self.T, self.R, generator=g).to(device)
+        self.buf = torch.randn(*self.buf_shape(), generator=g).to(device)
         self.y = torch.randn(self.T, out_f, generator=g).to(dtype).to(device)
         es = torch.finfo(dtype).bits // 8
         used = [ranks[s] for s in range(len(tokens)) if tokens[s] > 0]
         token_rank_sum = sum(ranks[s] * n for s, n in enumerate(tokens))
-        self.shrink_bytes = self.T * in_f * es + sum(used) * in_f * es + token_rank_sum * 4
-        self.expand_bytes = token_rank_sum * 4 + sum(used) * out_f * es + 2 * self.T * out_f * es
+        S = self.S
+        self.shrink_bytes = self.T * in_f * es + S * sum(used) * in_f * es + S * token_rank_sum * 4
+        self.expand_bytes = S * token_rank_sum * 4 + sum(used) * out_f * es + 2 * self.T * out_f * es
         self._tile_maps: dict[int, tuple] = {}
         rank_desc = f"r={ranks[0]}" if len(set(ranks)) == 1 else f"r={min(ranks)}..{max(ranks)}"
-        self.shape = (f"T={self.T} a={len(tokens)} {rank_desc} {in_f}->{out_f}" + (" shuffled" if shuffle else ""))
+        outs = "+".join(map(str, widths)) if widths else str(out_f)
+        self.shape = (f"T={self.T} a={len(tokens)} {rank_desc} {in_f}->{outs}" + (" shuffled" if shuffle else ""))
+
+    def buf_shape(self) -> tuple[int, ...]:
+        return (self.S, self.T, self.R) if self.widths else (self.T, self.R)
 
     def meta(self):
         return (self.seg_starts, self.seg_slots) if self.kind == "sgmv" else (self.token_slots,)
@@ -126,7 +142,7 @@ class Problem:
             kw["tile_map"] = self.tile_map(max(tri.BLOCK_MIN, cfg.block_m))
         if side == "shrink":
             return fn(x, self.a, buf, *self.meta(), self.row_start, self.rank, **kw)
-        return fn(buf, self.b, y, *self.meta(), self.row_start, self.rank, self.scale, **kw)
+        return fn(buf, self.b, y, *self.meta(), self.row_start, self.rank, self.scale, 0, self.widths, **kw)
 
 
 def check(p: Problem, side: str, kw: dict, seed: int) -> tuple[float, bool]:
@@ -134,21 +150,22 @@ def check(p: Problem, side: str, kw: dict, seed: int) -> tuple[float, bool]:
     g = torch.Generator(device=p.device).manual_seed(seed)
     T, R = p.T, p.R
     written = torch.arange(R, device=p.device)[None, :] < p.token_ranks[:, None]            # [T, R]
+    written = written.expand(p.buf_shape())                            # every slice: the same ranks
     if side == "shrink":
         x = torch.randn(T, p.in_f, generator=g, device=p.device).to(p.dtype)
-        out = torch.full((T, R), NAN, device=p.device)
+        out = torch.full(p.buf_shape(), NAN, device=p.device)
         want = out.clone()
         p.call("shrink", kw, x=x, buf=out)
         getattr(reference, f"{p.kind}_shrink")(x, p.a, want, *p.meta(), p.row_start, p.rank)
         nan_ok = bool(torch.equal(torch.isnan(out), ~written))
         o, w = out[written], want[written]
     else:
-        buf = torch.randn(T, R, generator=g, device=p.device)
+        buf = torch.randn(*p.buf_shape(), generator=g, device=p.device)
         buf[~written] = NAN                                      # columns past each token's rank: never read
         y0 = torch.randn(T, p.out_f, generator=g, device=p.device).to(p.dtype)
         out, want = y0.clone(), y0.clone()
         p.call("expand", kw, buf=buf, y=out)
-        getattr(reference, f"{p.kind}_expand")(buf, p.b, want, *p.meta(), p.row_start, p.rank, p.scale)
+        getattr(reference, f"{p.kind}_expand")(buf, p.b, want, *p.meta(), p.row_start, p.rank, p.scale, 0, p.widths)
         nan_ok = not bool(torch.isnan(out).any())
         o, w = out.float() - y0.float(), want.float() - y0.float()     # the LoRA delta (y itself is O(1))
     err = float((o.float() - w.float()).norm() / w.float().norm().clamp(min=1e-30))
@@ -315,8 +332,14 @@ def gpu_cases(dtype) -> list[tuple[str, Problem]]:
     sgmix64 = Problem("sgmv", h, h, MIXED64, [8] * 64, dtype, d, seed=8)
     sgmix8 = Problem("sgmv", h, h, MIXED8, [64] * 8, dtype, d, seed=9)
     sgup = Problem("sgmv", h, inter, [16] * 16, [32] * 16, dtype, d, seed=10)
+    # fused linears as one sliced launch: q/k/v (4096 + 1024 + 1024) and gate/up (2 x 14336)
+    bgqkv = Problem("bgmv", h, 0, [16] * 64, [1] * 64, dtype, d, seed=12, widths=QKV)
+    bggu = Problem("bgmv", h, 0, [16] * 64, [1] * 64, dtype, d, seed=13, widths=[inter, inter])
+    bgqkv64 = Problem("bgmv", h, 0, [64] * 64, [4] * 64, dtype, d, seed=14, widths=QKV)
     return [("shrink", bg16), ("shrink", bg64), ("shrink", bgmix), ("shrink", bgdown),
             ("expand", bg16), ("expand", bg64), ("expand", bgmix), ("expand", bgup),
+            ("shrink", bgqkv), ("expand", bgqkv), ("shrink", bggu), ("expand", bggu),
+            ("shrink", bgqkv64), ("expand", bgqkv64),
             ("shrink", bgshuf), ("expand", bgshuf),
             ("shrink", sg128), ("shrink", sgmix64), ("shrink", sgmix8),
             ("expand", sg128), ("expand", sgmix64), ("expand", sgmix8), ("expand", sgup)]
@@ -327,7 +350,9 @@ def smoke_cases(dtype) -> list[tuple[str, Problem]]:
     bg = Problem("bgmv", 96, 80, [16, 8, 1, 64, 32, 5], [3, 1, 4, 2, 0, 3], dtype, d, seed=1)
     bgs = Problem("bgmv", 64, 48, [16, 8, 32], [4, 3, 5], dtype, d, seed=2, shuffle=True)
     sg = Problem("sgmv", 96, 80, [16, 8, 1, 64, 32, 5], [17, 1, 4, 33, 0, 3], dtype, d, seed=3)
-    return [(side, p) for p in (bg, bgs, sg) for side in ("shrink", "expand")]
+    bgq = Problem("bgmv", 64, 0, [16, 8, 32], [2, 3, 1], dtype, d, seed=4, widths=[48, 16, 16])
+    sgq = Problem("sgmv", 64, 0, [16, 8, 32], [5, 0, 17], dtype, d, seed=5, widths=[40, 24])
+    return [(side, p) for p in (bg, bgs, sg, bgq, sgq) for side in ("shrink", "expand")]
 
 
 def smoke_variants(side: str, p: Problem) -> list[tuple[str, dict]]:
@@ -442,7 +467,7 @@ def main() -> None:
             print(fmt_row(row), flush=True)
 
     summary = []
-    mixed = None
+    mixed = fused = None
     if timer is not None:
         # best per (op, shape) by the kernel-alone time
         print("\nbest variant per op and shape (by us(gr); default for comparison):")
@@ -469,6 +494,12 @@ def main() -> None:
                   f"expand, defaults: graph {mixed['mixed_us_graph']:.1f} / {mixed['padded_us_graph']:.1f} us = "
                   f"{mixed['ratio_graph']:.3f}; events {mixed['mixed_us_events']:.1f} / "
                   f"{mixed['padded_us_events']:.1f} us = {mixed['ratio_events']:.3f} (goal <= 1.0)")
+        if not args.only or "bgmv" in args.only:
+            fused = sliced_vs_separate(timer, dtype, args.peak_gbps)
+            print(f"\nfused q/k/v as one sliced shrink + one sliced expand vs 3 separate shrink + expand pairs "
+                  f"(64 tokens, 64 adapters r=16, BGMV defaults, graph replays): {fused['sliced_us']:.1f} / "
+                  f"{fused['separate_us']:.1f} us = {fused['ratio']:.3f}; {fused['mb']:.1f} MB moved -> "
+                  f"{fused['sliced_pct']:.0f}% vs {fused['separate_pct']:.0f}% of {args.peak_gbps:.0f} GB/s")
     if args.host_profile and timer is not None:
         host_profile(cases)
     bad = [r for r in rows if "ok" in r and not r["ok"]]
@@ -479,7 +510,7 @@ def main() -> None:
         print("  FAILED:", fmt_row(r), r.get("error", ""))
     if args.json:
         args.json.write_text(json.dumps(dict(meta=meta, rows=rows, best=summary, mixed_vs_padded=mixed,
-                                             wall_s=wall), indent=1))
+                                             sliced_vs_separate=fused, wall_s=wall), indent=1))
     sys.exit(1 if bad else 0)
 
 
@@ -523,6 +554,21 @@ def mixed_vs_padded(timer: Timer, dtype) -> dict:
         out[f"{label}_us_graph"] = timer.graph(both_g)
     out["ratio_events"] = out["mixed_us_events"] / out["padded_us_events"]
     out["ratio_graph"] = out["mixed_us_graph"] / out["padded_us_graph"]
+    return out
+
+
+def sliced_vs_separate(timer: Timer, dtype, peak_gbps: float = 3350.0) -> dict:
+    """A decode step's q/k/v LoRA: one sliced shrink + one sliced expand against three shrink + expand pairs over
+    the same weights (the launch count the engine had before fused-linear slices), kernels alone (graph replays)."""
+    h, ranks, tokens = 4096, [16] * 64, [1] * 64
+    fused = Problem("bgmv", h, 0, ranks, tokens, dtype, "cuda", seed=21, widths=QKV)
+    parts = [Problem("bgmv", h, n, ranks, tokens, dtype, "cuda", seed=22 + i) for i, n in enumerate(QKV)]
+    out = dict(sliced_us=timer.graph(lambda: (fused.call("shrink", {}), fused.call("expand", {}))),
+               separate_us=timer.graph(lambda: [(q.call("shrink", {}), q.call("expand", {})) for q in parts]))
+    out["ratio"] = out["sliced_us"] / out["separate_us"]
+    out["mb"] = (fused.shrink_bytes + fused.expand_bytes) / 1e6
+    for k in ("sliced", "separate"):
+        out[f"{k}_pct"] = 100 * out["mb"] * 1e6 / (out[f"{k}_us"] * 1e-6) / 1e9 / peak_gbps
     return out
 
 

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from inference.lora import LoRABatch, LoRAPool
+from inference.lora import MAX_PARTS, LoRABatch, LoRAPool
 from inference.model import AttentionBatch, LlamaServingModel
 
 log = logging.getLogger("openlora.engine")
@@ -109,9 +109,10 @@ class DecodeGraphs:
         if rank == 0:
             return attn, None
         if rank not in self._bufs:
-            self._bufs[rank] = torch.zeros(self.max_batch, rank, dtype=torch.float32, device=self.model.device)
+            self._bufs[rank] = torch.zeros(MAX_PARTS, self.max_batch, rank, dtype=torch.float32,
+                                           device=self.model.device)
         lora = LoRABatch(token_slots=self.token_slots[:bs], seg_starts=self.seg_starts[:bs + 1],
-                         seg_slots=self.seg_slots[:bs], max_rank=rank, decode=True, buf=self._bufs[rank][:bs])
+                         seg_slots=self.seg_slots[:bs], max_rank=rank, decode=True, buf=self._bufs[rank][:, :bs])
         return attn, lora
 
     def _forward(self, bs: int, rank: int) -> torch.Tensor:

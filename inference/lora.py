@@ -38,6 +38,12 @@ FUSED_LINEARS: dict[str, tuple[str, ...]] = {
     "gate_up": ("gate_proj", "up_proj"),
     "down": ("down_proj",),
 }
+FUSED_OF = {m: f for f, ms in FUSED_LINEARS.items() for m in ms}
+MAX_PARTS = max(len(ms) for ms in FUSED_LINEARS.values())      # slices of the widest fused linear (qkv: 3)
+# A fused linear's LoRA targets are consecutive in TARGET_MODULES, so that their rows of the [layers, modules,
+# slots] rank and scale tables form one [parts, slots] view per layer.
+assert all(tuple(TARGET_MODULES[MODULE_INDEX[ms[0]]:MODULE_INDEX[ms[0]] + len(ms)]) == ms
+           for ms in FUSED_LINEARS.values())
 
 _KEY_RE = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])"
                      r"(?:\.[^.]+)?\.weight$")
@@ -177,7 +183,13 @@ def read_peft_adapter(path: Path, name: str, spec: ModelSpec, *, max_rank: int =
 
 
 class LoRAPool:
-    """Resident adapters on the device: per (module) pools [num_layers, num_rows, features] + slot tables.
+    """Resident adapters on the device: per fused linear pools + slot tables.
+
+    Per fused linear f with targets m_0..m_{S-1} (FUSED_LINEARS), so that one shrink and one expand launch serve
+    all of its targets (see kernels/reference.py, "Slices"):
+        a_fused[f]  # [num_layers, S, num_rows, in_features]   slice s: m_s's A rows
+        b_fused[f]  # [num_layers, num_rows, sum of out_features]   m_s's B^T rows at m_s's output offset
+    a[m] / b[m] are the per-module views [num_layers, num_rows, features] of these.
 
     Slot tables (per layer and module, so that modules an adapter does not target cost nothing):
         row_start  # [num_slots] int32
@@ -190,8 +202,19 @@ class LoRAPool:
         self.dtype, self.device = dtype, device
         L, M = spec.num_layers, len(TARGET_MODULES)
         shapes = spec.module_shapes()
-        self.a = {m: torch.zeros(L, num_rows, shapes[m][0], dtype=dtype, device=device) for m in TARGET_MODULES}
-        self.b = {m: torch.zeros(L, num_rows, shapes[m][1], dtype=dtype, device=device) for m in TARGET_MODULES}
+        self.a_fused: dict[str, torch.Tensor] = {}
+        self.b_fused: dict[str, torch.Tensor] = {}
+        self.a: dict[str, torch.Tensor] = {}
+        self.b: dict[str, torch.Tensor] = {}
+        for f, ms in FUSED_LINEARS.items():
+            widths = [shapes[m][1] for m in ms]
+            self.a_fused[f] = torch.zeros(L, len(ms), num_rows, shapes[ms[0]][0], dtype=dtype, device=device)
+            self.b_fused[f] = torch.zeros(L, num_rows, sum(widths), dtype=dtype, device=device)
+            off = 0
+            for i, (m, n) in enumerate(zip(ms, widths)):
+                self.a[m] = self.a_fused[f][:, i]
+                self.b[m] = self.b_fused[f][:, :, off:off + n]
+                off += n
         self.row_start = torch.zeros(num_slots, dtype=torch.int32, device=device)
         self.rank = torch.zeros(L, M, num_slots, dtype=torch.int32, device=device)
         self.scale = torch.zeros(L, M, num_slots, dtype=torch.float32, device=device)
@@ -274,32 +297,39 @@ class LoRABatch:
     seg_slots: torch.Tensor        # [S] int32
     max_rank: int                  # largest rank among the batch's adapters
     decode: bool                   # use BGMV (an all-decode step with enough segments), else SGMV
-    buf: torch.Tensor              # [T, max_rank] float32 scratch (a slice of a buffer allocated once)
+    buf: torch.Tensor              # [MAX_PARTS, T, max_rank] float32 scratch (a view of a buffer allocated once)
 
 
 class LoRALinear:
-    """A base linear (weight [out, in], optional bias) plus the LoRA parts it hosts at output offsets."""
+    """A base linear (weight [out, in], optional bias) plus the LoRA targets it hosts side by side in its output.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, layer: int,
-                 parts: tuple[tuple[str, int], ...]):
-        self.weight, self.bias, self.layer = weight, bias, layer
-        self.parts = parts                                             # ((module, out_offset), ...)
+    All targets of the linear go through one sliced shrink and one sliced expand (kernels/reference.py, "Slices"):
+    a fused qkv projection costs two LoRA launches, not six."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, layer: int, fused: str,
+                 widths: tuple[int, ...]):
+        modules = FUSED_LINEARS[fused]
+        if len(widths) != len(modules) or sum(widths) != weight.shape[0]:
+            raise ValueError(f"{fused}: output widths {widths} do not match its targets {modules} and the "
+                             f"weight's {weight.shape[0]} rows")
+        self.weight, self.bias, self.layer, self.fused = weight, bias, layer, fused
+        self.widths = tuple(widths)
+        self._mi = slice(MODULE_INDEX[modules[0]], MODULE_INDEX[modules[0]] + len(modules))
 
     def __call__(self, x: torch.Tensor, lora: LoRABatch | None, pool: LoRAPool | None, backend) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
         if lora is None or pool is None:
             return y
-        for module, offset in self.parts:
-            mi = MODULE_INDEX[module]
-            ranks = pool.rank[self.layer, mi]
-            scales = pool.scale[self.layer, mi]
-            if lora.decode:
-                backend.bgmv_shrink(x, pool.a[module][self.layer], lora.buf, lora.token_slots, pool.row_start, ranks)
-                backend.bgmv_expand(lora.buf, pool.b[module][self.layer], y, lora.token_slots, pool.row_start,
-                                    ranks, scales, offset)
-            else:
-                backend.sgmv_shrink(x, pool.a[module][self.layer], lora.buf, lora.seg_starts, lora.seg_slots,
-                                    pool.row_start, ranks)
-                backend.sgmv_expand(lora.buf, pool.b[module][self.layer], y, lora.seg_starts, lora.seg_slots,
-                                    pool.row_start, ranks, scales, offset)
+        a = pool.a_fused[self.fused][self.layer]                      # [S, rows, in]
+        b = pool.b_fused[self.fused][self.layer]                      # [rows, out]
+        ranks = pool.rank[self.layer, self._mi]                       # [S, slots]
+        scales = pool.scale[self.layer, self._mi]
+        buf = lora.buf[:len(self.widths)]
+        if lora.decode:
+            backend.bgmv_shrink(x, a, buf, lora.token_slots, pool.row_start, ranks)
+            backend.bgmv_expand(buf, b, y, lora.token_slots, pool.row_start, ranks, scales, 0, self.widths)
+        else:
+            backend.sgmv_shrink(x, a, buf, lora.seg_starts, lora.seg_slots, pool.row_start, ranks)
+            backend.sgmv_expand(buf, b, y, lora.seg_starts, lora.seg_slots, pool.row_start, ranks, scales, 0,
+                                self.widths)
         return y

@@ -58,11 +58,8 @@ class Layer:
             if any(b is not None for b in biases):
                 bias = torch.cat([b if b is not None else torch.zeros(wt.shape[0], dtype=wt.dtype, device=wt.device)
                                   for b, wt in zip(biases, weights)])
-            offsets, off = [], 0
-            for m, wt in zip(modules, weights):
-                offsets.append((m, off))
-                off += wt.shape[0]
-            self.linears[fused] = LoRALinear(weight.contiguous(), bias, i, tuple(offsets))
+            self.linears[fused] = LoRALinear(weight.contiguous(), bias, i, fused,
+                                             tuple(wt.shape[0] for wt in weights))
 
 
 class LlamaServingModel:

@@ -16,7 +16,7 @@ import torch
 
 from inference.graphs import DecodeGraphs, block_table_tensor
 from inference.kv_cache import BlockPool
-from inference.lora import LoRABatch, LoRAPool
+from inference.lora import MAX_PARTS, LoRABatch, LoRAPool
 from inference.model import AttentionBatch, LlamaServingModel
 from inference.model_config import ModelSpec
 from inference.scheduler import ScheduledSeq, SchedulerOutput
@@ -47,7 +47,7 @@ class ModelRunner:
                           for _ in range(spec.num_layers)]
         self.max_blocks_per_seq = blocks.blocks_needed(max_model_len)
         # Scratch allocated once at its maximum size and sliced per step.
-        self._lora_buf = torch.zeros(max_num_batched_tokens, 64, dtype=torch.float32, device=self.device)
+        self._lora_buf = torch.zeros(MAX_PARTS, max_num_batched_tokens, 64, dtype=torch.float32, device=self.device)
         # All-decode steps run from static buffers, replayed as CUDA graphs ("capture") or eagerly ("static").
         self.graphs = None
         if decode_graphs != "off":
@@ -55,10 +55,10 @@ class ModelRunner:
                                        max_lora_rank, decode_graphs)
 
     def _lora_buf_for(self, T: int, rank: int) -> torch.Tensor:
-        if rank > self._lora_buf.shape[1] or T > self._lora_buf.shape[0]:
-            self._lora_buf = torch.zeros(max(T, self._lora_buf.shape[0]), max(rank, self._lora_buf.shape[1]),
+        if rank > self._lora_buf.shape[2] or T > self._lora_buf.shape[1]:
+            self._lora_buf = torch.zeros(MAX_PARTS, max(T, self._lora_buf.shape[1]), max(rank, self._lora_buf.shape[2]),
                                          dtype=torch.float32, device=self.device)
-        return self._lora_buf[:T, :rank]
+        return self._lora_buf[:, :T, :rank]
 
     def run(self, out: SchedulerOutput) -> RunnerOutput:
         # Adapter-less sequences first, then by slot: every adapter's tokens are one segment.

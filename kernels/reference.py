@@ -13,6 +13,17 @@ Weight layout shared by all LoRA kernels (one pool per layer and target module):
 An adapter of rank r occupies rows [slot_row_start[s], slot_row_start[s] + r) of both pools: any mix of ranks
 shares one pool with no padding to a maximum rank.
 
+Slices (fused linears: LoRA targets that share their input, e.g. q/k/v of a fused qkv projection, or gate/up):
+every LoRA op also takes S slices at once, so that one launch serves a whole fused linear:
+    a_pool          # [S, num_rows, in_features]       slice s: the A rows of the s-th target
+    b_pool          # [num_rows, n_0 + ... + n_{S-1}]  the targets' B^T rows side by side (as their outputs are)
+    buf             # [S, T, R]                        slice s: the s-th target's rank-sized result
+    slot_rank       # [S, num_slots]  (0 where an adapter does not target slice s: nothing computed or written)
+    slot_scale      # [S, num_slots]
+    slices          # (n_0, ..., n_{S-1}): expand only, the output width of each slice
+The semantics are those of the single op for each slice s (see `for_each_slice_shrink` / `for_each_slice_expand`);
+the 2-D forms (one slice) are unchanged.
+
 KV cache layout (per layer): k_cache, v_cache # [num_blocks, block_size, num_kv_heads, head_dim].
 A token at position p of a sequence lives in block block_table[p // block_size], offset p % block_size.
 """
@@ -22,7 +33,7 @@ from __future__ import annotations
 import torch
 
 
-def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
+def _sgmv_shrink_one(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
                 seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
     """Segmented gather matrix-vector, shrink side (prefill: runs of tokens sharing an adapter).
 
@@ -47,7 +58,7 @@ def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_st
         buf[t0:t1, :r] = (x[t0:t1].float() @ a_pool[o:o + r].float().T).to(buf.dtype)
 
 
-def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
+def _sgmv_expand_one(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
                 seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
                 slot_scale: torch.Tensor, y_offset: int = 0) -> None:
     """Segmented gather matrix-vector, expand side: add the scaled LoRA output into `y` in place.
@@ -77,7 +88,7 @@ def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_st
         view.copy_((view.float() + delta).to(y.dtype))
 
 
-def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,
+def _bgmv_shrink_one(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,
                 slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
     """Batched gather matrix-vector, shrink side (decode: one token per sequence, each its own adapter).
 
@@ -105,7 +116,7 @@ def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_
     buf.copy_(torch.where(mask, out.to(buf.dtype), buf))
 
 
-def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor,
+def _bgmv_expand_one(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor,
                 slot_row_start: torch.Tensor, slot_rank: torch.Tensor, slot_scale: torch.Tensor,
                 y_offset: int = 0) -> None:
     """Batched gather matrix-vector, expand side.
@@ -137,6 +148,102 @@ def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_
     view = y[:, y_offset:y_offset + n]
     updated = (view.float() + delta).to(y.dtype)
     view.copy_(torch.where((ranks > 0)[:, None], updated, view))
+
+
+# ------------------------------------------------------------------------------------------------ slices
+
+
+def shrink_slices(a_pool: torch.Tensor, buf: torch.Tensor, slot_rank: torch.Tensor) -> int:
+    """The number of slices of a shrink call (0: the 2-D one-slice form); ValueError on inconsistent shapes."""
+    if a_pool.dim() == 2:
+        if buf.dim() != 2 or slot_rank.dim() != 1:
+            raise ValueError(f"one-slice shrink: a_pool [P, in] needs buf [T, R] and slot_rank [slots], got buf "
+                             f"{tuple(buf.shape)} and slot_rank {tuple(slot_rank.shape)}")
+        return 0
+    S = a_pool.shape[0] if a_pool.dim() == 3 else -1
+    if S < 1 or buf.dim() != 3 or buf.shape[0] != S or slot_rank.dim() != 2 or slot_rank.shape[0] != S:
+        raise ValueError(f"sliced shrink: a_pool [S, P, in] needs buf [S, T, R] and slot_rank [S, slots] with the "
+                         f"same S, got a_pool {tuple(a_pool.shape)}, buf {tuple(buf.shape)}, slot_rank "
+                         f"{tuple(slot_rank.shape)}")
+    return S
+
+
+def expand_slices(buf: torch.Tensor, b_pool: torch.Tensor, slot_rank: torch.Tensor, slot_scale: torch.Tensor,
+                  slices) -> tuple[int, ...] | None:
+    """The output width of each slice of an expand call (None: the 2-D one-slice form); ValueError when they
+    do not add up to b_pool's width or the shapes disagree."""
+    if buf.dim() == 2:
+        if slices is not None and tuple(slices) != (b_pool.shape[1],):
+            raise ValueError(f"one-slice expand (buf [T, R]): slices must be None or ({b_pool.shape[1]},), "
+                             f"got {slices}")
+        if slot_rank.dim() != 1 or slot_scale.dim() != 1:
+            raise ValueError("one-slice expand: slot_rank and slot_scale must be [slots]")
+        return None
+    if buf.dim() != 3:
+        raise ValueError(f"expand: buf must be [T, R] or [S, T, R], got {tuple(buf.shape)}")
+    S = buf.shape[0]
+    widths = (b_pool.shape[1],) if slices is None and S == 1 else tuple(int(n) for n in (slices or ()))
+    if len(widths) != S or any(n < 0 for n in widths) or sum(widths) != b_pool.shape[1]:
+        raise ValueError(f"sliced expand: slices {slices} must give {S} non-negative widths adding up to b_pool's "
+                         f"{b_pool.shape[1]} columns")
+    for name, t in (("slot_rank", slot_rank), ("slot_scale", slot_scale)):
+        if t.dim() != 2 or t.shape[0] != S:
+            raise ValueError(f"sliced expand: {name} must be [{S}, slots], got {tuple(t.shape)}")
+    return widths
+
+
+def for_each_slice_shrink(one, x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, *meta) -> None:
+    """A shrink op over slices, as the semantics define it: `one` (the one-slice op) for each slice.
+    meta = the op's metadata arguments, slot_rank last."""
+    S = shrink_slices(a_pool, buf, meta[-1])
+    if S == 0:
+        one(x, a_pool, buf, *meta)
+        return
+    for s in range(S):
+        one(x, a_pool[s], buf[s], *meta[:-1], meta[-1][s])
+
+
+def for_each_slice_expand(one, buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, *meta,
+                          y_offset: int = 0, slices=None) -> None:
+    """An expand op over slices: `one` for each slice, with b_pool's and y's columns of that slice.
+    meta = the op's metadata arguments, slot_rank and slot_scale last."""
+    widths = expand_slices(buf, b_pool, meta[-2], meta[-1], slices)
+    if widths is None:
+        one(buf, b_pool, y, *meta, y_offset)
+        return
+    off = 0
+    for s, n in enumerate(widths):
+        one(buf[s], b_pool[:, off:off + n], y, *meta[:-2], meta[-2][s], meta[-1][s], y_offset + off)
+        off += n
+
+
+def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
+                seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
+    """`_sgmv_shrink_one` for each slice (see the module docstring)."""
+    for_each_slice_shrink(_sgmv_shrink_one, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
+
+
+def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
+                seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
+                slot_scale: torch.Tensor, y_offset: int = 0, slices: tuple[int, ...] | None = None) -> None:
+    """`_sgmv_expand_one` for each slice (see the module docstring)."""
+    for_each_slice_expand(_sgmv_expand_one, buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank,
+                          slot_scale, y_offset=y_offset, slices=slices)
+
+
+def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,
+                slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
+    """`_bgmv_shrink_one` for each slice (see the module docstring)."""
+    for_each_slice_shrink(_bgmv_shrink_one, x, a_pool, buf, token_slots, slot_row_start, slot_rank)
+
+
+def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor,
+                slot_row_start: torch.Tensor, slot_rank: torch.Tensor, slot_scale: torch.Tensor,
+                y_offset: int = 0, slices: tuple[int, ...] | None = None) -> None:
+    """`_bgmv_expand_one` for each slice (see the module docstring)."""
+    for_each_slice_expand(_bgmv_expand_one, buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale,
+                          y_offset=y_offset, slices=slices)
+
 
 
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -14,6 +14,8 @@ import weakref
 
 import torch
 
+from kernels.reference import for_each_slice_expand, for_each_slice_shrink
+
 
 class _Plan:
     __slots__ = ("key", "row_start", "R", "safe", "valid", "rows", "col", "segs")
@@ -41,7 +43,7 @@ def _plan(token_slots: torch.Tensor, row_start: torch.Tensor, R: int, num_rows: 
     return p
 
 
-def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,
+def _bgmv_shrink_one(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,
                 slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
     """See kernels.reference.bgmv_shrink."""
     T, R = buf.shape
@@ -53,7 +55,7 @@ def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_
     buf.copy_(torch.where(mask, out.to(buf.dtype), buf))
 
 
-def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor,
+def _bgmv_expand_one(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor,
                 slot_row_start: torch.Tensor, slot_rank: torch.Tensor, slot_scale: torch.Tensor,
                 y_offset: int = 0) -> None:
     """See kernels.reference.bgmv_expand."""
@@ -76,7 +78,7 @@ def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_
         view.copy_(torch.where((ranks > 0)[:, None], (view.float() + delta).to(y.dtype), view))
 
 
-def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
+def _sgmv_shrink_one(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
                 seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
     """See kernels.reference.sgmv_shrink: one matmul per adapter segment (prefill segments are long)."""
     starts, slots = _segments(seg_starts, seg_slots)
@@ -91,7 +93,7 @@ def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_st
         buf[t0:t1, :r] = xf[t0:t1] @ a_pool[o:o + r].float().T
 
 
-def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
+def _sgmv_expand_one(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
                 seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
                 slot_scale: torch.Tensor, y_offset: int = 0) -> None:
     """See kernels.reference.sgmv_expand."""
@@ -112,6 +114,38 @@ def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_st
         else:
             view.copy_((view.float() + delta).to(y.dtype))
 
+
+
+# Fused linears (a_pool [S, P, in], buf [S, T, R], ...): one call per slice, as the semantics define; every slice
+# shares the step's plan.
+
+
+def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
+                seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
+    """See kernels.reference.sgmv_shrink."""
+    for_each_slice_shrink(_sgmv_shrink_one, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
+
+
+def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
+                seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
+                slot_scale: torch.Tensor, y_offset: int = 0, slices: tuple[int, ...] | None = None) -> None:
+    """See kernels.reference.sgmv_expand."""
+    for_each_slice_expand(_sgmv_expand_one, buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank,
+                          slot_scale, y_offset=y_offset, slices=slices)
+
+
+def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,
+                slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
+    """See kernels.reference.bgmv_shrink."""
+    for_each_slice_shrink(_bgmv_shrink_one, x, a_pool, buf, token_slots, slot_row_start, slot_rank)
+
+
+def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor,
+                slot_row_start: torch.Tensor, slot_rank: torch.Tensor, slot_scale: torch.Tensor,
+                y_offset: int = 0, slices: tuple[int, ...] | None = None) -> None:
+    """See kernels.reference.bgmv_expand."""
+    for_each_slice_expand(_bgmv_expand_one, buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale,
+                          y_offset=y_offset, slices=slices)
 
 _seg_cache: list = [None, None, None, None]
 

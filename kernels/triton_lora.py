@@ -67,6 +67,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import reference
+
 
 @dataclasses.dataclass(frozen=True)
 class ShrinkConfig:
@@ -111,6 +113,7 @@ SGMV_EXPAND_CONFIG = ExpandConfig(block_m=16, block_r=128, block_n=128, num_warp
                                   programs_per_sm=4)
 
 BLOCK_MIN = 16                     # tl.dot needs every dimension >= 16
+MAX_SLICES = 3                     # slices per expand launch (a fused qkv projection has 3)
 F32_BLOCK_N_MAX = 64               # expand output tile with float32 (IEEE) dots: wider ones spill on sm_90
 INTERPRETED_TARGET_PROGRAMS = 16   # the split target without a GPU (small, so that the tests exercise split-K)
 SCRATCH_MIN_COUNTERS = 1 << 14     # split-K tile counters allocated at first use (64 KiB of int32)
@@ -205,20 +208,27 @@ def _sum_partials(part_ptr, buf_ptr, offs_t, offs_r, wmask, num_splits, R, strid
 def _lora_shrink_kernel(
     x_ptr, a_ptr, buf_ptr, part_ptr, lock_ptr, slots_ptr, seg_starts_ptr, tile_seg_ptr, tile_first_ptr,
     slot_row_start_ptr, slot_rank_ptr,
-    num_segs, T, R, K, k_per_split, num_splits, tokens_per_prog, stride_xt, stride_ar, stride_bt, stride_ps,
+    num_segs, T, R, K, k_per_split, num_splits, tokens_per_prog, rank_tiles, stride_xt, stride_as, stride_ar,
+    stride_bs, stride_bt, stride_rs, stride_ps,
     SEGMENTED: tl.constexpr, MULTI: tl.constexpr, MODE: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
 ):
-    """One program per (token block, rank tile, K split): buf[t, r] = x[t] @ A[rows(slot(t)) + r].T.
+    """One program per (token block, slice x rank tile, K split): buf[s, t, r] = x[t] @ A[s, rows(slot(t)) + r].T.
 
     SEGMENTED: the block is a tile of one segment (slots_ptr = seg_slots); else (slots_ptr = token_slots) one
     token, or with MULTI `tokens_per_prog` consecutive tokens handled one distinct slot at a time.
     MODE 0: no split, results into buf. 1: partials into part[split, t, r] (a MODE 2 launch of the same grid
     without the split axis sums them into buf). 3: partials, and the last split of each tile to finish (a counter
-    per tile) sums them: one launch."""
+    per tile) sums them: one launch. Slices (a fused linear's targets): axis 1 is slice * rank_tiles + rank tile;
+    the slice picks A (stride_as), the rank table (stride_rs), buf (stride_bs) and its partials ([split, S, T, R])."""
     pid_m = tl.program_id(0)
-    r0 = tl.program_id(1) * BLOCK_R
+    slc = tl.program_id(1) // rank_tiles
+    r0 = (tl.program_id(1) - slc * rank_tiles) * BLOCK_R
     split = tl.program_id(2)
+    a_ptr += slc.to(tl.int64) * stride_as
+    buf_ptr += slc.to(tl.int64) * stride_bs
+    slot_rank_ptr += slc * stride_rs
+    part_ptr += slc.to(tl.int64) * T * R
     ar = tl.arange(0, BLOCK_T)
     k_lo = split * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
@@ -290,6 +300,22 @@ def _lora_shrink_kernel(
 
 
 @triton.jit
+def _slice_columns(pid, n_per_prog, g1, g2, c1, c2, N, b_ptr, y_offset, buf_ptr, slot_rank_ptr, slot_scale_ptr,
+                   stride_bs, stride_rs, stride_ss):
+    """Expand over up to three slices side by side in b_pool's and y's columns: slice 0 is columns [0, c1), 1 is
+    [c1, c2), 2 is [c2, N); programs [0, g1) cover slice 0 in chunks of n_per_prog columns, [g1, g2) slice 1, the
+    rest slice 2. Returns the program's column range within its slice, and the pointers / y offset moved to it."""
+    slc = (pid >= g1).to(tl.int32) + (pid >= g2).to(tl.int32)
+    first = tl.where(slc == 0, 0, tl.where(slc == 1, g1, g2))
+    col0 = tl.where(slc == 0, 0, tl.where(slc == 1, c1, c2))
+    col1 = tl.where(slc == 0, c1, tl.where(slc == 1, c2, N))
+    n_lo = (pid - first) * n_per_prog
+    n_hi = tl.minimum(n_lo + n_per_prog, col1 - col0)
+    return (n_lo, n_hi, b_ptr + col0, y_offset + col0, buf_ptr + slc.to(tl.int64) * stride_bs,
+            slot_rank_ptr + slc * stride_rs, slot_scale_ptr + slc * stride_ss)
+
+
+@triton.jit
 def _expand_rows(buf_ptr, b_ptr, y_ptr, offs_t, sel, row0, rank, scale, n_lo, n_hi, y_offset, stride_bt, stride_br,
                  stride_yt, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                  FULL_R: tl.constexpr, DOT_F32: tl.constexpr):
@@ -346,16 +372,21 @@ def _expand_rows(buf_ptr, b_ptr, y_ptr, offs_t, sel, row0, rank, scale, n_lo, n_
 def _lora_expand_kernel(
     buf_ptr, b_ptr, y_ptr, slots_ptr, seg_starts_ptr, tile_seg_ptr, tile_first_ptr,
     slot_row_start_ptr, slot_rank_ptr, slot_scale_ptr,
-    num_segs, T, R, N, y_offset, tokens_per_prog, n_per_prog, stride_bt, stride_br, stride_yt,
+    num_segs, T, R, N, y_offset, tokens_per_prog, n_per_prog, g1, g2, c1, c2, stride_bs, stride_bt, stride_br,
+    stride_yt, stride_rs, stride_ss,
     SEGMENTED: tl.constexpr, MULTI: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr, FULL_R: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     """One program per (token block, range of n_per_prog output columns): y[t, off + n] += scale(slot(t)) *
     buf[t, :r] @ B[rows(slot(t)), n]. Blocks as in the shrink kernel; each slot of a block updates its own tokens'
-    rows of y (so a NaN/inf in one adapter's weights cannot reach another adapter's tokens)."""
+    rows of y (so a NaN/inf in one adapter's weights cannot reach another adapter's tokens). Slices: see
+    `_slice_columns`; each program's column range lies inside one slice."""
     pid_m = tl.program_id(0)
-    n_lo = tl.program_id(1) * n_per_prog
-    n_hi = tl.minimum(n_lo + n_per_prog, N)
+    n_lo, n_hi, b_ptr, y_offset, buf_ptr, slot_rank_ptr, slot_scale_ptr = _slice_columns(
+        tl.program_id(1), n_per_prog, g1, g2, c1, c2, N, b_ptr, y_offset, buf_ptr, slot_rank_ptr, slot_scale_ptr,
+        stride_bs, stride_rs, stride_ss)
+    if n_lo >= n_hi:
+        return
     ar = tl.arange(0, BLOCK_T)
     if not MULTI:                                                    # one slot: a segment's tile, or one token
         if SEGMENTED:
@@ -407,15 +438,21 @@ def _lora_expand_kernel(
 @triton.jit
 def _gemv_shrink_kernel(
     x_ptr, a_ptr, buf_ptr, part_ptr, lock_ptr, token_slots_ptr, slot_row_start_ptr, slot_rank_ptr,
-    T, R, K, k_per_split, num_splits, stride_xt, stride_ar, stride_bt,
+    T, R, K, k_per_split, num_splits, rank_tiles, stride_xt, stride_as, stride_ar, stride_bs, stride_bt, stride_rs,
+    stride_ps,
     MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """BGMV shrink, one token per program (t, rank tile, K split), on CUDA cores: a [BLOCK_R, BLOCK_K] tile of the
     slot's A rows times x[t] accumulates elementwise in float32 registers and is summed over K once at the end (no
-    shared memory: many programs per SM hide the memory latency). MODE as in _lora_shrink_kernel."""
+    shared memory: many programs per SM hide the memory latency). MODE and slices as in _lora_shrink_kernel."""
     t = tl.program_id(0)
-    r0 = tl.program_id(1) * BLOCK_R
+    slc = tl.program_id(1) // rank_tiles
+    r0 = (tl.program_id(1) - slc * rank_tiles) * BLOCK_R
     split = tl.program_id(2)
+    a_ptr += slc.to(tl.int64) * stride_as
+    buf_ptr += slc.to(tl.int64) * stride_bs
+    slot_rank_ptr += slc * stride_rs
+    part_ptr += slc.to(tl.int64) * T * R
     slot = tl.load(token_slots_ptr + t)
     if slot < 0:
         return
@@ -443,7 +480,7 @@ def _gemv_shrink_kernel(
         if MODE == 0:
             tl.store(buf_row, res.to(buf_ptr.dtype.element_ty), mask=rmask)
         else:
-            tl.store(part_row + split.to(tl.int64) * T * R, res, mask=rmask)
+            tl.store(part_row + split.to(tl.int64) * stride_ps, res, mask=rmask)
     if MODE >= 2:
         last = True
         if MODE == 3:
@@ -453,7 +490,7 @@ def _gemv_shrink_kernel(
         if last:                                                     # sum the splits
             tot = tl.load(part_row, mask=rmask, other=0.0, cache_modifier=".cg")
             for s in range(1, num_splits):
-                tot += tl.load(part_row + s * T * R, mask=rmask, other=0.0, cache_modifier=".cg")
+                tot += tl.load(part_row + s * stride_ps, mask=rmask, other=0.0, cache_modifier=".cg")
             tl.store(buf_row, tot.to(buf_ptr.dtype.element_ty), mask=rmask)
             if MODE == 3:
                 tl.atomic_xchg(lock, 0)
@@ -462,15 +499,19 @@ def _gemv_shrink_kernel(
 @triton.jit
 def _gemv_expand_kernel(
     buf_ptr, b_ptr, y_ptr, token_slots_ptr, slot_row_start_ptr, slot_rank_ptr, slot_scale_ptr,
-    R, N, y_offset, stride_bt, stride_br, stride_yt,
+    R, N, y_offset, g1, g2, c1, c2, stride_bs, stride_bt, stride_br, stride_yt, stride_rs, stride_ss,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, ROUND_BUF: tl.constexpr,
 ):
     """BGMV expand, one token per program (t, output tile), on CUDA cores: [BLOCK_R, BLOCK_N] tiles of the slot's
     B rows; with BLOCK_N = 256 x num_warps every thread owns whole columns, so the sum over the rank stays in
-    registers. y's tile is loaded before the weights (it does not depend on the slot)."""
+    registers. y's tile is loaded before the weights (it does not depend on the slot). Slices: `_slice_columns`
+    with one BLOCK_N tile per program."""
     t = tl.program_id(0)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = offs_n < N
+    n_lo, n_hi, b_ptr, y_offset, buf_ptr, slot_rank_ptr, slot_scale_ptr = _slice_columns(
+        tl.program_id(1), BLOCK_N, g1, g2, c1, c2, N, b_ptr, y_offset, buf_ptr, slot_rank_ptr, slot_scale_ptr,
+        stride_bs, stride_rs, stride_ss)
+    offs_n = n_lo + tl.arange(0, BLOCK_N)
+    nmask = offs_n < n_hi
     slot = tl.load(token_slots_ptr + t)
     if slot < 0:
         return
@@ -670,44 +711,59 @@ def _split_mode(cfg: ShrinkConfig, splits: int) -> int:
 
 def _launch_shrink(x, a_pool, buf, slots, seg_starts, tile_seg, tile_first, num_segs, grid_m, tokens, block_t,
                    slot_row_start, slot_rank, cfg: ShrinkConfig, splits: int | None, segmented: bool) -> None:
-    T, R = buf.shape
+    """a_pool [S, P, in], buf [S, T, R], slot_rank [S, slots] (a one-slice call has S = 1)."""
+    S, T, R = buf.shape
     K = x.shape[1]
     if x.dtype != a_pool.dtype:
         x, a_pool = x.float(), a_pool.float()   # mixed dtypes: compute in fp32 (a slow path the engine avoids)
     block_r = max(BLOCK_MIN, min(cfg.block_r, _pow2(R)))
     grid_r = _cdiv(R, block_r)
-    splits, k_per_split = _split_k(grid_m * grid_r, K, cfg, x.device, splits)
+    tiles = grid_m * grid_r * S
+    splits, k_per_split = _split_k(tiles, K, cfg, x.device, splits)
     part = lock = buf                                               # unused without split
     if splits > 1:
-        splits, k_per_split, part, lock = _scratch_for(x.device, splits, k_per_split, K, cfg.block_k, T * R,
-                                                       grid_m * grid_r)
+        splits, k_per_split, part, lock = _scratch_for(x.device, splits, k_per_split, K, cfg.block_k, S * T * R,
+                                                       tiles)
     mode = _split_mode(cfg, splits)
     args = (x, a_pool, buf, part, lock, slots, seg_starts, tile_seg, tile_first, slot_row_start, slot_rank,
-            num_segs, T, R, K, k_per_split, splits, tokens, x.stride(0), a_pool.stride(0), buf.stride(0), T * R)
+            num_segs, T, R, K, k_per_split, splits, tokens, grid_r, x.stride(0), a_pool.stride(0), a_pool.stride(1),
+            buf.stride(0), buf.stride(1), slot_rank.stride(0), S * T * R)
     meta = dict(SEGMENTED=segmented, MULTI=not segmented and tokens > 1, BLOCK_T=block_t, BLOCK_R=block_r,
                 BLOCK_K=cfg.block_k, DOT_F32=_dot_in_f32(x.dtype, a_pool.dtype), num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages)
-    _lora_shrink_kernel[(grid_m, grid_r, splits)](*args, MODE=mode, **meta)
+    _lora_shrink_kernel[(grid_m, grid_r * S, splits)](*args, MODE=mode, **meta)
     if mode == 1:
-        _lora_shrink_kernel[(grid_m, grid_r, 1)](*args, MODE=2, **meta)
+        _lora_shrink_kernel[(grid_m, grid_r * S, 1)](*args, MODE=2, **meta)
+
+
+def _slice_grid(widths: tuple[int, ...], cols_per_prog: int) -> tuple[int, int, int, int, int]:
+    """(g1, g2, c1, c2, programs) for `_slice_columns`: programs per slice, cumulated, and the slices' first
+    columns; a slice of width 0 gets no program."""
+    w = tuple(widths) + (0,) * (3 - len(widths))
+    k = [_cdiv(n, cols_per_prog) for n in w]
+    return k[0], k[0] + k[1], w[0], w[0] + w[1], k[0] + k[1] + k[2]
 
 
 def _launch_expand(buf, b_pool, y, slots, seg_starts, tile_seg, tile_first, num_segs, grid_m, tokens, block_t,
-                   slot_row_start, slot_rank, slot_scale, y_offset, cfg: ExpandConfig, segmented: bool) -> None:
-    T, R = buf.shape
+                   slot_row_start, slot_rank, slot_scale, y_offset, widths, cfg: ExpandConfig,
+                   segmented: bool) -> None:
+    """buf [S, T, R], b_pool [P, sum(widths)], slot_rank / slot_scale [S, slots], S = len(widths) <= 3."""
+    S, T, R = buf.shape
     N = b_pool.shape[1]
     full = _pow2(R) <= cfg.block_r
     block_r = max(BLOCK_MIN, _pow2(R) if full else cfg.block_r)
     dot_f32 = _dot_in_f32(b_pool.dtype)
     block_n = min(cfg.block_n, F32_BLOCK_N_MAX) if dot_f32 else cfg.block_n
-    tiles_n = _cdiv(N, block_n)
+    tiles_n = sum(_cdiv(n, block_n) for n in widths)
     chunks = tiles_n
     if cfg.programs_per_sm > 0:
         chunks = max(1, min(tiles_n, _cdiv(_target_programs(buf.device, cfg.programs_per_sm), grid_m)))
     n_per_prog = _cdiv(tiles_n, chunks) * block_n
-    _lora_expand_kernel[(grid_m, _cdiv(N, n_per_prog))](
+    g1, g2, c1, c2, programs = _slice_grid(widths, n_per_prog)
+    _lora_expand_kernel[(grid_m, programs)](
         buf, b_pool, y, slots, seg_starts, tile_seg, tile_first, slot_row_start, slot_rank, slot_scale,
-        num_segs, T, R, N, int(y_offset), tokens, n_per_prog, buf.stride(0), b_pool.stride(0), y.stride(0),
+        num_segs, T, R, N, int(y_offset), tokens, n_per_prog, g1, g2, c1, c2, buf.stride(0), buf.stride(1),
+        b_pool.stride(0), y.stride(0), slot_rank.stride(0), slot_scale.stride(0),
         SEGMENTED=segmented, MULTI=not segmented and tokens > 1, BLOCK_T=block_t, BLOCK_R=block_r,
         BLOCK_N=block_n, FULL_R=full, DOT_F32=dot_f32, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -715,42 +771,73 @@ def _launch_expand(buf, b_pool, y, slots, seg_starts, tile_seg, tile_first, num_
 
 def _launch_gemv_shrink(x, a_pool, buf, token_slots, slot_row_start, slot_rank, cfg: ShrinkConfig,
                         splits: int | None) -> None:
-    T, R = buf.shape
+    S, T, R = buf.shape
     K = x.shape[1]
     block_r = min(cfg.block_r, _pow2(R))
     grid_r = _cdiv(R, block_r)
-    splits, k_per_split = _split_k(T * grid_r, K, cfg, x.device, splits)
+    tiles = T * grid_r * S
+    splits, k_per_split = _split_k(tiles, K, cfg, x.device, splits)
     part = lock = buf                                               # unused without split
     if splits > 1:
-        splits, k_per_split, part, lock = _scratch_for(x.device, splits, k_per_split, K, cfg.block_k, T * R,
-                                                       T * grid_r)
+        splits, k_per_split, part, lock = _scratch_for(x.device, splits, k_per_split, K, cfg.block_k, S * T * R,
+                                                       tiles)
     mode = _split_mode(cfg, splits)
     args = (x, a_pool, buf, part, lock, token_slots, slot_row_start, slot_rank,
-            T, R, K, k_per_split, splits, x.stride(0), a_pool.stride(0), buf.stride(0))
+            T, R, K, k_per_split, splits, grid_r, x.stride(0), a_pool.stride(0), a_pool.stride(1), buf.stride(0),
+            buf.stride(1), slot_rank.stride(0), S * T * R)
     meta = dict(BLOCK_R=block_r, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    _gemv_shrink_kernel[(T, grid_r, splits)](*args, MODE=mode, **meta)
+    _gemv_shrink_kernel[(T, grid_r * S, splits)](*args, MODE=mode, **meta)
     if mode == 1:
-        _gemv_shrink_kernel[(T, grid_r, 1)](*args, MODE=2, **meta)
+        _gemv_shrink_kernel[(T, grid_r * S, 1)](*args, MODE=2, **meta)
 
 
-def _launch_gemv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset,
+def _launch_gemv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset, widths,
                         cfg: ExpandConfig) -> None:
-    T, R = buf.shape
+    S, T, R = buf.shape
     N = b_pool.shape[1]
-    _gemv_expand_kernel[(T, _cdiv(N, cfg.block_n))](
+    g1, g2, c1, c2, programs = _slice_grid(widths, cfg.block_n)
+    _gemv_expand_kernel[(T, programs)](
         buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale,
-        R, N, int(y_offset), buf.stride(0), b_pool.stride(0), y.stride(0),
+        R, N, int(y_offset), g1, g2, c1, c2, buf.stride(0), buf.stride(1), b_pool.stride(0), y.stride(0),
+        slot_rank.stride(0), slot_scale.stride(0),
         BLOCK_R=min(cfg.block_r, _pow2(R)), BLOCK_N=cfg.block_n, ROUND_BUF=_is16(b_pool.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
 
-def _check_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, y_offset: int) -> None:
-    for name, t in (("buf", buf), ("b_pool", b_pool), ("y", y)):
+def _table(t: torch.Tensor) -> torch.Tensor:
+    """A per-slice slot table [S, slots] whose rows are indexed as ptr + i (unit stride along slots)."""
+    return t if t.stride(1) == 1 or t.shape[1] <= 1 else t.contiguous()
+
+
+def _shrink_args(x, a_pool, buf, slot_rank):
+    """The 3-D forms (a_pool [S, P, in], buf [S, T, R], slot_rank [S, slots]) of a one-slice or sliced shrink."""
+    if reference.shrink_slices(a_pool, buf, slot_rank) == 0:
+        a_pool, buf, slot_rank = a_pool[None], buf[None], _vec(slot_rank)[None]
+    _check_rows("x", x)
+    for name, t in (("a_pool", a_pool), ("buf", buf)):
+        if t.stride(2) != 1:
+            raise ValueError(f"{name} must have unit stride along its last dim, got shape {tuple(t.shape)} "
+                             f"strides {t.stride()}")
+    return a_pool, buf, _table(slot_rank)
+
+
+def _expand_args(buf, b_pool, y, slot_rank, slot_scale, y_offset, slices):
+    """The 3-D forms and slice widths of a one-slice or sliced expand; ValueError on a bad layout."""
+    widths = reference.expand_slices(buf, b_pool, slot_rank, slot_scale, slices)
+    if widths is None:
+        widths = (b_pool.shape[1],)
+        buf, slot_rank, slot_scale = buf[None], _vec(slot_rank)[None], _vec(slot_scale)[None]
+    if len(widths) > MAX_SLICES:
+        raise ValueError(f"expand: at most {MAX_SLICES} slices per launch, got {len(widths)}")
+    for name, t in (("b_pool", b_pool), ("y", y)):
         _check_rows(name, t)
+    if buf.stride(2) != 1:
+        raise ValueError(f"buf must have unit stride along its last dim, got strides {buf.stride()}")
     if y.shape[1] < y_offset + b_pool.shape[1]:
         raise ValueError(f"y has {y.shape[1]} columns, the slice [{y_offset}, {y_offset + b_pool.shape[1]}) "
                          f"does not fit")
+    return buf, _table(slot_rank), _table(slot_scale), widths
 
 
 def _sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank, *,
@@ -758,34 +845,30 @@ def _sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_ran
     """sgmv_shrink with a config (default SGMV_SHRINK_CONFIG), an optional forced number of K splits and an
     optional precomputed `build_tile_map(seg_starts, seg_slots, T, block_m)` (benchmarks)."""
     cfg = cfg or SGMV_SHRINK_CONFIG
-    T, R = buf.shape
-    S = seg_slots.shape[0]
-    if T == 0 or S == 0 or R == 0:
+    a_pool, buf, slot_rank = _shrink_args(x, a_pool, buf, slot_rank)
+    S, T, R = buf.shape
+    if T == 0 or seg_slots.shape[0] == 0 or R == 0:
         return
-    for name, t in (("x", x), ("a_pool", a_pool), ("buf", buf)):
-        _check_rows(name, t)
-    seg_starts, seg_slots, slot_row_start, slot_rank = map(_vec, (seg_starts, seg_slots, slot_row_start, slot_rank))
+    seg_starts, seg_slots, slot_row_start = map(_vec, (seg_starts, seg_slots, slot_row_start))
     block_m = max(BLOCK_MIN, cfg.block_m)
     tile_seg, tile_first, grid_m = tile_map or _TILE_MAP.get(seg_starts, seg_slots, T, block_m)
-    _launch_shrink(x, a_pool, buf, seg_slots, seg_starts, tile_seg, tile_first, S, grid_m, block_m, block_m,
-                   slot_row_start, slot_rank, cfg, splits, True)
+    _launch_shrink(x, a_pool, buf, seg_slots, seg_starts, tile_seg, tile_first, seg_slots.shape[0], grid_m, block_m,
+                   block_m, slot_row_start, slot_rank, cfg, splits, True)
 
 
-def _sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset=0, *,
-                 cfg: ExpandConfig | None = None, tile_map: tuple | None = None) -> None:
+def _sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset=0,
+                 slices=None, *, cfg: ExpandConfig | None = None, tile_map: tuple | None = None) -> None:
     """sgmv_expand with a config (default SGMV_EXPAND_CONFIG) and an optional precomputed tile map."""
     cfg = cfg or SGMV_EXPAND_CONFIG
-    T, R = buf.shape
-    S = seg_slots.shape[0]
-    if T == 0 or S == 0 or R == 0 or b_pool.shape[1] == 0:
+    buf, slot_rank, slot_scale, widths = _expand_args(buf, b_pool, y, slot_rank, slot_scale, y_offset, slices)
+    S, T, R = buf.shape
+    if T == 0 or seg_slots.shape[0] == 0 or R == 0 or b_pool.shape[1] == 0:
         return
-    _check_expand(buf, b_pool, y, y_offset)
-    seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale = map(
-        _vec, (seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale))
+    seg_starts, seg_slots, slot_row_start = map(_vec, (seg_starts, seg_slots, slot_row_start))
     block_m = max(BLOCK_MIN, cfg.block_m)
     tile_seg, tile_first, grid_m = tile_map or _TILE_MAP.get(seg_starts, seg_slots, T, block_m)
-    _launch_expand(buf, b_pool, y, seg_slots, seg_starts, tile_seg, tile_first, S, grid_m, block_m, block_m,
-                   slot_row_start, slot_rank, slot_scale, y_offset, cfg, True)
+    _launch_expand(buf, b_pool, y, seg_slots, seg_starts, tile_seg, tile_first, seg_slots.shape[0], grid_m, block_m,
+                   block_m, slot_row_start, slot_rank, slot_scale, y_offset, widths, cfg, True)
 
 
 def _bgmv_shrink(x, a_pool, buf, token_slots, slot_row_start, slot_rank, *, cfg: ShrinkConfig | None = None,
@@ -794,14 +877,13 @@ def _bgmv_shrink(x, a_pool, buf, token_slots, slot_row_start, slot_rank, *, cfg:
     """bgmv_shrink with configs (default BGMV_SHRINK_CONFIG for several tokens per program, BGMV_SHRINK_GEMV_CONFIG
     for one), optional forced tokens per program and K splits; gemv=False runs one token per program on the tl.dot
     kernel instead of the GEMV one."""
-    T, R = buf.shape
+    a_pool, buf, slot_rank = _shrink_args(x, a_pool, buf, slot_rank)
+    S, T, R = buf.shape
     if T == 0 or R == 0:
         return
-    for name, t in (("x", x), ("a_pool", a_pool), ("buf", buf)):
-        _check_rows(name, t)
-    token_slots, slot_row_start, slot_rank = map(_vec, (token_slots, slot_row_start, slot_rank))
+    token_slots, slot_row_start = map(_vec, (token_slots, slot_row_start))
     cfg = cfg or BGMV_SHRINK_CONFIG
-    tokens = tokens or _bgmv_tokens(T, slot_rank.shape[0], cfg.block_m)
+    tokens = tokens or _bgmv_tokens(T, slot_rank.shape[1], cfg.block_m)
     if tokens == 1 and gemv:
         if x.dtype != a_pool.dtype:
             x, a_pool = x.float(), a_pool.float()
@@ -812,24 +894,25 @@ def _bgmv_shrink(x, a_pool, buf, token_slots, slot_row_start, slot_rank, *, cfg:
                    tokens, max(BLOCK_MIN, _pow2(tokens)), slot_row_start, slot_rank, cfg, splits, False)
 
 
-def _bgmv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset=0, *,
+def _bgmv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset=0, slices=None, *,
                  cfg: ExpandConfig | None = None, gemv_cfg: ExpandConfig | None = None, tokens: int | None = None,
                  gemv: bool = True) -> None:
     """bgmv_expand with configs (default BGMV_EXPAND_CONFIG / BGMV_EXPAND_GEMV_CONFIG), optional forced tokens per
     program; gemv=False runs one token per program on the tl.dot kernel."""
-    T, R = buf.shape
+    buf, slot_rank, slot_scale, widths = _expand_args(buf, b_pool, y, slot_rank, slot_scale, y_offset, slices)
+    S, T, R = buf.shape
     if T == 0 or R == 0 or b_pool.shape[1] == 0:
         return
-    _check_expand(buf, b_pool, y, y_offset)
-    token_slots, slot_row_start, slot_rank, slot_scale = map(_vec, (token_slots, slot_row_start, slot_rank, slot_scale))
+    token_slots, slot_row_start = map(_vec, (token_slots, slot_row_start))
     cfg = cfg or BGMV_EXPAND_CONFIG
-    tokens = tokens or _bgmv_tokens(T, slot_rank.shape[0], cfg.block_m)
+    tokens = tokens or _bgmv_tokens(T, slot_rank.shape[1], cfg.block_m)
     if tokens == 1 and gemv:
-        _launch_gemv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset,
+        _launch_gemv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset, widths,
                             gemv_cfg or BGMV_EXPAND_GEMV_CONFIG)
         return
     _launch_expand(buf, b_pool, y, token_slots, token_slots, token_slots, token_slots, 0, _cdiv(T, tokens),
-                   tokens, max(BLOCK_MIN, _pow2(tokens)), slot_row_start, slot_rank, slot_scale, y_offset, cfg, False)
+                   tokens, max(BLOCK_MIN, _pow2(tokens)), slot_row_start, slot_rank, slot_scale, y_offset, widths,
+                   cfg, False)
 
 
 # ------------------------------------------------------------------------------------------------ public ops
@@ -847,13 +930,15 @@ def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_st
             buf[t0:t1, :r] = x[t0:t1] @ a_pool[o:o + r].T           # accumulated in float32
         # every other element of buf is left untouched
     Shapes: x [T, in], a_pool [P, in], buf [T, R] with R >= every rank used, seg_starts [S + 1], seg_slots [S].
+    Slices (a fused linear's targets sharing x): a_pool [S, P, in], buf [S, T, R], slot_rank [S, slots]; the above
+    for each s with a_pool[s], buf[s], slot_rank[s], in one launch.
     """
     _sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
 
 
 def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
                 seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
-                slot_scale: torch.Tensor, y_offset: int = 0) -> None:
+                slot_scale: torch.Tensor, y_offset: int = 0, slices: tuple[int, ...] | None = None) -> None:
     """Segmented gather matrix-vector, expand side: add the scaled LoRA output into `y` in place.
 
     Semantics:
@@ -865,8 +950,11 @@ def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_st
             y[t0:t1, y_offset:y_offset + n] += slot_scale[slot] * (buf[t0:t1, :r] @ b_pool[o:o + r])
         # float32 accumulation, one rounding to y.dtype; y_offset lets fused qkv / gate_up outputs be addressed
     Shapes: buf [T, R], b_pool [P, n], y [T, >= y_offset + n].
+    Slices: buf [S, T, R], b_pool [P, n_0 + ... + n_{S-1}], slot_rank / slot_scale [S, slots], slices = (n_0, ...)
+    (S <= 3): the above for each s with buf[s], b_pool[:, o_s:o_s + n_s], slot_rank[s], slot_scale[s] and
+    y_offset + o_s (o_s = n_0 + ... + n_{s-1}), in one launch.
     """
-    _sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset)
+    _sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset, slices)
 
 
 def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,
@@ -881,13 +969,15 @@ def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_
             buf[t, :r] = x[t] @ a_pool[o:o + r].T
         # every other element of buf is left untouched
     Shapes: x [T, in], a_pool [P, in], buf [T, R], token_slots [T] int32.
+    Slices (a fused linear's targets sharing x): a_pool [S, P, in], buf [S, T, R], slot_rank [S, slots]; the above
+    for each s with a_pool[s], buf[s], slot_rank[s], in one launch.
     """
     _bgmv_shrink(x, a_pool, buf, token_slots, slot_row_start, slot_rank)
 
 
 def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_slots: torch.Tensor,
                 slot_row_start: torch.Tensor, slot_rank: torch.Tensor, slot_scale: torch.Tensor,
-                y_offset: int = 0) -> None:
+                y_offset: int = 0, slices: tuple[int, ...] | None = None) -> None:
     """Batched gather matrix-vector, expand side.
 
     Semantics:
@@ -898,5 +988,8 @@ def bgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, token_
             r, o = slot_rank[slot], slot_row_start[slot]
             y[t, y_offset:y_offset + n] += slot_scale[slot] * (buf[t, :r] @ b_pool[o:o + r])
     Shapes: buf [T, R], b_pool [P, n], y [T, >= y_offset + n], token_slots [T] int32.
+    Slices: buf [S, T, R], b_pool [P, n_0 + ... + n_{S-1}], slot_rank / slot_scale [S, slots], slices = (n_0, ...)
+    (S <= 3): the above for each s with buf[s], b_pool[:, o_s:o_s + n_s], slot_rank[s], slot_scale[s] and
+    y_offset + o_s (o_s = n_0 + ... + n_{s-1}), in one launch.
     """
-    _bgmv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset)
+    _bgmv_expand(buf, b_pool, y, token_slots, slot_row_start, slot_rank, slot_scale, y_offset, slices)

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-ALIGNED_INTS = ("K", "N", "R", "k_per_split", "n_per_prog", "y_offset")   # multiples of 16 at Llama shapes
+ALIGNED_INTS = ("K", "N", "R", "k_per_split", "n_per_prog", "y_offset", "c1", "c2")   # multiples of 16 at Llama shapes
 
 
 def _jit(kernel):

@@ -604,3 +604,147 @@ def test_expand_rank_above_the_full_rank_tile():
         cfg = dataclasses.replace(getattr(tri, f"{kind.upper()}_EXPAND_CONFIG"), block_r=32, block_n=32,
                                   programs_per_sm=1)
         check_expand(kind, pool, spec, fn=functools.partial(getattr(tri, f"_{kind}_expand"), cfg=cfg, **extra))
+
+
+# ------------------------------------------------------------------------------------------------ slices
+# A fused linear (q/k/v, gate/up) runs its targets' shrinks as one launch and their expands as one launch: A rows
+# per slice [S, P, in], B rows side by side [P, n_0 + ... + n_{S-1}], rank/scale tables [S, slots]. The reference
+# runs the one-slice op per slice (the definition), so every check is against that.
+
+
+class SlicedPool:
+    """Slots hold max(ranks over slices) rows (as the engine's pool does); a slice an adapter does not target has
+    rank 0 there. Rows no slot owns are NaN."""
+
+    def __init__(self, ranks: list[list[int]], in_f: int, widths: list[int], dtype: torch.dtype, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        S, n_slots = len(ranks), len(ranks[0])
+        held = [max(r[s] for r in ranks) for s in range(n_slots)]
+        starts, row = [0] * n_slots, 2
+        for s in torch.randperm(n_slots, generator=g).tolist():
+            starts[s] = row
+            row += held[s] + 1
+        a = torch.randn(S, row, in_f, generator=g) / in_f ** 0.5
+        b = torch.randn(row, sum(widths), generator=g)
+        used = torch.zeros(row, dtype=torch.bool)
+        for s, h in zip(starts, held):
+            used[s:s + h] = True
+        a[:, ~used] = NAN
+        b[~used] = NAN
+        self.a, self.b = a.to(dtype).to(DEVICE), b.to(dtype).to(DEVICE)
+        self.row_start = torch.tensor(starts, dtype=torch.int32, device=DEVICE)
+        self.rank = torch.tensor(ranks, dtype=torch.int32, device=DEVICE)                 # [S, slots]
+        self.scale = (torch.rand(S, n_slots, generator=g) * 2 + 0.25).to(DEVICE)
+        self.widths = tuple(widths)
+        self.R = max(max(r) for r in ranks + [[1]])
+
+
+def check_sliced(kind: str, pool: SlicedPool, spec: list[tuple[int, int]], x_dtype: torch.dtype, seed: int = 0,
+                 order: list[int] | None = None, y_offset: int = 0, **kw) -> None:
+    """Sliced shrink (poisoned buf) and sliced expand (y NaN outside the rows and columns written) vs the reference.
+    kw: launcher overrides (tokens=, splits=, gemv=) for the internal launchers."""
+    g = torch.Generator().manual_seed(seed)
+    seg_starts, seg_slots, T = segments(spec)
+    slots = token_slots_of(spec)
+    if order is not None:
+        slots = slots[torch.tensor(order, device=DEVICE)]
+    meta = (seg_starts, seg_slots) if kind == "sgmv" else (slots,)
+    S, R, N = pool.a.shape[0], pool.R, pool.b.shape[1]
+    x = torch.randn(T, pool.a.shape[2], generator=g).to(x_dtype).to(DEVICE)
+    shrink = functools.partial(getattr(tri, f"_{kind}_shrink"), **{k: v for k, v in kw.items() if k != "gemv_n"})
+    expand_kw = {k: v for k, v in kw.items() if k in ("tokens", "gemv")}
+    if "gemv_n" in kw:
+        expand_kw["gemv_cfg"] = dataclasses.replace(tri.BGMV_EXPAND_GEMV_CONFIG, block_n=kw["gemv_n"])
+    expand = functools.partial(getattr(tri, f"_{kind}_expand"), **expand_kw)
+
+    buf_k = torch.full((S, T, R), NAN, device=DEVICE)
+    buf_r = buf_k.clone()
+    shrink(x, pool.a, buf_k, *meta, pool.row_start, pool.rank)
+    getattr(ref, f"{kind}_shrink")(x, pool.a, buf_r, *meta, pool.row_start, pool.rank)
+    abs_terms = torch.zeros((S, T, R), device=DEVICE)
+    getattr(ref, f"{kind}_shrink")(x.abs(), pool.a.abs(), abs_terms, *meta, pool.row_start, pool.rank)
+    assert_within(buf_k, buf_r, _bound(buf_r, abs_terms, x.shape[1], torch.float32), f"sliced {kind}_shrink")
+    assert (~torch.isnan(buf_r)).any(), "test bug: nothing written"
+
+    buf = buf_r.clone()
+    W = y_offset + N + 3
+    y0 = torch.randn(T, W, generator=g).to(DEVICE)
+    # NaN wherever nothing may be written: columns outside the slices, and per slice the rows of tokens whose
+    # slot does not target it
+    y0[:, :y_offset] = NAN
+    y0[:, y_offset + N:] = NAN
+    off = y_offset
+    for s, n in enumerate(pool.widths):
+        valid = slots >= 0
+        r = torch.where(valid, pool.rank[s].long()[slots.long().clamp(min=0)], 0)
+        y0[r == 0, off:off + n] = NAN
+        off += n
+    y0 = y0.to(pool.b.dtype)
+    y_k, y_r = y0.clone(), y0.clone()
+    expand(buf, pool.b, y_k, *meta, pool.row_start, pool.rank, pool.scale, y_offset, pool.widths)
+    getattr(ref, f"{kind}_expand")(buf, pool.b, y_r, *meta, pool.row_start, pool.rank, pool.scale, y_offset,
+                                   pool.widths)
+    abs_y = torch.zeros((T, W), device=DEVICE)
+    getattr(ref, f"{kind}_expand")(buf.abs().nan_to_num(0.0), pool.b.abs(), abs_y, *meta, pool.row_start, pool.rank,
+                                   pool.scale.abs(), y_offset, pool.widths)
+    abs_y += y0.float().abs().nan_to_num(0.0)
+    round_b = ROUNDING[pool.b.dtype] if pool.b.dtype != torch.float32 else 0.0
+    assert_within(y_k, y_r, _bound(y_r, abs_y, R + 1, pool.b.dtype, round_b), f"sliced {kind}_expand")
+
+
+# q, k, v of 4 adapters: slot 1 targets only q and v (k rank 0), slot 3 is empty, ranks differ per slice
+QKV_RANKS = [[16, 8, 64, 0], [16, 0, 32, 0], [16, 8, 5, 0]]
+
+
+@pytest.mark.parametrize("kind", ["sgmv", "bgmv"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_sliced_qkv(kind, dtype):
+    """q/k/v as one shrink and one expand launch: widths that are not powers of two, a slot that skips k, slot -1
+    tokens, an empty slot, empty segments."""
+    pool = SlicedPool(QKV_RANKS, in_f=72, widths=[96, 24, 24], dtype=dtype, seed=80)
+    spec = [(3, 0), (0, 2), (2, -1), (4, 1), (1, 3), (5, 2), (1, 0)]
+    check_sliced(kind, pool, spec, dtype, seed=81)
+
+
+@pytest.mark.parametrize("tokens,splits", [(1, 1), (1, 3), (4, 1), (4, 2), (8, 3)])
+def test_sliced_bgmv_launch_variants(tokens, splits):
+    """Sliced BGMV with one token per program (GEMV kernels, forced K splits reduced by the last split of each
+    slice's tile) and several (tl.dot kernels), tokens of one slot scattered."""
+    pool = SlicedPool(QKV_RANKS, in_f=200, widths=[64, 40, 40], dtype=torch.bfloat16, seed=82 + tokens)
+    spec = [(3, 0), (2, 2), (1, -1), (4, 1), (1, 3), (3, 2), (2, 0)]
+    T = sum(n for n, _ in spec)
+    order = list(range(T))
+    random.Random(tokens * 10 + splits).shuffle(order)
+    check_sliced("bgmv", pool, spec, torch.bfloat16, seed=83, order=order, tokens=tokens, splits=splits, gemv_n=32)
+    part, lock = tri._SCRATCH.get((torch.device(DEVICE).type, torch.device(DEVICE).index), (None, None))
+    assert lock is None or int(lock.abs().sum()) == 0, "split-K counters must be back at 0"
+
+
+@pytest.mark.parametrize("kind", ["sgmv", "bgmv"])
+def test_sliced_gate_up_into_offset_and_zero_width(kind):
+    """Two slices (gate/up) at a y offset; and three slices of which the middle one has no columns."""
+    pool = SlicedPool([[8, 32, 1], [8, 0, 128]], in_f=48, widths=[136, 72], dtype=torch.float16, seed=84)
+    spec = [(2, 0), (3, 1), (1, -1), (4, 2)]
+    check_sliced(kind, pool, spec, torch.float16, seed=85, y_offset=7)
+    pool = SlicedPool([[8, 16], [8, 16], [4, 0]], in_f=32, widths=[40, 0, 24], dtype=torch.float32, seed=86)
+    check_sliced(kind, pool, [(3, 1), (2, 0)], torch.float32, seed=87)
+
+
+def test_sliced_rejects_bad_layouts():
+    pool = SlicedPool(QKV_RANKS, in_f=32, widths=[16, 8, 8], dtype=torch.float32, seed=88)
+    T = 2
+    slots = torch.zeros(T, dtype=torch.int32, device=DEVICE)
+    x = torch.randn(T, 32, device=DEVICE)
+    y = torch.zeros(T, 32, device=DEVICE)
+    buf = torch.zeros(3, T, pool.R, device=DEVICE)
+    for mod in (tri, ref):
+        with pytest.raises(ValueError, match="same S"):
+            mod.bgmv_shrink(x, pool.a, buf[:2], slots, pool.row_start, pool.rank)
+        with pytest.raises(ValueError, match="adding up"):
+            mod.bgmv_expand(buf, pool.b, y, slots, pool.row_start, pool.rank, pool.scale, 0, (16, 8, 9))
+        with pytest.raises(ValueError, match="adding up"):
+            mod.bgmv_expand(buf, pool.b, y, slots, pool.row_start, pool.rank, pool.scale)   # slices missing
+    four = torch.zeros(4, T, pool.R, device=DEVICE)
+    with pytest.raises(ValueError, match="at most 3 slices"):
+        tri.bgmv_expand(four, pool.b, y, slots, pool.row_start, torch.zeros(4, 4, dtype=torch.int32, device=DEVICE),
+                        torch.zeros(4, 4, device=DEVICE), 0, (8, 8, 8, 8))
