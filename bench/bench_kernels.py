@@ -281,8 +281,15 @@ def bench_attention(be, name: str, device: str, dtype, batch: int, ctx: int, hq:
     shape = f"B={batch} ctx={ctx} Hq={hq} Hkv={hkv} D={d} bs={block_size}"
     ms = kernel_time(lambda: be.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, d ** -0.5, out),
                      warmup, iters)
-    rows = [Row("paged_attention_decode", shape, ms, 2 * batch * ctx * hkv * d * es + 2 * q.numel() * es,
-                4 * batch * ctx * hq * d, name)]
+    nbytes, flops = 2 * batch * ctx * hkv * d * es + 2 * q.numel() * es, 4 * batch * ctx * hq * d
+    rows = [Row("paged_attention_decode", shape, ms, nbytes, flops, name)]
+    if name == "triton" and CUDA:   # side by side: the same launch without split-KV (one program per kv head)
+        from kernels import triton_attention
+
+        splits = triton_attention.decode_splits(batch, hkv, tables.shape[1] * block_size, q.device)[0]
+        ms1 = kernel_time(lambda: triton_attention._paged_attention_decode(q, k_cache, v_cache, tables, seq_lens,
+                                                                           d ** -0.5, out, splits=1), warmup, iters)
+        rows.append(Row("paged_attention_decode", f"{shape} no split (default: {splits})", ms1, nbytes, flops, name))
     k = torch.randn(batch, hkv, d, device=device).to(dtype)
     slots = (tables[:, -1].long() * block_size + (ctx - 1) % block_size)
     ms = kernel_time(lambda: be.store_kv(k, k, k_cache, v_cache, slots), warmup, iters)

@@ -9,8 +9,15 @@ What it does:
   device (K/V gathered contiguous per sequence first, since flash-attn's own paged mode needs 256-token pages),
   otherwise the torch reference (SDPA over the gathered K/V). `PREFILL_PATH` says which; the backend logs it.
 
-What it does not do: split one long sequence over several programs (flash-decoding); with few sequences and long
-contexts the decode grid (B x Hkv programs) may not fill a large GPU. Still to be measured on a GPU.
+- Split-KV decode (flash-decoding): when B x Hkv programs would leave the GPU idle (few sequences, long contexts),
+  each sequence's keys are cut into `splits` contiguous ranges handled by separate programs, each storing its
+  normalised partial output and log-sum-exp (float32); `_decode_reduce_kernel` combines them. The number of
+  splits is chosen on the host from shapes only (block_tables' width x block size bounds every length), so the
+  launch needs no host sync and captures into CUDA graphs; programs whose range starts past their sequence's
+  length store an empty partial (lse = -inf) and exit.
+
+What it does not do: decide the prefill path per call (fixed at import), or page K/V in flash-attn's own paged
+mode (it needs 256-token pages).
 """
 
 from __future__ import annotations
@@ -20,9 +27,13 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-from kernels.triton_lora import _add_combine, _dot_in_f32, _is16, _max_combine
+from kernels.triton_lora import _add_combine, _dot_in_f32, _is16, _max_combine, _sm_count
 
 DECODE_BLOCK_N = 32        # keys per online-softmax step (gathered through the block table); 64 spills at 4 warps
+DECODE_PROGRAMS_PER_SM = 2  # split the keys when B x Hkv programs give fewer than this many programs per SM
+DECODE_SPLIT_MIN_KEYS = 256  # ... but never into ranges of fewer keys than this (launch and reduce costs)
+DECODE_MAX_SPLITS = 32
+INTERPRETED_TARGET_PROGRAMS = 16   # the split target without a GPU (small, so the tests exercise split-KV)
 
 
 def decode_warps(dot_f32: bool) -> int:
@@ -76,17 +87,24 @@ def _store_kv_kernel(
 
 @triton.jit
 def _paged_decode_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, scale,
-    GROUP, D,
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, out_ptr, part_out_ptr, part_lse_ptr, scale,
+    GROUP, D, keys_per_split, num_splits,
     stride_qb, stride_qh, stride_ob, stride_oh, stride_bt,
     stride_kb, stride_ko, stride_kh, stride_vb, stride_vo, stride_vh,
     BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    """One program per (sequence b, kv head): out[b, heads of the group] = softmax(q K^T * scale) V, online."""
+    """One program per (sequence b, kv head[, key range]): out[b, heads of the group] = softmax(q K^T * scale) V,
+    online. SPLIT: the program covers keys [split * keys_per_split, + keys_per_split) of its sequence and stores
+    the normalised partial output part_out[b, h, split, :] and its log-sum-exp part_lse[b, h, split] (float32;
+    -inf for an empty range) for `_decode_reduce_kernel`."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     L = tl.load(seq_lens_ptr + b)
+    n_start = 0
+    if SPLIT:
+        n_start = tl.program_id(2) * keys_per_split
+        L = tl.minimum(L, n_start + keys_per_split)
     offs_g = tl.arange(0, BLOCK_G)
     gmask = offs_g < GROUP
     offs_d = tl.arange(0, BLOCK_D)
@@ -98,7 +116,7 @@ def _paged_decode_kernel(
     l_i = tl.full([BLOCK_G], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_G, BLOCK_D], 0.0, dtype=tl.float32)
     table = block_tables_ptr + b.to(tl.int64) * stride_bt
-    for n0 in range(0, L, BLOCK_N):
+    for n0 in range(n_start, L, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < L
         blk = tl.load(table + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)   # [BLOCK_N]
@@ -124,10 +142,44 @@ def _paged_decode_kernel(
         else:
             acc = tl.dot(p, v, acc * alpha[:, None])
         m_i = m_new
-    l_i = tl.where(l_i > 0, l_i, 1.0)
-    out = acc / l_i[:, None]
-    tl.store(out_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+    if SPLIT:
+        lse = tl.where(l_i > 0, m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        row = (b.to(tl.int64) * GROUP * tl.num_programs(1) + heads) * num_splits + tl.program_id(2)   # [BLOCK_G]
+        tl.store(part_lse_ptr + row, lse, mask=gmask)
+        tl.store(part_out_ptr + row[:, None] * D + offs_d[None, :], out, mask=gmask[:, None] & dmask[None, :])
+    else:
+        l_i = tl.where(l_i > 0, l_i, 1.0)
+        out = acc / l_i[:, None]
+        tl.store(out_ptr + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    part_out_ptr, part_lse_ptr, out_ptr, Hq, D, num_splits, stride_ob, stride_oh,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One program per (sequence b, query head h): out[b, h] = sum_s w_s * part_out[b, h, s] / sum_s w_s with
+    w_s = exp(part_lse[b, h, s] - max_s part_lse[b, h, s]) (empty ranges have lse -inf: weight 0)."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    row = (b.to(tl.int64) * Hq + h) * num_splits
+    offs_s = tl.arange(0, BLOCK_S)
+    smask = offs_s < num_splits
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    lse = tl.load(part_lse_ptr + row + offs_s, mask=smask, other=float("-inf"))
+    m = tl.reduce(lse, 0, _max_combine)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp(lse - m)                                                                   # [BLOCK_S]
+    o = tl.load(part_out_ptr + (row + offs_s)[:, None] * D + offs_d[None, :], mask=smask[:, None] & dmask[None, :],
+                other=0.0)                                                                # [BLOCK_S, BLOCK_D]
+    num = tl.reduce(o * w[:, None], 0, _add_combine)
+    den = tl.reduce(w, 0, _add_combine)
+    den = tl.where(den > 0, den, 1.0)
+    tl.store(out_ptr + b.to(tl.int64) * stride_ob + h * stride_oh + offs_d, (num / den).to(out_ptr.dtype.element_ty),
+             mask=dmask)
 
 
 # ------------------------------------------------------------------------------------------------ launchers
@@ -172,6 +224,28 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     )
 
 
+def decode_splits(batch: int, kv_heads: int, max_keys: int, device: torch.device) -> tuple[int, int]:
+    """(splits, keys per split) for a decode launch: split each sequence's keys (at most `max_keys`, a bound known
+    from shapes) until the launch has about DECODE_PROGRAMS_PER_SM programs per SM, in ranges of at least
+    DECODE_SPLIT_MIN_KEYS keys (a multiple of DECODE_BLOCK_N); (1, max_keys) when B x Hkv fill the GPU already."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        target = DECODE_PROGRAMS_PER_SM * _sm_count(index)
+    else:
+        target = INTERPRETED_TARGET_PROGRAMS
+    progs = batch * kv_heads
+    splits = min(-(-target // progs), max_keys // DECODE_SPLIT_MIN_KEYS, DECODE_MAX_SPLITS)
+    if splits <= 1:
+        return 1, max_keys
+    return _split_keys(max_keys, splits)
+
+
+def _split_keys(max_keys: int, splits: int) -> tuple[int, int]:
+    """(splits, keys per split): ranges that are multiples of DECODE_BLOCK_N, none of them empty by construction."""
+    per = -(-max(1, -(-max_keys // max(1, splits))) // DECODE_BLOCK_N) * DECODE_BLOCK_N
+    return -(-max_keys // per), per
+
+
 def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                            out: torch.Tensor) -> None:
@@ -183,6 +257,12 @@ def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             out[b] = softmax(q[b] @ K.T * scale) @ V                               # kv head = h // (Hq // Hkv)
     Shapes: q [B, Hq, D], block_tables [B, max_blocks] int32, seq_lens [B] int32, out [B, Hq, D].
     """
+    _paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, out)
+
+
+def _paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, out, *,
+                            splits: int | None = None) -> None:
+    """paged_attention_decode with an optional forced number of key splits (tests, benchmarks)."""
     B, Hq, D = q.shape
     if B == 0:
         return
@@ -197,17 +277,31 @@ def paged_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         seq_lens = seq_lens.contiguous()
     group = Hq // Hkv
     dot_f32 = _dot_in_f32(q.dtype, k_cache.dtype, v_cache.dtype)
-    grid = (B, Hkv)
-    _paged_decode_kernel[grid](
-        q, k_cache, v_cache, block_tables, seq_lens, out, float(scale),
-        group, D,
+    max_keys = block_tables.shape[1] * block_size          # bounds every sequence's length (no host sync)
+    if splits is None:
+        splits, per = decode_splits(B, Hkv, max_keys, q.device)
+    else:
+        splits, per = _split_keys(max_keys, splits)
+    block_d = max(16, triton.next_power_of_2(D))
+    part_out = part_lse = out                                          # unused without a split
+    if splits > 1:
+        part_out = torch.empty(B, Hq, splits, D, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(B, Hq, splits, dtype=torch.float32, device=q.device)
+    _paged_decode_kernel[(B, Hkv, splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, out, part_out, part_lse, float(scale),
+        group, D, per, splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         BLOCK_SIZE=block_size, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_N=DECODE_BLOCK_N, DOT_F32=dot_f32,
+        BLOCK_D=block_d, BLOCK_N=DECODE_BLOCK_N, DOT_F32=dot_f32, SPLIT=splits > 1,
         num_warps=decode_warps(dot_f32),
     )
+    if splits > 1:
+        _decode_reduce_kernel[(B, Hq)](
+            part_out, part_lse, out, Hq, D, splits, out.stride(0), out.stride(1),
+            BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=4,
+        )
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_q_lens: torch.Tensor,

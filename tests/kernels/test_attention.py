@@ -260,3 +260,56 @@ def test_flash_prefill_gather_with_a_stand_in(monkeypatch):
     want = ref.paged_attention(q, k_cache, v_cache, cu, seq_lens, tables, d ** -0.5)
     assert calls == [(13, 13)]
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+# ------------------------------------------------------------------------------------------------ split-KV decode
+
+
+@pytest.mark.parametrize("splits", [2, 3, 7])
+@pytest.mark.parametrize("block_size,group,dtype", [(16, 1, torch.float32), (4, 4, torch.float16),
+                                                    (16, 8, torch.bfloat16), (1, 4, torch.float32)],
+                         ids=["bs16-g1-fp32", "bs4-g4-fp16", "bs16-g8-bf16", "bs1-g4-fp32"])
+def test_decode_split_kv_vs_reference(splits, block_size, group, dtype):
+    """Each sequence's keys cut into ranges over several programs and combined by log-sum-exp: ragged lengths,
+    sequences shorter than one range (their later ranges are empty), GQA 1/4/8, every dtype, NaN-poisoned output
+    and cache slots past each length."""
+    lens = [1, 70, 33, 130, 2]
+    hkv, d = 2, 32
+    k_cache, v_cache, tables, dense = make_cache(lens, block_size, hkv, d, dtype, seed=splits * 10 + group)
+    q = torch.randn(len(lens), hkv * group, d, generator=torch.Generator().manual_seed(splits)).to(dtype).to(DEVICE)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out = torch.full_like(q, NAN)
+    tri._paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, d ** -0.5, out, splits=splits)
+    out_ref = torch.full_like(q, NAN)
+    ref.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, d ** -0.5, out_ref)
+    assert not torch.isnan(out).any()
+    torch.testing.assert_close(out.float(), out_ref.float(), **tolerance(dtype, out_ref))
+    expected = torch.stack([dense_attention(q[b:b + 1].cpu().float(), K, V, d ** -0.5)[0]
+                            for b, (K, V) in enumerate(dense)])
+    torch.testing.assert_close(out.cpu().double(), expected, **tolerance(dtype, expected))
+
+
+def test_decode_split_choice():
+    """Splits come from shapes only: none while B x Hkv programs fill the target or the keys are few; otherwise
+    enough ranges (of >= DECODE_SPLIT_MIN_KEYS keys, multiples of DECODE_BLOCK_N) to reach the target."""
+    cpu = torch.device("cpu")
+    target = tri.INTERPRETED_TARGET_PROGRAMS
+    assert tri.decode_splits(target, 1, 8192, cpu) == (1, 8192)              # enough programs already
+    assert tri.decode_splits(1, 2, tri.DECODE_SPLIT_MIN_KEYS, cpu)[0] == 1    # too few keys to split
+    splits, per = tri.decode_splits(1, 2, 8192, cpu)
+    assert splits == -(-target // 2) and per % tri.DECODE_BLOCK_N == 0 and splits * per >= 8192
+    splits, per = tri.decode_splits(1, 1, 600, cpu)
+    assert per >= tri.DECODE_SPLIT_MIN_KEYS and splits * per >= 600 and (splits - 1) * per < 600
+
+
+def test_decode_auto_split_long_context():
+    """The public op splits on its own when few sequences have long contexts (here 2 x 2 programs < the target)."""
+    lens = [700, 45]
+    k_cache, v_cache, tables, _ = make_cache(lens, 16, 2, 64, torch.float16, seed=21)
+    assert tri.decode_splits(2, 2, tables.shape[1] * 16, torch.device(DEVICE))[0] > 1
+    q = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(22)).half().to(DEVICE)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out, out_ref = torch.full_like(q, NAN), torch.full_like(q, NAN)
+    tri.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, 0.125, out)
+    ref.paged_attention_decode(q, k_cache, v_cache, tables, seq_lens, 0.125, out_ref)
+    torch.testing.assert_close(out.float(), out_ref.float(), **tolerance(torch.float16, out_ref))

@@ -129,12 +129,20 @@ def cases():
         name = _jit(kernel).fn.__name__
         out.append((f"{name}-{tag + '-' if tag else ''}{dtype}-sm{arch}", kernel, arch, types, constexprs, (),
                     num_warps, num_stages))
-    for dtype, arch, group, dot_f32 in (("fp16", 90, 4, False), ("bf16", 80, 8, False), ("fp32", 90, 1, True)):
+    for dtype, arch, group, dot_f32, split in (("fp16", 90, 4, False, False), ("bf16", 80, 8, False, False),
+                                               ("fp32", 90, 1, True, False), ("bf16", 90, 4, False, True),
+                                               ("fp32", 80, 4, True, True)):
         types = {n: f"*{dtype}" for n in ("q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr")}
-        out.append((f"_paged_decode_kernel-{dtype}-sm{arch}", triton_attention._paged_decode_kernel, arch, types,
+        types.update(part_out_ptr="*fp32", part_lse_ptr="*fp32")
+        out.append((f"_paged_decode_kernel-{'split-' if split else ''}{dtype}-sm{arch}",
+                    triton_attention._paged_decode_kernel, arch, types,
                     dict(BLOCK_SIZE=16, BLOCK_G=max(16, group), BLOCK_D=128,
-                         BLOCK_N=triton_attention.DECODE_BLOCK_N, DOT_F32=dot_f32), ("scale",),
+                         BLOCK_N=triton_attention.DECODE_BLOCK_N, DOT_F32=dot_f32, SPLIT=split), ("scale",),
                     triton_attention.decode_warps(dot_f32), 3))
+    for dtype, arch in (("bf16", 90), ("fp32", 80)):
+        types = dict(part_out_ptr="*fp32", part_lse_ptr="*fp32", out_ptr=f"*{dtype}")
+        out.append((f"_decode_reduce_kernel-{dtype}-sm{arch}", triton_attention._decode_reduce_kernel, arch, types,
+                    dict(BLOCK_S=32, BLOCK_D=128), (), 4, 3))
     types = {"k_ptr": "*fp32", "v_ptr": "*fp32", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16",
              "slot_mapping_ptr": "*i64"}
     out.append(("_store_kv_kernel-bf16-sm90", triton_attention._store_kv_kernel, 90, types, dict(BLOCK_D=128), (),
@@ -192,7 +200,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90(compiled):
     assert not failed, failed
     names = {k.split("-")[0] for k in compiled}
     assert names == {"_lora_shrink_kernel", "_lora_expand_kernel", "_gemv_shrink_kernel", "_gemv_expand_kernel",
-                     "_paged_decode_kernel", "_store_kv_kernel"}
+                     "_paged_decode_kernel", "_decode_reduce_kernel", "_store_kv_kernel"}
     assert {v["arch"] for v in compiled.values()} == {80, 90}
     for name, v in compiled.items():
         assert v["shared"] <= SMEM_LIMIT[v["arch"]], (name, v)

@@ -89,6 +89,14 @@ def test_triton_decode_from_graph_buffers_matches_eager(tiny):
     assert graphs.replays >= N_GEN - 1
     if DEVICE == "cuda":
         assert graphs.captures >= 3, "batches of 4, 2 and 1 sequences each need their own graph"
+    else:
+        # the graph buffers' block tables are max_model_len wide, so on CPU (a 16-program split target) the decode
+        # attention there runs split-KV (ranges past each sequence's end included) while the eager path does not
+        from kernels import triton_attention
+
+        runner = llm_g.engine.runner
+        bound = graphs.block_tables.shape[1] * runner.blocks.block_size
+        assert triton_attention.decode_splits(1, runner.spec.num_kv_heads, bound, torch.device(DEVICE))[0] > 1
     for g, e in zip(*outs):
         assert g.error is None and e.error is None
         assert g.token_ids == e.token_ids
