@@ -2,6 +2,7 @@
 
     python bench/bench_engine_gpu.py                       # Llama-3-8B layer shapes, 8 layers, bf16, 64 adapters
     python bench/bench_engine_gpu.py --layers 32 --json out.json
+    python bench/bench_engine_gpu.py --engine-opt lora_sliced_launch=false   # one LoRA launch pair per target
 
 The model is a random checkpoint with Llama-3-8B's layer shapes (hidden 4096, intermediate 14336, 32 query / 8 KV
 heads of 128; vocab 32000; --layers of them), written as an ordinary HF directory (bf16 safetensors) and loaded by

@@ -67,6 +67,9 @@ class EngineConfig:
     # All-decode steps as CUDA graphs: "auto" = on for a CUDA device with the Triton backend, "on" (error where
     # impossible), "off", or "static" (the padded static-buffer path without capturing, any device: for tests).
     decode_graphs: str = "auto"
+    # One LoRA shrink + expand launch per fused linear (q/k/v together); False: one pair per target, the same
+    # function with more launches (kept for side-by-side benchmarks).
+    lora_sliced_launch: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -108,7 +111,8 @@ class LLMEngine:
             self.backend = dataclasses.replace(self.backend, decode_bgmv_min_segments=config.decode_bgmv_min_segments)
         log.info(f"kernel backend: {self.backend.name} ({self.backend.description})")
         weights = load_weights(path, self.spec, self.dtype, self.device)
-        self.model = LlamaServingModel(self.spec, weights, self.dtype, self.device, self.backend)
+        self.model = LlamaServingModel(self.spec, weights, self.dtype, self.device, self.backend,
+                                       lora_sliced=config.lora_sliced_launch)
         num_blocks = config.num_kv_blocks or max(
             1, config.kv_cache_bytes // kv_bytes_per_block(self.spec, config.block_size, self.dtype))
         self.blocks = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)

@@ -304,7 +304,9 @@ class LoRALinear:
     """A base linear (weight [out, in], optional bias) plus the LoRA targets it hosts side by side in its output.
 
     All targets of the linear go through one sliced shrink and one sliced expand (kernels/reference.py, "Slices"):
-    a fused qkv projection costs two LoRA launches, not six."""
+    a fused qkv projection costs two LoRA launches, not six. With `sliced = False` (EngineConfig
+    lora_sliced_launch=False, for side-by-side benchmarks) each target runs its own shrink + expand pair instead,
+    over the same pool; the result is the same function."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, layer: int, fused: str,
                  widths: tuple[int, ...]):
@@ -314,6 +316,7 @@ class LoRALinear:
                              f"weight's {weight.shape[0]} rows")
         self.weight, self.bias, self.layer, self.fused = weight, bias, layer, fused
         self.widths = tuple(widths)
+        self.sliced = True
         self._mi = slice(MODULE_INDEX[modules[0]], MODULE_INDEX[modules[0]] + len(modules))
 
     def __call__(self, x: torch.Tensor, lora: LoRABatch | None, pool: LoRAPool | None, backend) -> torch.Tensor:
@@ -325,6 +328,16 @@ class LoRALinear:
         ranks = pool.rank[self.layer, self._mi]                       # [S, slots]
         scales = pool.scale[self.layer, self._mi]
         buf = lora.buf[:len(self.widths)]
+        if not self.sliced:
+            off = 0
+            for s, n in enumerate(self.widths):
+                meta = (lora.token_slots,) if lora.decode else (lora.seg_starts, lora.seg_slots)
+                kind = "bgmv" if lora.decode else "sgmv"
+                getattr(backend, f"{kind}_shrink")(x, a[s], buf[s], *meta, pool.row_start, ranks[s])
+                getattr(backend, f"{kind}_expand")(buf[s], b[:, off:off + n], y, *meta, pool.row_start, ranks[s],
+                                                   scales[s], off)
+                off += n
+            return y
         if lora.decode:
             backend.bgmv_shrink(x, a, buf, lora.token_slots, pool.row_start, ranks)
             backend.bgmv_expand(buf, b, y, lora.token_slots, pool.row_start, ranks, scales, 0, self.widths)

@@ -64,13 +64,16 @@ class Layer:
 
 class LlamaServingModel:
     def __init__(self, spec: ModelSpec, weights: dict[str, torch.Tensor], dtype: torch.dtype,
-                 device: torch.device, backend):
+                 device: torch.device, backend, lora_sliced: bool = True):
         self.spec, self.dtype, self.device, self.backend = spec, dtype, device, backend
         w = dict(weights)
         self.embed = w.pop("model.embed_tokens.weight")
         self.norm = w.pop("model.norm.weight")
         self.lm_head = self.embed if spec.tie_word_embeddings else w.pop("lm_head.weight")
         self.layers = [Layer(i, spec, w) for i in range(spec.num_layers)]
+        for layer in self.layers:
+            for linear in layer.linears.values():
+                linear.sliced = lora_sliced
         self.inv_freq = rope_inv_freq(spec).to(device)
         self.scale = spec.head_dim ** -0.5
 

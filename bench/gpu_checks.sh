@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The kernel checks and figures that need a CUDA GPU (issue 4), in stages sized for one device call each
+# (<= 10 minutes). Run from the repository root on the GPU machine; results go to $OUT (or ./gpu-results).
+#
+#   bash bench/gpu_checks.sh tests      # kernel tests compiled (LoRA slices, split-KV decode, engine vs HF+PEFT)
+#   bash bench/gpu_checks.sh kernels    # tune_lora defaults (sliced q/k/v rows, sliced vs separate ratio, mixed vs
+#                                       # padded) + bench_kernels (decode attention split vs no split, layer proxy)
+#   bash bench/gpu_checks.sh e2e        # bench_engine_gpu: sliced launches, then one launch pair per target
+#   bash bench/gpu_checks.sh all        # the three in order (longer than one device call: use the stages)
+#
+# Every stage prints what it ran; the figures go to docs/benchmarks.md by hand, with the command and the machine.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" HF_HUB_OFFLINE=1
+out="${OUT:-$PWD/gpu-results}"
+mkdir -p "$out"
+py="${PYTHON:-python3}"
+stage="${1:-all}"
+
+run() {   # run NAME CMD...: the command's output to the terminal and to $out/NAME.txt, its status kept
+    local name="$1"
+    shift
+    echo "== $name: $*"
+    "$@" 2>&1 | tee "$out/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc"
+    return 0
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt"
+
+if [[ "$stage" == tests || "$stage" == all ]]; then
+    run pytest-kernels "$py" -m pytest tests/kernels -q -p no:cacheprovider -rs
+fi
+if [[ "$stage" == kernels || "$stage" == all ]]; then
+    run tune-defaults "$py" bench/tune_lora.py --defaults-only --json "$out/tune_defaults.json"
+    run bench-kernels "$py" bench/bench_kernels.py --json "$out/bench_kernels.json"
+fi
+if [[ "$stage" == e2e || "$stage" == all ]]; then
+    run e2e-sliced "$py" bench/bench_engine_gpu.py --reps 2 --json "$out/e2e_sliced.json"
+    run e2e-separate "$py" bench/bench_engine_gpu.py --reps 2 --engine-opt lora_sliced_launch=false \
+        --json "$out/e2e_separate.json"
+fi
