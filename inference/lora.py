@@ -38,12 +38,11 @@ FUSED_LINEARS: dict[str, tuple[str, ...]] = {
     "gate_up": ("gate_proj", "up_proj"),
     "down": ("down_proj",),
 }
-FUSED_OF = {m: f for f, ms in FUSED_LINEARS.items() for m in ms}
 MAX_PARTS = max(len(ms) for ms in FUSED_LINEARS.values())      # slices of the widest fused linear (qkv: 3)
 # A fused linear's LoRA targets are consecutive in TARGET_MODULES, so that their rows of the [layers, modules,
 # slots] rank and scale tables form one [parts, slots] view per layer.
-assert all(tuple(TARGET_MODULES[MODULE_INDEX[ms[0]]:MODULE_INDEX[ms[0]] + len(ms)]) == ms
-           for ms in FUSED_LINEARS.values())
+if not all(TARGET_MODULES[MODULE_INDEX[ms[0]]:MODULE_INDEX[ms[0]] + len(ms)] == ms for ms in FUSED_LINEARS.values()):
+    raise RuntimeError("FUSED_LINEARS' targets must be consecutive in TARGET_MODULES")
 
 _KEY_RE = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])"
                      r"(?:\.[^.]+)?\.weight$")
@@ -328,21 +327,17 @@ class LoRALinear:
         ranks = pool.rank[self.layer, self._mi]                       # [S, slots]
         scales = pool.scale[self.layer, self._mi]
         buf = lora.buf[:len(self.widths)]
-        if not self.sliced:
-            off = 0
-            for s, n in enumerate(self.widths):
-                meta = (lora.token_slots,) if lora.decode else (lora.seg_starts, lora.seg_slots)
-                kind = "bgmv" if lora.decode else "sgmv"
-                getattr(backend, f"{kind}_shrink")(x, a[s], buf[s], *meta, pool.row_start, ranks[s])
-                getattr(backend, f"{kind}_expand")(buf[s], b[:, off:off + n], y, *meta, pool.row_start, ranks[s],
-                                                   scales[s], off)
-                off += n
+        if lora.decode:                                               # per-token gather (BGMV)
+            shrink, expand, meta = backend.bgmv_shrink, backend.bgmv_expand, (lora.token_slots,)
+        else:                                                         # adapter segments (SGMV)
+            shrink, expand, meta = backend.sgmv_shrink, backend.sgmv_expand, (lora.seg_starts, lora.seg_slots)
+        if self.sliced:
+            shrink(x, a, buf, *meta, pool.row_start, ranks)
+            expand(buf, b, y, *meta, pool.row_start, ranks, scales, 0, self.widths)
             return y
-        if lora.decode:
-            backend.bgmv_shrink(x, a, buf, lora.token_slots, pool.row_start, ranks)
-            backend.bgmv_expand(buf, b, y, lora.token_slots, pool.row_start, ranks, scales, 0, self.widths)
-        else:
-            backend.sgmv_shrink(x, a, buf, lora.seg_starts, lora.seg_slots, pool.row_start, ranks)
-            backend.sgmv_expand(buf, b, y, lora.seg_starts, lora.seg_slots, pool.row_start, ranks, scales, 0,
-                                self.widths)
+        off = 0
+        for s, n in enumerate(self.widths):
+            shrink(x, a[s], buf[s], *meta, pool.row_start, ranks[s])
+            expand(buf[s], b[:, off:off + n], y, *meta, pool.row_start, ranks[s], scales[s], off)
+            off += n
         return y

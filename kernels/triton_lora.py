@@ -43,7 +43,11 @@ How the work is laid out (docs/kernels.md has the per-shape arithmetic and the H
   does: lora_A's output is in the model dtype), for a float32 B it stays fp32. In a BGMV block that holds several
   slots every slot's product goes to its own tokens only, so a NaN/inf in one adapter's weights cannot reach
   another adapter's tokens.
-- Launch cost: one launch per op by default, no host syncs, no allocations after the first split-K call
+- Slices (a fused linear's targets, kernels/reference.py "Slices"): one launch covers all of them. Shrink programs
+  take axis 1 as slice x rank tile (every slice shares x and K); expand programs get per-slice column ranges
+  (`_slice_columns`, at most MAX_SLICES slices), so a program never straddles two slices and reads its slice's
+  rank / scale rows and buf plane; split-K partials and counters are per slice.
+- Launch cost: one launch per op (and per fused linear) by default, no host syncs, no allocations after the first split-K call
   (everything can be captured in a CUDA graph), and plain-Python index arithmetic (triton.cdiv and
   triton.next_power_of_2 cost microseconds per call).
 
