@@ -652,6 +652,7 @@ def check_sliced(kind: str, pool: SlicedPool, spec: list[tuple[int, int]], x_dty
     S, R, N = pool.a.shape[0], pool.R, pool.b.shape[1]
     x = torch.randn(T, pool.a.shape[2], generator=g).to(x_dtype).to(DEVICE)
     shrink = functools.partial(getattr(tri, f"_{kind}_shrink"), **{k: v for k, v in kw.items() if k != "gemv_n"})
+    kw = {k: v for k, v in kw.items() if k not in ("cfg", "gemv_cfg")}             # shrink configs only
     expand_kw = {k: v for k, v in kw.items() if k in ("tokens", "gemv")}
     if "gemv_n" in kw:
         expand_kw["gemv_cfg"] = dataclasses.replace(tri.BGMV_EXPAND_GEMV_CONFIG, block_n=kw["gemv_n"])
@@ -706,16 +707,21 @@ def test_sliced_qkv(kind, dtype):
     check_sliced(kind, pool, spec, dtype, seed=81)
 
 
-@pytest.mark.parametrize("tokens,splits", [(1, 1), (1, 3), (4, 1), (4, 2), (8, 3)])
-def test_sliced_bgmv_launch_variants(tokens, splits):
-    """Sliced BGMV with one token per program (GEMV kernels, forced K splits reduced by the last split of each
-    slice's tile) and several (tl.dot kernels), tokens of one slot scattered."""
+@pytest.mark.parametrize("tokens,splits,reduce", [(1, 1, "atomic"), (1, 3, "atomic"), (1, 3, "kernel"),
+                                                  (4, 1, "atomic"), (4, 2, "atomic"), (8, 3, "kernel")])
+def test_sliced_bgmv_launch_variants(tokens, splits, reduce):
+    """Sliced BGMV with one token per program (GEMV kernels) and several (tl.dot kernels), forced K splits summed
+    by the last split of each slice's tile ("atomic") or by a second launch ("kernel"), tokens of one slot
+    scattered."""
     pool = SlicedPool(QKV_RANKS, in_f=200, widths=[64, 40, 40], dtype=torch.bfloat16, seed=82 + tokens)
     spec = [(3, 0), (2, 2), (1, -1), (4, 1), (1, 3), (3, 2), (2, 0)]
     T = sum(n for n, _ in spec)
     order = list(range(T))
     random.Random(tokens * 10 + splits).shuffle(order)
-    check_sliced("bgmv", pool, spec, torch.bfloat16, seed=83, order=order, tokens=tokens, splits=splits, gemv_n=32)
+    cfgs = dict(cfg=dataclasses.replace(tri.BGMV_SHRINK_CONFIG, split_reduce=reduce),
+                gemv_cfg=dataclasses.replace(tri.BGMV_SHRINK_GEMV_CONFIG, split_reduce=reduce))
+    check_sliced("bgmv", pool, spec, torch.bfloat16, seed=83, order=order, tokens=tokens, splits=splits, gemv_n=32,
+                 **cfgs)
     part, lock = tri._SCRATCH.get((torch.device(DEVICE).type, torch.device(DEVICE).index), (None, None))
     assert lock is None or int(lock.abs().sum()) == 0, "split-K counters must be back at 0"
 
