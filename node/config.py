@@ -463,5 +463,6 @@ kubo_rpc = ""                   # e.g. "/ip4/127.0.0.1/tcp/5001/http"; empty: no
 gateways = []                   # trustless gateway URLs
 
 [storage]
-database_url = ""               # empty: sqlite:///<home>/node.db (WAL); postgresql://... works too
+database_url = ""               # empty: sqlite:///<home>/node.db (WAL); or postgresql://USER:PASSWORD@HOST:PORT/DBNAME
+                                #   (pip install 'openlora-node[postgres]')
 """

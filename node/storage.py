@@ -1,15 +1,19 @@
 """The node's durable state in SQL (SQLAlchemy 2.x Core): used request nonces, vouchers, receipts and batches.
 
 What it does: `Store(database_url)` creates the tables (SQLite: WAL journal, synchronous=FULL, busy timeout, so a
-write is durable when the call returns; a postgresql:// URL works too). Nonces are claimed atomically by a primary
-key (`use_nonce`), vouchers keep the highest cap by a conditional upsert, receipts are the settlement outbox
-(pending -> submitted (in a batch being settled) -> settled) and batches record what was (or is about to be) sent
-on chain, so a restarted node resumes instead of settling twice.
+write is durable when the call returns; PostgreSQL: `postgresql://` through psycopg 3, pooled connections checked
+before use), under a lock (SQLite's write lock, a PostgreSQL advisory lock) so that nodes starting together on an
+empty database do not race. Nonces are claimed atomically by a primary key (`use_nonce`), vouchers keep the
+highest cap by a conditional upsert, receipts are the settlement outbox (pending -> submitted (in a batch being
+settled) -> settled) and batches record what was (or is about to be) sent on chain, so a restarted node resumes
+instead of settling twice. The same statements run on both dialects; only the upsert construct and the connection
+setup differ.
 What it does not do: talk to the chain (node.settlement), verify signatures (node.auth / attribution), or price
 anything. Methods are blocking; from asyncio call the slow ones through `asyncio.to_thread`.
 
 Big integers (caps, prices, weights up to 2**256) are stored as 78-digit zero-padded decimal strings: portable,
-exact, and ordered like the numbers they hold.
+exact, and ordered like the numbers they hold (on PostgreSQL under the "C" collation, whatever the database's
+locale). Times, block numbers and transaction nonces are 64-bit (BIGINT): PostgreSQL's INTEGER ends in 2038.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import (Column, Integer, LargeBinary, MetaData, String, Table, Text, create_engine, delete, event,
-                        func, insert, select, update)
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import (BigInteger, Column, Integer, LargeBinary, MetaData, String, Table, Text, create_engine, delete,
+                        event, func, insert, inspect, select, text, update)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from attribution.merkle import MerkleTree, leaf
 from attribution.receipts import Receipt, checksum as cs, receipt_hash
@@ -39,20 +44,24 @@ def big(n: int) -> str:
     return str(n).zfill(_W)
 
 
+Big = String(_W).with_variant(String(_W, collation="C"), "postgresql")  # a big() string; bytewise order
+Time = BigInteger  # unix seconds (SQLite: INTEGER affinity, as before)
+Seq = BigInteger().with_variant(Integer, "sqlite")  # BIGSERIAL; SQLite keeps INTEGER PRIMARY KEY (the rowid)
+
 meta = MetaData()
 nonces = Table("nonces", meta, Column("requester", String(42), primary_key=True),
-               Column("nonce", String(_W), primary_key=True), Column("used_at", Integer, nullable=False))
+               Column("nonce", Big, primary_key=True), Column("used_at", Time, nullable=False))
 vouchers = Table("vouchers", meta, Column("requester", String(42), primary_key=True),
-                 Column("node", String(42), nullable=False), Column("cap", String(_W), nullable=False),
-                 Column("signature", LargeBinary, nullable=False), Column("updated_at", Integer, nullable=False))
+                 Column("node", String(42), nullable=False), Column("cap", Big, nullable=False),
+                 Column("signature", LargeBinary, nullable=False), Column("updated_at", Time, nullable=False))
 receipts = Table(
-    "receipts", meta, Column("seq", Integer, primary_key=True, autoincrement=True),
+    "receipts", meta, Column("seq", Seq, primary_key=True, autoincrement=True),
     Column("request_id", String(100), unique=True, nullable=False),
     Column("request_digest", LargeBinary, nullable=False), Column("requester", String(42), nullable=False, index=True),
     Column("node", String(42), nullable=False), Column("adapter_cid", String(200)),
     Column("prompt_tokens", Integer, nullable=False), Column("completion_tokens", Integer, nullable=False),
-    Column("price", String(_W), nullable=False), Column("attribution", Text, nullable=False),
-    Column("created_at", Integer, nullable=False), Column("node_signature", LargeBinary, nullable=False),
+    Column("price", Big, nullable=False), Column("attribution", Text, nullable=False),
+    Column("created_at", Time, nullable=False), Column("node_signature", LargeBinary, nullable=False),
     Column("receipt_hash", LargeBinary, nullable=False),
     Column("status", String(12), nullable=False, index=True),  # pending | submitted | settled
     Column("batch_id", String(66), index=True), Column("batch_index", Integer))
@@ -61,9 +70,10 @@ batches = Table(
     Column("state", String(12), nullable=False, index=True),  # prepared | submitted | settled | failed
     Column("receipts_root", String(66), nullable=False), Column("receipt_count", Integer, nullable=False),
     Column("receipts_uri", Text, nullable=False), Column("debits", Text, nullable=False),
-    Column("credits", Text, nullable=False), Column("total", String(_W), nullable=False),
-    Column("tx_hash", String(66)), Column("tx_nonce", Integer), Column("block", Integer),
-    Column("error", Text), Column("created_at", Integer, nullable=False), Column("updated_at", Integer, nullable=False))
+    Column("credits", Text, nullable=False), Column("total", Big, nullable=False),
+    Column("tx_hash", String(66)), Column("tx_nonce", BigInteger), Column("block", BigInteger),
+    Column("error", Text), Column("created_at", Time, nullable=False), Column("updated_at", Time, nullable=False))
+_SCHEMA_LOCK = 0x6F6C6F72615F7462  # pg_advisory_xact_lock key held while creating the tables ("olora_tb")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -74,25 +84,56 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def engine_url(database_url: str) -> URL:
+    """The SQLAlchemy URL to connect with: a bare postgresql:// means the psycopg (3) driver, which the
+    `postgres` extra installs, under any SQLAlchemy 2.x (2.0 would pick psycopg2); postgresql+DRIVER:// is kept."""
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        raise StorageError(f"storage.database_url {database_url!r} is not a database URL "
+                           "(sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DBNAME)") from None
+    return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
+
+
 class Store:
     def __init__(self, database_url: str):
         self.url = database_url
-        self.dialect = database_url.split(":", 1)[0].split("+", 1)[0]
+        url = engine_url(database_url)
+        shown = url.render_as_string(hide_password=True)  # error messages never carry the password
+        self.dialect = url.get_backend_name()
         if self.dialect == "sqlite" and database_url.startswith("sqlite:///") and ":memory:" not in database_url:
             from pathlib import Path
             Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine = create_engine(database_url, future=True)
-            if self.dialect == "sqlite":
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            meta.create_all(self.engine)
-        except OperationalError as e:
-            raise StorageError(f"cannot open database {database_url}: {e.orig}") from None
+            self.engine = create_engine(url, pool_pre_ping=self.dialect == "postgresql")
+        except (ImportError, NoSuchModuleError) as e:
+            extra = " (pip install 'openlora-node[postgres]')" if self.dialect == "postgresql" else ""
+            raise StorageError(f"cannot open database {shown}: its driver is not installed: {e}{extra}") from None
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            self._create_tables()
+        except DBAPIError as e:  # unreachable server, no such database, wrong password, no CREATE permission
+            self.engine.dispose()
+            raise StorageError(f"cannot open database {shown}: {str(e.orig).strip()}") from None
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as upsert
         else:
             from sqlalchemy.dialects.sqlite import insert as upsert
         self._upsert = upsert
+
+    def _create_tables(self) -> None:
+        """Create what is missing, checked again under a lock: nodes (or threads) starting together on an empty
+        database would otherwise all see no table, and every CREATE TABLE but the first would fail."""
+        with self.engine.connect() as c:
+            if set(meta.tables) <= set(inspect(c).get_table_names()):
+                return  # the usual restart: nothing to create, no lock taken
+        with self.engine.begin() as c:
+            if self.dialect == "postgresql":
+                c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            elif self.dialect == "sqlite":
+                c.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock; waits up to the busy timeout
+            meta.create_all(c)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -141,6 +182,9 @@ class Store:
                     node_signature=bytes(r.node_signature), receipt_hash=receipt_hash(r), status="pending"))
         except IntegrityError:
             raise StorageError(f"a receipt for request {r.request_id} is already stored") from None
+        except DataError as e:  # PostgreSQL only: a field longer than its column, or a NUL in a string
+            raise StorageError(f"receipt {r.request_id!r} does not fit the receipts table: "
+                               f"{str(e.orig).strip()}") from None
 
     @staticmethod
     def _receipt(row: Any) -> Receipt:

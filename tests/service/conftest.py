@@ -1,12 +1,16 @@
 """Fixtures for the node service's storage and settlement: a real Anvil on a free port (killed at teardown) with
 the contracts deployed and the demo data seeded by the same code `openlora-node devnet up` runs, plus helpers to
-make funded requesters, vouchers and node-signed receipts."""
+make funded requesters, vouchers and node-signed receipts; and the storage backends: `db_url` runs a test once on
+SQLite and once on a real PostgreSQL server (one per session, see pg_server.py). Where that server cannot start,
+the PostgreSQL cases skip with the reason (or fail, with OPENLORA_TEST_REQUIRE_POSTGRES=1)."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 from eth_account import Account
@@ -17,8 +21,38 @@ from attribution.receipts import Receipt, sign_receipt
 from devnet.chain import free_port
 from devnet.seed import ROLES
 from tests.chain_fixtures import accounts, anvil, deployment, w3  # noqa: F401  (pytest fixtures)
+from tests.service.pg_server import PgServer, PgUnavailable
 
 TOKEN = 10**18
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the session (pgserver's binaries), stopped and deleted at the end."""
+    try:
+        server = PgServer.start()
+    except PgUnavailable as e:
+        if os.environ.get("OPENLORA_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL required (OPENLORA_TEST_REQUIRE_POSTGRES=1) but unavailable: {e}")
+        pytest.skip(f"PostgreSQL server unavailable, PostgreSQL storage cases not run: {e}")
+    yield server
+    server.stop()
+
+
+def database_factory(backend: str, tmp_path, request) -> Callable[..., str]:
+    """db(name="node") -> the URL of this test's database `name`, empty when first asked for: a SQLite file under
+    tmp_path, or a new database on the session's PostgreSQL server."""
+    if backend == "sqlite":
+        return lambda name="node": f"sqlite:///{tmp_path / name}.db"
+    server, made = request.getfixturevalue("postgres"), {}
+    return lambda name="node": made.get(name) or made.setdefault(name, server.create_database())
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path) -> Callable[..., str]:
+    """Runs the test once per backend; db_url() (or db_url("other")) is the URL of that test's database."""
+    return database_factory(request.param, tmp_path, request)
 
 
 @pytest.fixture

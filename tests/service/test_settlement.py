@@ -1,7 +1,8 @@
 """node.settlement on a real Anvil: receipts of three requesters settle in one batch whose BatchSettled event,
 lanes and published file match; a contributor's claim pays the exact expected wei; a dead RPC loses nothing and
 the loop settles once it is back; a crash between submit and confirm (or before sending) settles exactly once
-after a restart. Also attribution.pricing against the chain."""
+after a restart. The tests that exercise the store run on SQLite and on PostgreSQL (`db_url`); the ones about gas
+and fees on SQLite only. Also attribution.pricing against the chain."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ def adapter(chain, accounts):
     return author
 
 
-def _loop(chain, tmp_path, store=None, w3=None, **kw) -> SettlementLoop:
-    store = store or Store(f"sqlite:///{tmp_path / 'node.db'}")
+def _loop(chain, tmp_path, db: str | None = None, w3=None, **kw) -> SettlementLoop:
+    """A loop on the database `db` (a URL; default: a SQLite file in tmp_path), publishing into tmp_path."""
+    store = Store(db or f"sqlite:///{tmp_path / 'node.db'}")
     return SettlementLoop(store, w3 or chain.w3, chain.dep, chain.node, batch_max_receipts=kw.pop("n", 64),
                           batch_max_age_s=kw.pop("age", 0.1), confirmations=1, publish_dir=tmp_path / "published",
                           poll_s=0.05, **kw)
@@ -99,10 +101,10 @@ def _expected_credits(receipts, total, fee_bps, protocol, operator):
     return {k: v for k, v in out.items() if v}
 
 
-def test_end_to_end_three_requesters_one_batch_and_exact_claim(chain, adapter, tmp_path):
+def test_end_to_end_three_requesters_one_batch_and_exact_claim(chain, adapter, tmp_path, db_url):
     _, vec = _vector(chain)
     reqs = [chain.requester(TOKEN) for _ in range(3)]
-    loop = _loop(chain, tmp_path)
+    loop = _loop(chain, tmp_path, db_url())
     receipts = []
     for i, q in enumerate(reqs):
         prices = [10**15 + 7 * i + j for j in range(i + 1)]
@@ -153,9 +155,9 @@ def test_end_to_end_three_requesters_one_batch_and_exact_claim(chain, adapter, t
     assert asyncio.run(loop.settle_once()) is None  # nothing left
 
 
-def test_receipts_beyond_the_voucher_wait_and_free_ones_settle_off_chain(chain, tmp_path):
+def test_receipts_beyond_the_voucher_wait_and_free_ones_settle_off_chain(chain, tmp_path, db_url):
     q = chain.requester(TOKEN)
-    loop = _loop(chain, tmp_path)
+    loop = _loop(chain, tmp_path, db_url())
     vec = ((chain.node.address, 1),)
     a, b, free = chain.receipt(q, 600, vec), chain.receipt(q, 600, vec), chain.receipt(q, 0, vec)
     for r in (a, b, free):
@@ -182,7 +184,7 @@ def test_receipts_beyond_the_voucher_wait_and_free_ones_settle_off_chain(chain, 
     assert loop.store.get_receipt(rb.request_id)["status"] == "pending"
 
     # a backlog larger than a batch that waits for a voucher does not starve a covered requester behind it
-    small = _loop(chain, tmp_path / "small", n=2)
+    small = _loop(chain, tmp_path / "small", db_url("small"), n=2)
     for _ in range(3):
         small.store.add_receipt(chain.receipt(bad, 5, vec))
     late = chain.receipt(good, 5, vec)
@@ -193,9 +195,9 @@ def test_receipts_beyond_the_voucher_wait_and_free_ones_settle_off_chain(chain, 
     assert small.store.counts() == {"pending": 3, "submitted": 0, "settled": 1}
 
 
-def test_chain_down_nothing_lost_then_the_loop_settles(chain, tmp_path, dead_w3):
+def test_chain_down_nothing_lost_then_the_loop_settles(chain, tmp_path, dead_w3, db_url):
     q = chain.requester(TOKEN)
-    loop = _loop(chain, tmp_path, w3=dead_w3, retry_base_s=0.05, retry_max_s=0.2)
+    loop = _loop(chain, tmp_path, db_url(), w3=dead_w3, retry_base_s=0.05, retry_max_s=0.2)
     loop.store.record_voucher(q.address, chain.node.address, 10**6, chain.voucher(q, 10**6))
     rs = [chain.receipt(q, 1000 + i, ((chain.node.address, 1),)) for i in range(3)]
     for r in rs:
@@ -218,10 +220,10 @@ def test_chain_down_nothing_lost_then_the_loop_settles(chain, tmp_path, dead_w3)
 
 
 @pytest.mark.parametrize("how", ["crash-after-send", "crash-before-send", "tx-dropped"])
-def test_crash_between_submit_and_confirm_settles_exactly_once(chain, tmp_path, how):
+def test_crash_between_submit_and_confirm_settles_exactly_once(chain, tmp_path, how, db_url):
     sent = how == "crash-after-send"
     q = chain.requester(TOKEN)
-    first = _loop(chain, tmp_path)
+    first = _loop(chain, tmp_path, db_url())
     first.store.record_voucher(q.address, chain.node.address, 10**6, chain.voucher(q, 10**6))
     rs = [chain.receipt(q, 2000 + i, ((chain.node.address, 1),)) for i in range(4)]
     for r in rs:
@@ -232,7 +234,7 @@ def test_crash_between_submit_and_confirm_settles_exactly_once(chain, tmp_path, 
         first.store.set_batch(b["batch_id"], state="submitted", tx_hash="0x" + "77" * 32, tx_nonce=0)
     first.store.close()
 
-    second = _loop(chain, tmp_path)  # restart: new Store and loop on the same database
+    second = _loop(chain, tmp_path, db_url())  # restart: new Store and loop on the same database
     assert second.store.counts()["submitted"] == 4
     got = asyncio.run(second.settle_once())
     assert got and (got == tx if sent else True)
@@ -245,10 +247,10 @@ def test_crash_between_submit_and_confirm_settles_exactly_once(chain, tmp_path, 
         chain.settlement.events.BatchSettled().get_logs(from_block=0, argument_filters={"batchId": bid})) == 1
 
 
-def test_nonce_gap_another_tx_from_the_node_key_in_between(chain, tmp_path):
+def test_nonce_gap_another_tx_from_the_node_key_in_between(chain, tmp_path, db_url):
     """The node key sends something else between prepare and submit: the loop takes the next free nonce."""
     q = chain.requester(TOKEN)
-    loop = _loop(chain, tmp_path)
+    loop = _loop(chain, tmp_path, db_url())
     loop.store.record_voucher(q.address, chain.node.address, 10**6, chain.voucher(q, 10**6))
     loop.store.add_receipt(chain.receipt(q, 777, ((chain.node.address, 1),)))
     b = loop.prepare()
@@ -258,11 +260,12 @@ def test_nonce_gap_another_tx_from_the_node_key_in_between(chain, tmp_path):
     assert asyncio.run(loop.settle_once()) and loop.store.batch(b["batch_id"])["state"] == "settled"
 
 
-@pytest.mark.parametrize("publish", ["file", "ipfs"])
-def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_account, publish):
+@pytest.mark.parametrize("publish,backend", [("file", "sqlite"), ("ipfs", "sqlite"), ("file", "postgresql")])
+def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_account, publish, backend, request):
     """start_settlement from a config settles on its own; `payouts` reports the credit (per adapter from the
     published receipts: a file:// URI, or ipfs://CID read back from the home's blockstore) and `claim` (signed
-    with the node keystore) pays it to the contributor; a dead RPC is one line."""
+    with the node keystore) pays it to the contributor; a dead RPC is one line. With `postgresql`, the config's
+    storage.database_url points at PostgreSQL and everything (settlement task, `payouts`) goes through it."""
     from types import SimpleNamespace
 
     from click.testing import CliRunner
@@ -276,11 +279,15 @@ def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_accoun
     url = chain.w3.provider.endpoint_uri
     toml = DEFAULT_CONFIG_TOML.replace('rpc_url = "http://127.0.0.1:8545"', f'rpc_url = "{url}"')
     toml = toml.replace("batch_max_age_s = 30.0", "batch_max_age_s = 0.2")
+    if backend == "postgresql":
+        pg_url = request.getfixturevalue("postgres").create_database()
+        toml = toml.replace('database_url = ""', f'database_url = "{pg_url}"')
     (home / "config.toml").write_text(toml)
     chain.dep.write(home / "deployment.json")
     (home / "keystore.json").write_text(json.dumps(Account.encrypt(node_account.key, "password-123")))
     (home / "pw").write_text("password-123\n")
     cfg = load_config(home)
+    assert cfg.database_url.startswith(backend)
 
     contributor = Account.create().address
     q = chain.requester(TOKEN)

@@ -1,10 +1,12 @@
 """Signed requests end to end over HTTP on a real Anvil: the SDK and the official openai client are served and get
-receipts; every bad request gets its documented 4xx, is charged nothing, and the node keeps serving."""
+receipts; every bad request gets its documented 4xx, is charged nothing, and the node keeps serving; one signed
+request sent many times at once is served once. The whole module runs on a SQLite and on a PostgreSQL store."""
 
 from __future__ import annotations
 
 import copy
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,9 +31,11 @@ from tests.service.server_util import ServerThread
 ADAPTER_PRICE = 3 * 10**12
 
 
-@pytest.fixture(scope="module")
-def env(tiny, tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def env(tiny, tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("signed")
+    db = (f"sqlite:///{tmp / 'node.db'}" if request.param == "sqlite"
+          else request.getfixturevalue("postgres").create_database())
     accts = dev_accounts()
     with EphemeralAnvil() as anvil:
         w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 30}))
@@ -47,7 +51,7 @@ def env(tiny, tmp_path_factory):
         llm = LLM(model, dtype="float32", device="cpu")
         llm.load_adapter("law", adapter_dir, identity=cid)
         client = AsyncEngine(llm.engine)
-        store = Store(f"sqlite:///{tmp / 'node.db'}")
+        store = Store(db)
         from eth_account import Account
         node_acct = Account.from_key(accts[ROLES["node"]].key)
         svc = build_service(cfg, node_acct, llm.engine, client, store, {"law": cid}, Chain(w3, dep))
@@ -171,6 +175,31 @@ def test_bad_requests_get_documented_4xx_and_are_charged_nothing(env):
     assert store.unsettled_charges(accts[ROLES["requester2"]].address) == 0
     # and the node still serves
     assert post(url, signed())[0] == 200
+
+
+def test_one_signed_request_sent_six_times_at_once_is_served_once(env):
+    """Six copies of one signed request race (same nonce): exactly one is served and charged, five get 409."""
+    requester = env["accts"][ROLES["requester"]]
+    sdk = OpenLoRAClient(env["server"].url, requester.key)
+    body = {"model": "law", "prompt": [5, 6, 7], "max_tokens": 3, "temperature": 0.0}
+    body["openlora"] = sdk.authorize(copy.deepcopy(body))
+    before = env["store"].unsettled_charges(requester.address)
+    barrier, results = threading.Barrier(6), []
+
+    def send_copy():
+        barrier.wait()
+        results.append(post(env["server"].url + "/v1/completions", body))
+
+    threads = [threading.Thread(target=send_copy) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(status for status, _ in results) == [200] + [409] * 5
+    assert all(js["error"]["code"] == "nonce_reused" for status, js in results if status == 409)
+    served = next(js for status, js in results if status == 200)
+    receipt = env["store"].get_receipt(served["openlora"]["request_id"])
+    assert env["store"].unsettled_charges(requester.address) == before + int(receipt["price"]) > before
 
 
 def test_served_requests_settle_on_chain_and_a_contributor_claims_exactly(env, tmp_path):

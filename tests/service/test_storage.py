@@ -1,6 +1,8 @@
-"""node.storage: nonces claimed once (also by two racing threads and across restarts), the highest voucher
-kept, receipts round-tripped with their status, batches moving receipts through pending/submitted/settled; and
-attribution.receipts: node signatures verify, any tampering breaks them."""
+"""node.storage, each test on SQLite and on a real PostgreSQL server: nonces claimed once (also by racing threads
+and across restarts), the highest voucher kept, receipts round-tripped with their status, batches moving receipts
+through pending/submitted/settled, 64-bit times and block numbers, nodes starting together on an empty database;
+on PostgreSQL also: the URL forms, connection errors without the password, dropped connections, oversized fields.
+And attribution.receipts: node signatures verify, any tampering breaks them."""
 
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ def _receipt(i: int, price: int = 1000, requester: str = REQ) -> Receipt:
 
 
 @pytest.fixture
-def db(tmp_path):
-    return f"sqlite:///{tmp_path / 'node.db'}"
+def db(db_url) -> str:
+    return db_url()
 
 
 def test_receipt_signature_verifies_and_tampering_breaks_it():
@@ -45,19 +47,19 @@ def test_receipt_signature_verifies_and_tampering_breaks_it():
         sign_receipt(r, b"\x22" * 32)  # not the receipt's node
 
 
-def test_nonces_once_even_when_two_threads_race_and_after_restart(db):
+def test_nonces_once_even_when_four_threads_race_and_after_restart(db):
     s = Store(db)
     assert s.use_nonce(REQ, 1) and not s.use_nonce(REQ, 1)
     assert s.use_nonce(REQ, 2**256 - 1) and s.use_nonce(Account.create().address, 1)
     wins: list[int] = []
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(4)
 
     def racer():
-        store = Store(db)  # each thread its own engine, as two processes would
+        store = Store(db)  # each thread its own engine, as separate processes would
         barrier.wait()
         wins.extend(n for n in range(100, 300) if store.use_nonce(REQ, n))
 
-    threads = [threading.Thread(target=racer) for _ in range(2)]
+    threads = [threading.Thread(target=racer) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -126,7 +128,8 @@ def test_failed_batch_returns_receipts_to_pending(db):
 
 
 def test_add_receipt_rate(db, capsys):
-    """Durable inserts per second (SQLite WAL, synchronous=FULL): the cost each served request pays."""
+    """Durable inserts per second (SQLite WAL, synchronous=FULL; PostgreSQL synchronous_commit=on, loopback TCP):
+    the cost each served request pays."""
     s = Store(db)
     rs = [_receipt(i) for i in range(1000, 1200)]
     t = time.perf_counter()
@@ -138,5 +141,47 @@ def test_add_receipt_rate(db, capsys):
         s.use_nonce(REQ, 10_000 + n)
     dn = time.perf_counter() - t
     with capsys.disabled():
-        print(f"\nstore: add_receipt {len(rs) / dt:,.0f}/s ({dt / len(rs) * 1e3:.2f} ms each), "
+        print(f"\nstore ({s.dialect}): add_receipt {len(rs) / dt:,.0f}/s ({dt / len(rs) * 1e3:.2f} ms each), "
               f"use_nonce {200 / dn:,.0f}/s")
+
+
+def test_times_block_numbers_and_tx_nonces_past_32_bits(db):
+    """Year-2242 timestamps, block 2**35, tx nonce 2**40: a 32-bit INTEGER column (PostgreSQL's) would overflow."""
+    s = Store(db)
+    late = 2**33
+    r = sign_receipt(replace(_receipt(7), created_at=late), NODE.key)
+    s.add_receipt(r)
+    assert s.receipt("req-7") == r and s.oldest_pending_at() == late
+    bid = "0x" + "5a" * 32
+    s.create_batch(bid, ["req-7"], "0x" + receipt_hash(r).hex(), "u", [], {NODE.address: 2**255}, 2**256 - 1)
+    s.set_batch(bid, state="submitted", tx_hash="0x" + "ee" * 32, tx_nonce=2**40)
+    got = s.batch(bid)
+    assert got["tx_nonce"] == 2**40 and got["total"] == 2**256 - 1 and got["credits"] == {NODE.address: 2**255}
+    s.set_batch(bid, state="settled", block=2**35)
+    out = Store(db).get_receipt("req-7")
+    assert out["status"] == "settled" and out["block"] == 2**35 and out["created_at"] == late
+
+
+def test_nodes_starting_together_on_an_empty_database(db):
+    """Six stores created at once on a database without tables (nodes restarted together): none fails, and they
+    then share one nonce table (a nonce claimed through one is taken for all)."""
+    barrier = threading.Barrier(6)
+    stores: list[Store] = []
+    errors: list[BaseException] = []
+
+    def start():
+        barrier.wait()
+        try:
+            stores.append(Store(db))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(stores) == 6
+    assert [st.use_nonce(REQ, 42) for st in stores].count(True) == 1
+    for st in stores:
+        st.close()
