@@ -71,7 +71,7 @@ async def over_http(url: str, model: str, reqs, concurrency: int) -> float:
         return toks / (time.perf_counter() - t)
 
 
-def per_request_costs(tmp: Path, n: int) -> dict:
+def per_request_costs(tmp: Path, n: int, database_url: str | None = None) -> dict:
     from eth_account import Account
 
     from attribution import eip712
@@ -80,7 +80,7 @@ def per_request_costs(tmp: Path, n: int) -> dict:
     from node.storage import Store
     from node.wiring import build_service
 
-    store = Store(f"sqlite:///{tmp / 'costs.db'}")
+    store = Store(database_url or f"sqlite:///{tmp / 'costs.db'}")
     node = Account.create()
     req_acct = Account.create()
     domain = eip712.Domain(31337, "0x" + "22" * 20)
@@ -133,12 +133,19 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--costs", type=int, default=500)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--costs-only", action="store_true", help="only the per-request costs (no HTTP throughput run)")
+    ap.add_argument("--postgres", action="store_true",
+                    help="measure the per-request costs on SQLite and on a throwaway PostgreSQL (the pgserver wheel's "
+                         "binaries on loopback, as the tests run it), alternating, --reps times")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="openlora-bench-service-"))
     print(f"# machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; files in {tmp}", flush=True)
+    if args.costs_only or args.postgres:
+        costs_by_database(tmp, args)
+        return
     model_dir = build_tiny_model(tmp / "model", BENCH_SPEC)
 
     from inference import LLM
@@ -177,6 +184,32 @@ def main() -> None:
           f"receipt commit: p50 {costs['receipt_commit_us_p50']:.0f} us, p99 {costs['receipt_commit_us_p99']:.0f} us")
     if args.json:
         args.json.write_text(json.dumps({"runs": results, "ratio": best_http / best_in, **costs}, indent=2))
+
+
+def costs_by_database(tmp: Path, args) -> None:
+    """Per-request costs on SQLite (and with --postgres on PostgreSQL too), alternating, --reps times."""
+    sys.path.insert(0, str(ROOT))
+    server = None
+    if args.postgres:
+        from tests.service.pg_server import PgServer
+
+        server = PgServer.start()
+        print(f"# {server.version} on 127.0.0.1:{server.port} (same machine)", flush=True)
+    out: dict[str, list] = {"sqlite": [], "postgresql": []}
+    try:
+        for i in range(args.reps if server else 1):
+            for name in ("sqlite", "postgresql") if server else ("sqlite",):
+                url = server.create_database() if name == "postgresql" else f"sqlite:///{tmp / f'costs{i}.db'}"
+                c = per_request_costs(tmp, args.costs, url)
+                out[name].append(c)
+                print(f"{name:10s} signature checks + nonce: p50 {c['verify_us_p50']:.0f} us, p99 "
+                      f"{c['verify_us_p99']:.0f} us; receipt commit: p50 {c['receipt_commit_us_p50']:.0f} us, p99 "
+                      f"{c['receipt_commit_us_p99']:.0f} us", flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
