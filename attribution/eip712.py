@@ -9,6 +9,7 @@ What it does not do: check nonces, deadlines or balances (the node and the contr
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, fields
 from typing import Any, NewType
@@ -38,8 +39,7 @@ class Domain:
     verifying_contract: Address
 
     def separator(self) -> bytes:
-        return keccak(keccak(text=_DOMAIN_TYPE) + keccak(text=DOMAIN_NAME) + keccak(text=DOMAIN_VERSION)
-                      + _word(self.chain_id) + _addr_word(self.verifying_contract))
+        return _separator(self.chain_id, self.verifying_contract)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": self.chain_id,
@@ -75,6 +75,18 @@ class Voucher:
 _SOL_TYPES = {"requester": "address", "node": "address", "adapter": "bytes32", "promptHash": "bytes32"}
 
 
+@functools.lru_cache(maxsize=64)
+def _separator(chain_id: int, verifying_contract: str) -> bytes:
+    """A domain's separator (a node checks every request against one domain: computed once)."""
+    return keccak(_type_hash(_DOMAIN_TYPE) + keccak(text=DOMAIN_NAME) + keccak(text=DOMAIN_VERSION)
+                  + _word(chain_id) + _addr_word(verifying_contract))
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hash(type_string: str) -> bytes:
+    return keccak(text=type_string)
+
+
 def _word(value: int) -> bytes:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**256:
         raise Eip712Error(f"{value!r} is not a uint256")
@@ -83,9 +95,16 @@ def _word(value: int) -> bytes:
 
 def _addr_word(value: str) -> bytes:
     try:
-        return bytes(12) + bytes.fromhex(to_checksum_address(value)[2:])
+        return _addr_word_cached(value)
     except (ValueError, TypeError):
         raise Eip712Error(f"{value!r} is not an address") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _addr_word_cached(value: str) -> bytes:
+    """Validated (checksum-checked for mixed case) and left-padded to a word; requesters and nodes repeat, and the
+    checksum (a keccak) is the costly part. Errors are not cached (lru_cache does not keep exceptions)."""
+    return bytes(12) + bytes.fromhex(to_checksum_address(value)[2:])
 
 
 def _b32(value: bytes) -> bytes:
@@ -95,7 +114,7 @@ def _b32(value: bytes) -> bytes:
 
 
 def struct_hash(msg: Request | Voucher) -> bytes:
-    parts = [keccak(text=msg.TYPE)]
+    parts = [_type_hash(msg.TYPE)]
     for f in fields(msg):
         v = getattr(msg, f.name)
         kind = _SOL_TYPES.get(f.name, "uint256")

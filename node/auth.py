@@ -49,9 +49,8 @@ def body_prompt(body: dict) -> Any:
 
 class Ledger(Protocol):
     """What the checks need from storage and chain (node.storage.Store + a chain reader)."""
-    def use_nonce(self, requester: str, nonce: int) -> bool: ...
+    def use_nonce(self, requester: str, nonce: int, voucher: tuple[str, int, bytes] | None = None) -> bool: ...
     def unsettled_charges(self, requester: str) -> int: ...
-    def record_voucher(self, requester: str, node: str, cumulative_cap: int, signature: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ def verify(auth: Any, body: dict, *, domain: eip712.Domain, node: str, adapter_c
     if deposit < pending + max_cost:
         raise AuthError(402, "insufficient_deposit", f"deposit to this node is {deposit} wei; {pending} are pending "
                                                      f"and this request can cost {max_cost}: deposit more")
-    if not ledger.use_nonce(requester, req.nonce):
+    # the nonce claim and the voucher are written in one transaction: one commit per request
+    if not ledger.use_nonce(requester, req.nonce, voucher=(signed_node, cap, vsig)):
         raise AuthError(409, "nonce_reused", f"nonce {req.nonce} of {requester} was already used")
-    ledger.record_voucher(requester, signed_node, cap, vsig)
     return Authorized(req, eip712.digest(req, domain), cap, vsig)

@@ -140,27 +140,33 @@ class Store:
 
     # ---- nonces and vouchers -------------------------------------------------------------------------------
 
-    def use_nonce(self, requester: str, nonce: int) -> bool:
-        """Claim (requester, nonce); False when it was used before (also by a racing thread or an earlier run)."""
+    def use_nonce(self, requester: str, nonce: int, voucher: tuple[str, int, bytes] | None = None) -> bool:
+        """Claim (requester, nonce); False when it was used before (also by a racing thread or an earlier run).
+        With `voucher` = (node, cumulative_cap, signature), the voucher is recorded (as `record_voucher`) in the same
+        transaction: both are durable together, one commit, and nothing is recorded when the nonce was used."""
         try:
             with self.engine.begin() as c:
                 c.execute(insert(nonces).values(requester=requester.lower(), nonce=big(nonce),
                                                 used_at=int(time.time())))
+                if voucher is not None:
+                    c.execute(self._voucher_upsert(requester, *voucher))
             return True
         except IntegrityError:
             return False
 
     def record_voucher(self, requester: str, node: str, cumulative_cap: int, signature: bytes) -> None:
         """Keep the voucher with the highest cap (a lower or equal one is ignored)."""
+        with self.engine.begin() as c:
+            c.execute(self._voucher_upsert(requester, node, cumulative_cap, signature))
+
+    def _voucher_upsert(self, requester: str, node: str, cumulative_cap: int, signature: bytes):
         row = dict(requester=requester.lower(), node=node.lower(), cap=big(cumulative_cap),
                    signature=bytes(signature), updated_at=int(time.time()))
         stmt = self._upsert(vouchers).values(**row)
-        stmt = stmt.on_conflict_do_update(index_elements=["requester"], set_={k: stmt.excluded[k] for k in
+        return stmt.on_conflict_do_update(index_elements=["requester"], set_={k: stmt.excluded[k] for k in
                                                                              ("node", "cap", "signature",
                                                                               "updated_at")},
                                           where=stmt.excluded.cap > vouchers.c.cap)
-        with self.engine.begin() as c:
-            c.execute(stmt)
 
     def voucher(self, requester: str) -> tuple[int, bytes] | None:
         with self.engine.connect() as c:

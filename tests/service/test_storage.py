@@ -80,6 +80,20 @@ def test_vouchers_keep_the_highest_cap(db):
     assert Store(db).voucher(REQ.lower()) == (9 * 10**40, b"b" * 65)
 
 
+def test_nonce_claim_records_the_voucher_in_the_same_transaction(db):
+    """use_nonce(..., voucher=...) (what the request checks call): the voucher is kept with the claim, with the
+    highest-cap rule; a reused nonce records nothing."""
+    s = Store(db)
+    assert s.use_nonce(REQ, 7, voucher=(NODE.address, 10**30, b"a" * 65))
+    assert s.voucher(REQ) == (10**30, b"a" * 65)
+    assert not s.use_nonce(REQ, 7, voucher=(NODE.address, 10**31, b"b" * 65))      # nonce used: nothing recorded
+    assert s.voucher(REQ) == (10**30, b"a" * 65)
+    assert s.use_nonce(REQ, 8, voucher=(NODE.address, 10**29, b"c" * 65))          # lower cap: claim, voucher kept
+    assert s.voucher(REQ) == (10**30, b"a" * 65)
+    assert s.use_nonce(REQ, 9, voucher=(NODE.address, 10**32, b"d" * 65))
+    assert Store(db).voucher(REQ) == (10**32, b"d" * 65)
+
+
 def test_receipts_round_trip_status_and_restart(db):
     s = Store(db)
     rs = [_receipt(i, price=10**20 + i) for i in range(5)]
