@@ -71,7 +71,10 @@ async def over_http(url: str, model: str, reqs, concurrency: int) -> float:
         return toks / (time.perf_counter() - t)
 
 
-def per_request_costs(tmp: Path, n: int, database_url: str | None = None) -> dict:
+def per_request_costs(tmp: Path, n: int, database_url: str | None = None, pending: int = 0) -> dict:
+    """Per-request costs of the signed-request checks and of the receipt commit; with `pending`, that many unsettled
+    receipts of the requester are stored first (a node whose settlement fell behind), and the scan of them that
+    the checks did before the running totals is timed beside them."""
     from eth_account import Account
 
     from attribution import eip712
@@ -84,6 +87,22 @@ def per_request_costs(tmp: Path, n: int, database_url: str | None = None) -> dic
     node = Account.create()
     req_acct = Account.create()
     domain = eip712.Domain(31337, "0x" + "22" * 20)
+    scan_us = []
+    if pending:
+        from attribution.receipts import Receipt, sign_receipt
+        from node.storage import receipts as receipts_table
+
+        for i in range(pending):
+            store.add_receipt(sign_receipt(Receipt(f"old{i}", bytes(32), req_acct.address, node.address, None, 20, 16,
+                                                   10**12, ((node.address, 1),), int(time.time())), node.key))
+        from sqlalchemy import select
+        for _ in range(20):
+            t = time.perf_counter()
+            with store.engine.connect() as c:       # what unsettled_charges ran before the running totals
+                sum(int(p) for p in c.execute(select(receipts_table.c.price).where(
+                    receipts_table.c.requester == req_acct.address.lower(),
+                    receipts_table.c.status != "settled")).scalars())
+            scan_us.append(1e6 * (time.perf_counter() - t))
     bodies = []
     for i in range(n):
         body = {"model": "base", "prompt": [5, 6, 7, i % 300], "max_tokens": 16}
@@ -121,8 +140,11 @@ def per_request_costs(tmp: Path, n: int, database_url: str | None = None) -> dic
         svc.write_receipt(s)
         commit_us.append(1e6 * (time.perf_counter() - t))
     store.close()
-    return {"verify_us_p50": statistics.median(verify_us), "verify_us_p99": pct(verify_us, 99),
-            "receipt_commit_us_p50": statistics.median(commit_us), "receipt_commit_us_p99": pct(commit_us, 99)}
+    out = {"verify_us_p50": statistics.median(verify_us), "verify_us_p99": pct(verify_us, 99),
+           "receipt_commit_us_p50": statistics.median(commit_us), "receipt_commit_us_p99": pct(commit_us, 99)}
+    if scan_us:
+        out["pending"], out["old_scan_us_p50"] = pending, statistics.median(scan_us)
+    return out
 
 
 def main() -> None:
@@ -134,6 +156,8 @@ def main() -> None:
     ap.add_argument("--costs", type=int, default=500)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--costs-only", action="store_true", help="only the per-request costs (no HTTP throughput run)")
+    ap.add_argument("--pending", type=int, default=0,
+                    help="store this many unsettled receipts of the requester before the per-request costs")
     ap.add_argument("--postgres", action="store_true",
                     help="measure the per-request costs on SQLite and on a throwaway PostgreSQL (the pgserver wheel's "
                          "binaries on loopback, as the tests run it), alternating, --reps times")
@@ -143,7 +167,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="openlora-bench-service-"))
     print(f"# machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; files in {tmp}", flush=True)
-    if args.costs_only or args.postgres:
+    if args.costs_only or args.postgres or args.pending:
         costs_by_database(tmp, args)
         return
     model_dir = build_tiny_model(tmp / "model", BENCH_SPEC)
@@ -200,11 +224,13 @@ def costs_by_database(tmp: Path, args) -> None:
         for i in range(args.reps if server else 1):
             for name in ("sqlite", "postgresql") if server else ("sqlite",):
                 url = server.create_database() if name == "postgresql" else f"sqlite:///{tmp / f'costs{i}.db'}"
-                c = per_request_costs(tmp, args.costs, url)
+                c = per_request_costs(tmp, args.costs, url, args.pending)
                 out[name].append(c)
+                scan = (f"; with {c['pending']} receipts unsettled, the scan the checks made before the running "
+                        f"totals: p50 {c['old_scan_us_p50']:.0f} us" if "pending" in c else "")
                 print(f"{name:10s} signature checks + nonce: p50 {c['verify_us_p50']:.0f} us, p99 "
                       f"{c['verify_us_p99']:.0f} us; receipt commit: p50 {c['receipt_commit_us_p50']:.0f} us, p99 "
-                      f"{c['receipt_commit_us_p99']:.0f} us", flush=True)
+                      f"{c['receipt_commit_us_p99']:.0f} us{scan}", flush=True)
     finally:
         if server is not None:
             server.stop()

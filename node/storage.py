@@ -73,6 +73,11 @@ batches = Table(
     Column("credits", Text, nullable=False), Column("total", Big, nullable=False),
     Column("tx_hash", String(66)), Column("tx_nonce", BigInteger), Column("block", BigInteger),
     Column("error", Text), Column("created_at", Time, nullable=False), Column("updated_at", Time, nullable=False))
+# Per requester, the sum of the prices of its receipts not settled yet (what `unsettled_charges` answers for every
+# signed request): kept up to date in the transactions that add receipts and settle batches, so a request's check
+# reads one row however many receipts wait for settlement (a chain that is down lets them pile up).
+unsettled = Table("unsettled", meta, Column("requester", String(42), primary_key=True),
+                  Column("total", Big, nullable=False))
 _SCHEMA_LOCK = 0x6F6C6F72615F7462  # pg_advisory_xact_lock key held while creating the tables ("olora_tb")
 
 
@@ -133,7 +138,16 @@ class Store:
                 c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
             elif self.dialect == "sqlite":
                 c.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock; waits up to the busy timeout
+            had = set(inspect(c).get_table_names())
             meta.create_all(c)
+            if "unsettled" not in had and "receipts" in had:
+                # a database from before the running totals: sum its unsettled receipts once
+                totals: dict[str, int] = {}
+                for requester, price in c.execute(select(receipts.c.requester, receipts.c.price)
+                                                  .where(receipts.c.status != "settled")):
+                    totals[requester] = totals.get(requester, 0) + int(price)
+                if totals:
+                    c.execute(insert(unsettled), [dict(requester=k, total=big(v)) for k, v in totals.items()])
 
     def close(self) -> None:
         self.engine.dispose()
@@ -186,6 +200,8 @@ class Store:
                     completion_tokens=r.completion_tokens, price=big(r.price),
                     attribution=json.dumps([[a, str(w)] for a, w in r.attribution]), created_at=r.created_at,
                     node_signature=bytes(r.node_signature), receipt_hash=receipt_hash(r), status="pending"))
+                if r.price:
+                    self._add_unsettled(c, {r.requester.lower(): r.price})
         except IntegrityError:
             raise StorageError(f"a receipt for request {r.request_id} is already stored") from None
         except DataError as e:  # PostgreSQL only: a field longer than its column, or a NUL in a string
@@ -226,11 +242,26 @@ class Store:
         return out
 
     def unsettled_charges(self, requester: str) -> int:
-        """Sum of the prices of this requester's receipts not settled yet (pending or in a batch in flight)."""
+        """Sum of the prices of this requester's receipts not settled yet (pending or in a batch in flight): one
+        row of the running totals, whatever the number of receipts waiting."""
         with self.engine.connect() as c:
-            prices = c.execute(select(receipts.c.price).where(receipts.c.requester == requester.lower(),
-                                                              receipts.c.status != "settled")).scalars().all()
-        return sum(int(p) for p in prices)
+            total = c.execute(select(unsettled.c.total).where(unsettled.c.requester == requester.lower())).scalar()
+        return int(total) if total is not None else 0
+
+    def _add_unsettled(self, c: Any, deltas: dict[str, int]) -> None:
+        """Add `deltas` (requester -> wei, lower-case addresses) to the running totals, inside the caller's
+        transaction, which must already have written (SQLite: so it holds the write lock and the read below
+        cannot be raced; PostgreSQL: the row is locked FOR UPDATE)."""
+        for requester in sorted(deltas):                  # a fixed order: two transactions never lock in reverse
+            c.execute(self._upsert(unsettled).values(requester=requester, total=big(0))
+                      .on_conflict_do_nothing(index_elements=["requester"]))
+            old = c.execute(select(unsettled.c.total).where(unsettled.c.requester == requester)
+                            .with_for_update()).scalar_one()
+            new = int(old) + deltas[requester]
+            if new < 0:
+                raise StorageError(f"unsettled total of {requester} would go negative ({new}): the running totals "
+                                   f"disagree with the receipts")
+            c.execute(update(unsettled).where(unsettled.c.requester == requester).values(total=big(new)))
 
     def counts(self) -> dict[str, int]:
         out = {"pending": 0, "submitted": 0, "settled": 0}
@@ -270,7 +301,8 @@ class Store:
     def mark_free_settled(self, request_ids: list[str]) -> None:
         """Zero-priced receipts that no batch will carry (nothing to debit): settled without a batch."""
         with self.engine.begin() as c:
-            c.execute(update(receipts).where(receipts.c.request_id.in_(request_ids), receipts.c.status == "pending")
+            c.execute(update(receipts).where(receipts.c.request_id.in_(request_ids), receipts.c.status == "pending",
+                                             receipts.c.price == big(0))       # no running total to change
                       .values(status="settled"))
 
     # ---- batches -------------------------------------------------------------------------------------------
@@ -299,7 +331,13 @@ class Store:
         with self.engine.begin() as c:
             c.execute(update(batches).where(batches.c.batch_id == batch_id).values(**values))
             if values.get("state") == "settled":
-                c.execute(update(receipts).where(receipts.c.batch_id == batch_id).values(status="settled"))
+                settling: dict[str, int] = {}
+                for requester, price in c.execute(select(receipts.c.requester, receipts.c.price).where(
+                        receipts.c.batch_id == batch_id, receipts.c.status != "settled")):
+                    settling[requester] = settling.get(requester, 0) - int(price)
+                c.execute(update(receipts).where(receipts.c.batch_id == batch_id, receipts.c.status != "settled")
+                          .values(status="settled"))
+                self._add_unsettled(c, {k: v for k, v in settling.items() if v})
             elif values.get("state") == "failed":
                 c.execute(update(receipts).where(receipts.c.batch_id == batch_id)
                           .values(status="pending", batch_id=None, batch_index=None))

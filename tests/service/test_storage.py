@@ -199,3 +199,80 @@ def test_nodes_starting_together_on_an_empty_database(db):
     assert [st.use_nonce(REQ, 42) for st in stores].count(True) == 1
     for st in stores:
         st.close()
+
+
+# ---- running unsettled totals (what every signed request's check reads) ------------------------------------
+
+
+def _scan_unsettled(s: Store, requester: str) -> int:
+    """The definition: the sum of the requester's receipts not settled yet, from the receipts themselves."""
+    return sum(r.price for r in s.unsettled_receipts() if r.requester.lower() == requester.lower())
+
+
+def test_unsettled_totals_follow_receipts_through_batches(db):
+    """add -> batch -> fail -> batch again -> settle, free receipts, two requesters, prices past 2**64: the running
+    total always equals the scan of the receipts, settling twice changes nothing, and a restart reads the same."""
+    s = Store(db)
+    other = Account.create().address
+    big_price = 2**200 + 7
+    rs = [_receipt(i, price=p, requester=q) for i, (p, q) in
+          enumerate([(1000, REQ), (big_price, REQ), (0, REQ), (5, other), (2**70, other), (333, REQ)])]
+    for r in rs:
+        s.add_receipt(r)
+    for q in (REQ, other):
+        assert s.unsettled_charges(q) == _scan_unsettled(s, q) > 0
+    assert s.unsettled_charges(REQ.lower()) == 1000 + big_price + 333
+    s.mark_free_settled(["req-2", "req-0"])                      # req-0 has a price: not settled this way
+    assert s.get_receipt("req-0")["status"] == "pending" and s.get_receipt("req-2")["status"] == "settled"
+    bid = "0x" + "ab" * 32
+    s.create_batch(bid, ["req-0", "req-1", "req-3"], "0x" + "00" * 32, "u", [], {}, 0)
+    assert s.unsettled_charges(REQ) == 1000 + big_price + 333    # in flight is still unsettled
+    s.set_batch(bid, state="failed", error="rejected")
+    assert s.unsettled_charges(other) == 5 + 2**70
+    s.create_batch(bid, ["req-0", "req-1", "req-3"], "0x" + "00" * 32, "u", [], {}, 0)
+    s.set_batch(bid, state="settled", block=9)
+    s.set_batch(bid, state="settled", block=9)                   # again (a resumed node): no double subtraction
+    assert s.unsettled_charges(REQ) == 333 == _scan_unsettled(s, REQ)
+    assert s.unsettled_charges(other) == 2**70 == _scan_unsettled(s, other)
+    assert s.unsettled_charges(Account.create().address) == 0
+    assert Store(db).unsettled_charges(REQ) == 333
+
+
+def test_unsettled_totals_exact_under_concurrent_receipts(db):
+    """Four stores (as four processes would) add receipts of one requester at once: no update is lost."""
+    stores = [Store(db) for _ in range(4)]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def writer(k: int, st: Store) -> None:
+        barrier.wait()
+        try:
+            for i in range(25):
+                st.add_receipt(_receipt(1000 + 25 * k + i, price=10**18 + k))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k, st)) for k, st in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert stores[0].unsettled_charges(REQ) == sum(25 * (10**18 + k) for k in range(4)) == _scan_unsettled(
+        stores[0], REQ)
+
+
+def test_unsettled_totals_built_once_for_a_database_from_before_them(db):
+    """A database written before the running totals existed (no `unsettled` table) gets them summed from its
+    receipts when a store opens it."""
+    from sqlalchemy import text
+
+    s = Store(db)
+    for i, p in enumerate((7, 2**100, 11)):
+        s.add_receipt(_receipt(i, price=p))
+    s.create_batch("0x" + "cd" * 32, ["req-2"], "0x" + "00" * 32, "u", [], {}, 0)
+    s.set_batch("0x" + "cd" * 32, state="settled", block=1)
+    with s.engine.begin() as c:
+        c.execute(text("DROP TABLE unsettled"))
+    s.close()
+    assert Store(db).unsettled_charges(REQ) == 7 + 2**100
