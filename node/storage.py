@@ -6,7 +6,8 @@ before use), under a lock (SQLite's write lock, a PostgreSQL advisory lock) so t
 empty database do not race. Nonces are claimed atomically by a primary key (`use_nonce`), vouchers keep the
 highest cap by a conditional upsert, receipts are the settlement outbox (pending -> submitted (in a batch being
 settled) -> settled) and batches record what was (or is about to be) sent on chain, so a restarted node resumes
-instead of settling twice. The same statements run on both dialects; only the upsert construct and the connection
+instead of settling twice. Per requester, a running total of the unsettled receipts' prices (`unsettled`, kept in
+the same transactions) answers the per-request deposit / voucher check in one row read. The same statements run on both dialects; only the upsert construct and the connection
 setup differ.
 What it does not do: talk to the chain (node.settlement), verify signatures (node.auth / attribution), or price
 anything. Methods are blocking; from asyncio call the slow ones through `asyncio.to_thread`.
