@@ -175,6 +175,17 @@ def _first_todo(todo, ar, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
+def _block_slots(pid_m, slots_ptr, slot_rank_ptr, tokens_per_prog, T, R, ar):
+    """A several-token BGMV program's tokens, their slots (-1 past T or without adapter), the slots clamped to a
+    valid index, and their ranks (0 without adapter, never past buf's R columns)."""
+    offs_t = pid_m * tokens_per_prog + ar
+    slots = tl.load(slots_ptr + offs_t, mask=(ar < tokens_per_prog) & (offs_t < T), other=-1)
+    safe = tl.maximum(slots, 0)
+    ranks = tl.minimum(tl.load(slot_rank_ptr + safe, mask=slots >= 0, other=0), R)
+    return offs_t, slots, safe, ranks
+
+
+@triton.jit
 def _shrink_tile(x_ptr, a_ptr, out_ptr, offs_t, sel, row0, rank, r0, k_lo, k_hi, stride_xt, stride_ar, stride_ot,
                  BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr):
     """out[t, r0 + r] = sum over k in [k_lo, k_hi) of A[row0 + r0 + r, k] * x[t, k], for the tokens `sel` and
@@ -267,11 +278,7 @@ def _lora_shrink_kernel(
             _shrink_tile(x_ptr, a_ptr, out_ptr, offs_t, active, row0, rank, r0, k_lo, k_hi, stride_xt, stride_ar,
                          stride_ot, BLOCK_T, BLOCK_R, BLOCK_K, DOT_F32)
     else:
-        offs_t = pid_m * tokens_per_prog + ar
-        slots = tl.load(slots_ptr + offs_t, mask=(ar < tokens_per_prog) & (offs_t < T), other=-1)
-        valid = slots >= 0
-        safe = tl.maximum(slots, 0)
-        ranks = tl.minimum(tl.load(slot_rank_ptr + safe, mask=valid, other=0), R)
+        offs_t, slots, safe, ranks = _block_slots(pid_m, slots_ptr, slot_rank_ptr, tokens_per_prog, T, R, ar)
         active = ranks > r0
         todo = active.to(tl.int32)
         left = tl.reduce(todo, 0, _add_combine)
@@ -415,11 +422,7 @@ def _lora_expand_kernel(
                      tl.load(slot_scale_ptr + slot).to(tl.float32), n_lo, n_hi, y_offset, stride_bt, stride_br,
                      stride_yt, BLOCK_T, BLOCK_R, BLOCK_N, FULL_R, DOT_F32)
     else:
-        offs_t = pid_m * tokens_per_prog + ar
-        slots = tl.load(slots_ptr + offs_t, mask=(ar < tokens_per_prog) & (offs_t < T), other=-1)
-        valid = slots >= 0
-        safe = tl.maximum(slots, 0)
-        ranks = tl.minimum(tl.load(slot_rank_ptr + safe, mask=valid, other=0), R)
+        offs_t, slots, safe, ranks = _block_slots(pid_m, slots_ptr, slot_rank_ptr, tokens_per_prog, T, R, ar)
         active = ranks > 0
         todo = active.to(tl.int32)
         left = tl.reduce(todo, 0, _add_combine)
