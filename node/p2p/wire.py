@@ -40,6 +40,15 @@ NOISE_TAG = 16           # Poly1305 tag: every Noise transport message carries o
 READ_SIZE = 256 * 1024   # bytes asked of the socket per read (it returns what has arrived, up to this)
 
 
+async def _acquire(lock: trio.Lock) -> None:
+    """Take `lock`, without a scheduling round trip when it is free (trio's `acquire` always checkpoints), which
+    it is unless two tasks write to the same connection at once."""
+    if lock.locked():
+        await lock.acquire()
+    else:
+        lock.acquire_nowait()
+
+
 class NoiseFrameError(RawConnError):
     """A Noise transport message that cannot be valid: shorter than its tag, or failing authentication."""
 
@@ -223,13 +232,9 @@ class BufferedNoiseSession(SecureSession):
     # ---- write ----------------------------------------------------------------------------------------------------
 
     async def write(self, data: bytes) -> None:
-        # Encrypting consumes nonces in order, so encryption and the socket write happen under one lock (taken
-        # without a scheduling round trip when free, which it is unless two tasks write at once).
+        # Encrypting consumes nonces in order, so encryption and the socket write happen under one lock.
         lock = self._write_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()
+        await _acquire(lock)
         try:
             encrypt = self._noise.encrypt
             if len(data) <= MAX_PLAINTEXT_LENGTH:
@@ -381,10 +386,7 @@ class FastYamux(_yamux.Yamux):
 
     async def _write_frame(self, data: bytes) -> None:
         lock = self._write_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()
+        await _acquire(lock)
         try:
             await self.secured_conn.write(data)
         finally:
