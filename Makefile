@@ -4,30 +4,36 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+# GPU=1 (a Linux CUDA host) adds requirements-gpu.lock (flash-attn) on top of requirements.lock.
+GPU ?=
+LOCKS := requirements.lock $(if $(GPU),requirements-gpu.lock)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | sha256sum | cut -c1-16)
 NPM_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)
 DEV_HOME ?= $(CURDIR)/.dev/home
 PYTEST_ARGS ?=
 
-.PHONY: install start test lint-imports clean-dev help
+.PHONY: install start test lint-imports lock clean-dev help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make start   install what is missing, then start the devnet and one node on embedded defaults"
 	@echo "make test    install what is missing, then run the whole test suite"
+	@echo "make lock    re-resolve requirements.lock from pyproject.toml (then run make test and commit both)"
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q $$(grep -E '^(pip|setuptools|wheel)==' requirements.lock)
 
-# torch first and exactly pinned, so that no later resolution can pull a CUDA build on a CPU machine.
-$(STAMP): pyproject.toml | $(VENV)/bin/activate
-	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[dev]"
+# Exactly the lock (torch==2.13.0 in it: the CPU wheel on a CPU machine, the CUDA build on a GPU host), then this
+# project without resolving anything; `pip check` fails the install if the set is inconsistent.
+$(STAMP): pyproject.toml $(LOCKS) | $(VENV)/bin/activate
+	$(PIP) install -q $(addprefix -r ,$(LOCKS))
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	rm -f $(VENV)/.installed-* && touch $@
 
-$(NPM_STAMP): package.json
-	npm install --no-audit --no-fund --loglevel=error
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	rm -f node_modules/.installed-* && touch $@
 
 install: $(STAMP) $(NPM_STAMP)
@@ -42,6 +48,10 @@ start: install
 
 lint-imports: install
 	$(VENV)/bin/lint-imports
+
+# Re-resolve the lock from pyproject.toml (see scripts/lock.py); run after changing dependencies, then `make test`.
+lock: | $(VENV)/bin/activate
+	$(PY) scripts/lock.py
 
 test: install
 	$(VENV)/bin/lint-imports

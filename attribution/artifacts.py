@@ -2,7 +2,7 @@
 
 What it does: loads `contracts/artifacts/<Name>.json` (committed), computes the hash of the Solidity sources and
 compiler settings that produced them (so a test can tell when they are stale), and exports fresh artifacts from
-forge's build output: `python -m attribution.artifacts export` after `forge build` in contracts/.
+forge's build output: `python -m openlora.attribution.artifacts export` after `forge build` in contracts/.
 What it does not do: compile anything itself (forge does, through contracts/tools/solc-shim), or talk to a chain.
 """
 
@@ -18,7 +18,10 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS_DIR = REPO_ROOT / "contracts"
-ARTIFACTS_DIR = CONTRACTS_DIR / "artifacts"
+# A source checkout reads contracts/artifacts/; an installed wheel carries the same files as openlora/_contracts/
+# (pyproject.toml maps the folder there), beside this package.
+ARTIFACTS_DIR = next((d for d in (CONTRACTS_DIR / "artifacts", REPO_ROOT / "_contracts") if d.is_dir()),
+                     CONTRACTS_DIR / "artifacts")
 NODE_MODULES = REPO_ROOT / "node_modules"
 
 # The deployable contracts, in deployment order, with the source file each lives in.

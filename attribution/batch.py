@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from eth_utils import keccak, to_checksum_address
 
-from attribution.eip712 import Domain, Voucher, sign, to_compact
-from attribution.merkle import CreditTree, receipts_root
-from attribution.split import protocol_fee
+from openlora.attribution.eip712 import Domain, Voucher, sign, to_compact
+from openlora.attribution.merkle import CreditTree, receipts_root
+from openlora.attribution.split import protocol_fee
 
 
 class BatchError(ValueError):

@@ -17,7 +17,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from attribution import artifacts
+from openlora.attribution import artifacts
 
 DEPLOYMENT_VERSION = 1
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from attribution.deployment import Deployment
-from attribution.merkle import MAX_CREDIT, CreditTree
+from openlora.attribution.deployment import Deployment
+from openlora.attribution.merkle import MAX_CREDIT, CreditTree
 
 
 @dataclass(frozen=True)

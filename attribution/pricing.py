@@ -22,8 +22,8 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from attribution.deployment import Deployment
-from attribution.eip712 import adapter_id
+from openlora.attribution.deployment import Deployment
+from openlora.attribution.eip712 import adapter_id
 
 BPS = 10_000
 _MAX_EXACT_SCALE = 2**64  # above this common denominator, contributor weights are floored at 1e-18 precision

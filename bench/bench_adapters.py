@@ -30,9 +30,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from bench_engine import BENCH_SPEC, make_trace, pct, run_engine_offline, run_engine_online  # noqa: E402
-from devnet.tinymodels import ALL_TARGETS, build_tiny_model, write_lora_files  # noqa: E402
-from inference import LLM  # noqa: E402
-from inference.lora import LoRAPool  # noqa: E402
+from openlora.devnet.tinymodels import ALL_TARGETS, build_tiny_model, write_lora_files  # noqa: E402
+from openlora.inference import LLM  # noqa: E402
+from openlora.inference.lora import LoRAPool  # noqa: E402
 
 
 def cold_load(model_dir: Path, work: Path, ranks: list[int], loads: int) -> list[dict]:
@@ -101,7 +101,7 @@ def thrash(model_dir: Path, work: Path, pool_adapters: int, requests: int, rate:
 
 
 def _spec(model_dir: Path):
-    from inference.model_config import read_model_spec
+    from openlora.inference.model_config import read_model_spec
     return read_model_spec(model_dir)
 
 

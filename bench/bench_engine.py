@@ -36,8 +36,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from devnet.tinymodels import TinySpec, build_tiny_adapter, build_tiny_model  # noqa: E402
-from inference import LLM, SamplingParams  # noqa: E402
+from openlora.devnet.tinymodels import TinySpec, build_tiny_adapter, build_tiny_model  # noqa: E402
+from openlora.inference import LLM, SamplingParams  # noqa: E402
 
 BENCH_SPEC = TinySpec(arch="llama", hidden_size=512, intermediate_size=1408, num_layers=4, num_heads=8,
                       num_kv_heads=4, vocab_size=384, max_position_embeddings=1024, seed=7, initializer_range=0.02)

@@ -33,8 +33,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from devnet.tinymodels import TinySpec, _hf_config, build_tokenizer, write_lora_files  # noqa: E402
-from inference import LLM, SamplingParams  # noqa: E402
+from openlora.devnet.tinymodels import TinySpec, _hf_config, build_tokenizer, write_lora_files  # noqa: E402
+from openlora.inference import LLM, SamplingParams  # noqa: E402
 
 TARGETS = {"qkvo": ("q_proj", "k_proj", "v_proj", "o_proj"),
            "all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}

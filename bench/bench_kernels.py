@@ -38,7 +38,7 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")    # before kernels/triton_* (and their @triton.jit) load
 
-from kernels import reference  # noqa: E402
+from openlora.kernels import reference  # noqa: E402
 
 # Datasheet figures: dense 16-bit tensor TFLOP/s and memory GB/s, matched by substring of the device name.
 PEAKS = {
@@ -284,7 +284,7 @@ def bench_attention(be, name: str, device: str, dtype, batch: int, ctx: int, hq:
     nbytes, flops = 2 * batch * ctx * hkv * d * es + 2 * q.numel() * es, 4 * batch * ctx * hq * d
     rows = [Row("paged_attention_decode", shape, ms, nbytes, flops, name)]
     if name == "triton" and CUDA:   # side by side: the same launch without split-KV (one program per kv head)
-        from kernels import triton_attention
+        from openlora.kernels import triton_attention
 
         splits = triton_attention.decode_splits(batch, hkv, tables.shape[1] * block_size, q.device)[0]
         ms1 = kernel_time(lambda: triton_attention._paged_attention_decode(q, k_cache, v_cache, tables, seq_lens,
@@ -327,7 +327,7 @@ def cpu_lora_cases(hidden: int = 1024):
 
 def interpreted_smoke() -> dict:
     """Run every Triton kernel once, interpreted, on a tiny shape, and compare with the references."""
-    from kernels import triton_ops
+    from openlora.kernels import triton_ops
 
     tri = triton_ops.BACKEND
     p = LoRAProblem(96, 80, [1, 8, 16, 64], [3, 0, 5, 2], torch.float32, "cpu", seed=3)
@@ -406,7 +406,7 @@ def main() -> None:
     result: dict = dict(machine=platform.node(), cpu_count=os.cpu_count(), torch=torch.__version__, dtype=args.dtype)
 
     if CUDA:
-        from kernels import triton_ops
+        from openlora.kernels import triton_ops
 
         be, name = triton_ops.BACKEND, "triton"
         dev_name = torch.cuda.get_device_name()
@@ -474,7 +474,7 @@ def main() -> None:
 
 
 def reference_backend():
-    from kernels.ops import TORCH_BACKEND
+    from openlora.kernels.ops import TORCH_BACKEND
 
     return TORCH_BACKEND
 

@@ -46,9 +46,9 @@ def _quiet() -> None:
 def _serve(home: str, adapter: str, conn) -> None:
     _quiet()
     from eth_account import Account
-    from node.ipfs.adapters import AdapterStore
-    from node.p2p.host import P2PSettings
-    from node.p2p.service import P2PService
+    from openlora.node.ipfs.adapters import AdapterStore
+    from openlora.node.p2p.host import P2PSettings
+    from openlora.node.p2p.service import P2PService
     store = AdapterStore(Path(home) / "ipfs")
     cid, _ = store.add(Path(adapter))
     svc = P2PService(Path(home), store, Account.create(), P2PSettings()).start()
@@ -73,9 +73,9 @@ def _thread_cpu(tid: int) -> float | None:
 def _fetch(home: str, cid: str, addr: str, peer: str, conn, trace: bool = False) -> None:
     _quiet()
     from eth_account import Account
-    from node.ipfs.adapters import AdapterStore
-    from node.p2p.host import P2PSettings
-    from node.p2p.service import P2PService
+    from openlora.node.ipfs.adapters import AdapterStore
+    from openlora.node.p2p.host import P2PSettings
+    from openlora.node.p2p.service import P2PService
     store = AdapterStore(Path(home) / "ipfs")
     svc = P2PService(Path(home), store, Account.create(), P2PSettings()).start()
     svc.connect(addr)
@@ -181,11 +181,11 @@ def _summary(rows: list[dict]) -> dict:
 def bench_gossip(nodes: int, n: int, spacing: float) -> dict:
     _quiet()
     from eth_account import Account
-    from node.ipfs.adapters import AdapterStore
-    from node.ipfs.cid import RAW, CID
-    from node.p2p import gossip
-    from node.p2p.host import P2PSettings
-    from node.p2p.service import P2PService
+    from openlora.node.ipfs.adapters import AdapterStore
+    from openlora.node.ipfs.cid import RAW, CID
+    from openlora.node.p2p import gossip
+    from openlora.node.p2p.host import P2PSettings
+    from openlora.node.p2p.service import P2PService
     with tempfile.TemporaryDirectory() as tmp:
         author = Account.create()
         svcs = [P2PService(Path(tmp) / f"n{i}", AdapterStore(Path(tmp) / f"n{i}" / "ipfs"), author if i == 0 else

@@ -32,12 +32,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from bench_engine import BENCH_SPEC, make_trace, pct  # noqa: E402
-from devnet.tinymodels import build_tiny_model  # noqa: E402
+from openlora.devnet.tinymodels import build_tiny_model  # noqa: E402
 
 
 async def in_process(client, reqs) -> float:
-    from inference import SamplingParams
-    from inference.client import GenerateRequest
+    from openlora.inference import SamplingParams
+    from openlora.inference.client import GenerateRequest
 
     async def one(r):
         n = 0
@@ -77,11 +77,11 @@ def per_request_costs(tmp: Path, n: int, database_url: str | None = None, pendin
     the checks did before the running totals is timed beside them."""
     from eth_account import Account
 
-    from attribution import eip712
-    from node.api import ServedRequest
-    from node.auth import signed_params, verify
-    from node.storage import Store
-    from node.wiring import build_service
+    from openlora.attribution import eip712
+    from openlora.node.api import ServedRequest
+    from openlora.node.auth import signed_params, verify
+    from openlora.node.storage import Store
+    from openlora.node.wiring import build_service
 
     store = Store(database_url or f"sqlite:///{tmp / 'costs.db'}")
     node = Account.create()
@@ -89,8 +89,8 @@ def per_request_costs(tmp: Path, n: int, database_url: str | None = None, pendin
     domain = eip712.Domain(31337, "0x" + "22" * 20)
     scan_us = []
     if pending:
-        from attribution.receipts import Receipt, sign_receipt
-        from node.storage import receipts as receipts_table
+        from openlora.attribution.receipts import Receipt, sign_receipt
+        from openlora.node.storage import receipts as receipts_table
 
         for i in range(pending):
             store.add_receipt(sign_receipt(Receipt(f"old{i}", bytes(32), req_acct.address, node.address, None, 20, 16,
@@ -126,7 +126,7 @@ def per_request_costs(tmp: Path, n: int, database_url: str | None = None, pendin
         verify_us.append(1e6 * (time.perf_counter() - t))
 
     class _Cfg:  # the few config values build_service reads
-        from node.config import DEFAULT_CONFIG_TOML, parse_config
+        from openlora.node.config import DEFAULT_CONFIG_TOML, parse_config
         cfg = parse_config(DEFAULT_CONFIG_TOML, tmp, environ={})
 
     class _Eng:
@@ -172,12 +172,12 @@ def main() -> None:
         return
     model_dir = build_tiny_model(tmp / "model", BENCH_SPEC)
 
-    from inference import LLM
-    from inference.client import AsyncEngine
-    from node.api import build_app
-    from node.config import DEFAULT_CONFIG_TOML, parse_config
-    from node.storage import Store
-    from node.wiring import build_service
+    from openlora.inference import LLM
+    from openlora.inference.client import AsyncEngine
+    from openlora.node.api import build_app
+    from openlora.node.config import DEFAULT_CONFIG_TOML, parse_config
+    from openlora.node.storage import Store
+    from openlora.node.wiring import build_service
     from eth_account import Account
     sys.path.insert(0, str(ROOT))
     from tests.service.server_util import ServerThread

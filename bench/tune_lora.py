@@ -53,8 +53,8 @@ if not CUDA:
 
 import triton  # noqa: E402
 
-from kernels import reference  # noqa: E402
-from kernels import triton_lora as tri  # noqa: E402
+from openlora.kernels import reference  # noqa: E402
+from openlora.kernels import triton_lora as tri  # noqa: E402
 
 MIXED64 = [8, 16, 32, 64, 128] * 12 + [8, 16, 32, 64]
 MIXED8 = [8, 8, 16, 16, 32, 32, 64, 128]

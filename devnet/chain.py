@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import time
@@ -45,6 +46,9 @@ def find_anvil() -> Path:
     wrapper = REPO_ROOT / "node_modules" / ".bin" / "anvil"
     if wrapper.exists():
         return wrapper
+    on_path = shutil.which("anvil")  # an installed wheel has no node_modules beside it
+    if on_path:
+        return Path(on_path)
     raise DevnetError(f"anvil is not installed: run `npm install` in {REPO_ROOT} (or `make install`)")
 
 

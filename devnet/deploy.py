@@ -15,9 +15,9 @@ from typing import Any
 from eth_account import Account
 from web3 import Web3
 
-from attribution import artifacts
-from attribution.deployment import Deployment
-from devnet.chain import DEFAULT_MNEMONIC, DevnetError
+from openlora.attribution import artifacts
+from openlora.attribution.deployment import Deployment
+from openlora.devnet.chain import DEFAULT_MNEMONIC, DevnetError
 
 DEFAULT_FEE_BPS = 250  # 2.5% to the protocol
 DEFAULT_WITHDRAWAL_DELAY_S = 3600

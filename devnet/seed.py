@@ -16,8 +16,8 @@ from typing import Any
 
 from web3 import Web3
 
-from attribution.deployment import Deployment
-from devnet.deploy import dev_accounts, send
+from openlora.attribution.deployment import Deployment
+from openlora.devnet.deploy import dev_accounts, send
 
 TOKEN = 10**18  # the devnet token has 18 decimals
 FUND_PER_ACCOUNT = 1_000_000 * TOKEN

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 from web3 import Web3
 
-from attribution.deployment import Deployment, DeploymentError, read_deployment
-from devnet import chain
-from devnet.deploy import deploy_all, dev_accounts, is_live
-from devnet.seed import ROLES, seed
+from openlora.attribution.deployment import Deployment, DeploymentError, read_deployment
+from openlora.devnet import chain
+from openlora.devnet.deploy import deploy_all, dev_accounts, is_live
+from openlora.devnet.seed import ROLES, seed
 
 DEPLOYMENT_FILE = "deployment.json"
 

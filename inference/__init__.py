@@ -3,11 +3,11 @@
 Never imports aiohttp, web3, libp2p or sqlalchemy: the engine is usable (and testable) alone.
 """
 
-from inference.engine import EngineConfig, LLMEngine
-from inference.errors import AdapterError, InferenceError, ModelLoadError, RequestError
-from inference.llm import LLM
-from inference.sampling import SamplingParams
-from inference.sequence import RequestOutput
+from openlora.inference.engine import EngineConfig, LLMEngine
+from openlora.inference.errors import AdapterError, InferenceError, ModelLoadError, RequestError
+from openlora.inference.llm import LLM
+from openlora.inference.sampling import SamplingParams
+from openlora.inference.sequence import RequestOutput
 
 __all__ = ["LLM", "LLMEngine", "EngineConfig", "SamplingParams", "RequestOutput", "InferenceError",
            "AdapterError", "ModelLoadError", "RequestError"]

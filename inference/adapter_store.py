@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.sources import AdapterSource, AdapterSourceError
+from openlora.inference.sources import AdapterSource, AdapterSourceError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")
 

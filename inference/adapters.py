@@ -21,11 +21,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.adapter_store import DiskStore
-from inference.errors import AdapterError
-from inference.lora import LoRAPool, LoRAWeights, read_peft_adapter
-from inference.model_config import ModelSpec
-from inference.sources import AdapterSourceError, LocalDirSource
+from openlora.inference.adapter_store import DiskStore
+from openlora.inference.errors import AdapterError
+from openlora.inference.lora import LoRAPool, LoRAWeights, read_peft_adapter
+from openlora.inference.model_config import ModelSpec
+from openlora.inference.sources import AdapterSourceError, LocalDirSource
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

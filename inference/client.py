@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from inference.engine import LLMEngine
-from inference.errors import EngineDeadError
-from inference.sampling import SamplingParams
-from inference.sequence import RequestOutput
+from openlora.inference.engine import LLMEngine
+from openlora.inference.errors import EngineDeadError
+from openlora.inference.sampling import SamplingParams
+from openlora.inference.sequence import RequestOutput
 
 log = logging.getLogger("openlora.engine")
 

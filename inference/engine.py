@@ -15,18 +15,18 @@ from pathlib import Path
 
 import torch
 
-from inference.adapter_store import DiskStore
-from inference.adapters import AdapterManager
-from inference.errors import AdapterError, InferenceError, RequestError
-from inference.kv_cache import BlockPool
-from inference.lora import LoRAPool
-from inference.model import LlamaServingModel
-from inference.model_config import load_weights, read_model_spec
-from inference.runner import ModelRunner, kv_bytes_per_block
-from inference.sampling import Sampler, SamplingParams
-from inference.scheduler import Scheduler
-from inference.sequence import RequestOutput, Sequence
-from inference.sources import AdapterSource, LocalDirSource
+from openlora.inference.adapter_store import DiskStore
+from openlora.inference.adapters import AdapterManager
+from openlora.inference.errors import AdapterError, InferenceError, RequestError
+from openlora.inference.kv_cache import BlockPool
+from openlora.inference.lora import LoRAPool
+from openlora.inference.model import LlamaServingModel
+from openlora.inference.model_config import load_weights, read_model_spec
+from openlora.inference.runner import ModelRunner, kv_bytes_per_block
+from openlora.inference.sampling import Sampler, SamplingParams
+from openlora.inference.scheduler import Scheduler
+from openlora.inference.sequence import RequestOutput, Sequence
+from openlora.inference.sources import AdapterSource, LocalDirSource
 
 log = logging.getLogger("openlora.engine")
 
@@ -95,7 +95,7 @@ def _device(name: str) -> torch.device:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, source: AdapterSource | None = None):
-        from kernels.ops import get_backend
+        from openlora.kernels.ops import get_backend
 
         self.config = config
         path = Path(config.model)

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from inference.lora import MAX_PARTS, LoRABatch, LoRAPool
-from inference.model import AttentionBatch, LlamaServingModel
+from openlora.inference.lora import MAX_PARTS, LoRABatch, LoRAPool
+from openlora.inference.model import AttentionBatch, LlamaServingModel
 
 log = logging.getLogger("openlora.engine")
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
-from inference.engine import EngineConfig, LLMEngine
-from inference.errors import RequestError
-from inference.sampling import SamplingParams
-from inference.sequence import RequestOutput
+from openlora.inference.engine import EngineConfig, LLMEngine
+from openlora.inference.errors import RequestError
+from openlora.inference.sampling import SamplingParams
+from openlora.inference.sequence import RequestOutput
 
 
 class LLM:

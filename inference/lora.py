@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from inference.errors import AdapterError
-from inference.model_config import ModelSpec
+from openlora.inference.errors import AdapterError
+from openlora.inference.model_config import ModelSpec
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MODULE_INDEX = {m: i for i, m in enumerate(TARGET_MODULES)}

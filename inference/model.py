@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from inference.lora import FUSED_LINEARS, LoRABatch, LoRALinear, LoRAPool
-from inference.model_config import ModelSpec, rope_inv_freq
+from openlora.inference.lora import FUSED_LINEARS, LoRABatch, LoRALinear, LoRAPool
+from openlora.inference.model_config import ModelSpec, rope_inv_freq
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from inference.errors import ModelLoadError
+from openlora.inference.errors import ModelLoadError
 
 SUPPORTED = {
     "LlamaForCausalLM": "llama",

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.graphs import DecodeGraphs, block_table_tensor
-from inference.kv_cache import BlockPool
-from inference.lora import MAX_PARTS, LoRABatch, LoRAPool
-from inference.model import AttentionBatch, LlamaServingModel
-from inference.model_config import ModelSpec
-from inference.scheduler import ScheduledSeq, SchedulerOutput
+from openlora.inference.graphs import DecodeGraphs, block_table_tensor
+from openlora.inference.kv_cache import BlockPool
+from openlora.inference.lora import MAX_PARTS, LoRABatch, LoRAPool
+from openlora.inference.model import AttentionBatch, LlamaServingModel
+from openlora.inference.model_config import ModelSpec
+from openlora.inference.scheduler import ScheduledSeq, SchedulerOutput
 
 log = logging.getLogger("openlora.engine")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.errors import RequestError
+from openlora.inference.errors import RequestError
 
 
 @dataclass(frozen=True)

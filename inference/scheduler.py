@@ -14,10 +14,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from inference.adapters import AdapterManager
-from inference.kv_cache import BlockPool
-from inference.sampling import SampleResult
-from inference.sequence import Sequence, Status
+from openlora.inference.adapters import AdapterManager
+from openlora.inference.kv_cache import BlockPool
+from openlora.inference.sampling import SampleResult
+from openlora.inference.sequence import Sequence, Status
 
 
 @dataclass

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from inference.kv_cache import SeqBlocks
-from inference.sampling import SampleResult, SamplingParams
+from openlora.inference.kv_cache import SeqBlocks
+from openlora.inference.sampling import SampleResult, SamplingParams
 
 
 class Status(enum.Enum):

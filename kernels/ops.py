@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from kernels import reference, torch_ops
+from openlora.kernels import reference, torch_ops
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class KernelUnavailable(RuntimeError):
 
 def _triton_backend() -> KernelBackend:
     try:
-        from kernels import triton_ops  # provided by the Triton kernels module
+        from openlora.kernels import triton_ops  # provided by the Triton kernels module
     except ImportError as e:
         raise KernelUnavailable(f"the Triton kernel backend is not available: {e}") from None
     return triton_ops.BACKEND

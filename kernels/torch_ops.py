@@ -14,7 +14,7 @@ import weakref
 
 import torch
 
-from kernels.reference import for_each_slice_expand, for_each_slice_shrink
+from openlora.kernels.reference import for_each_slice_expand, for_each_slice_shrink
 
 
 class _Plan:

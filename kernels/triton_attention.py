@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import reference
-from kernels.triton_lora import _add_combine, _dot_in_f32, _is16, _max_combine, _sm_count
+from openlora.kernels import reference
+from openlora.kernels.triton_lora import _add_combine, _dot_in_f32, _is16, _max_combine, _sm_count
 
 DECODE_BLOCK_N = 32        # keys per online-softmax step (gathered through the block table); 64 spills at 4 warps
 DECODE_PROGRAMS_PER_SM = 2  # split the keys when B x Hkv programs give fewer than this many programs per SM

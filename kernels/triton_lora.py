@@ -71,7 +71,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import reference
+from openlora.kernels import reference
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ import os
 
 import torch
 
-from kernels import triton_attention, triton_lora
-from kernels.ops import KernelBackend
+from openlora.kernels import triton_attention, triton_lora
+from openlora.kernels.ops import KernelBackend
 
 log = logging.getLogger("openlora.kernels")
 

@@ -3,4 +3,6 @@
 `node` may import every other package of the project; nothing imports `node`.
 """
 
-__version__ = "0.1.0"
+from openlora import __version__
+
+__all__ = ["__version__"]

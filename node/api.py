@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from inference import AdapterError, RequestError, SamplingParams
-from inference.client import GenerateRequest
-from node.auth import AuthError, verify
-from node.metrics import Metrics
+from openlora.inference import AdapterError, RequestError, SamplingParams
+from openlora.inference.client import GenerateRequest
+from openlora.node.auth import AuthError, verify
+from openlora.node.metrics import Metrics
 
 log = logging.getLogger("openlora.api")
 MAX_BODY = 4 * 2**20

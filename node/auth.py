@@ -24,8 +24,8 @@ from typing import Any, Callable, Protocol
 
 from eth_utils import is_address, to_checksum_address
 
-from attribution import eip712
-from node.errors import NodeError
+from openlora.attribution import eip712
+from openlora.node.errors import NodeError
 
 # Body fields the requester signs (with the prompt or messages) through promptHash.
 SIGNED_PARAMS = ("model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs",

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import click
 
-from node import __version__
-from node.errors import NodeError
+from openlora.node import __version__
+from openlora.node.errors import NodeError
 
 log = logging.getLogger("openlora.cli")
 
@@ -37,7 +37,7 @@ GROUPS: dict[str, str] = {
 
 class Context:
     def __init__(self, home: str | None, log_format: str | None, log_level: str | None):
-        from node.config import resolve_home
+        from openlora.node.config import resolve_home
         self.home = resolve_home(home)
         self.log_format = log_format
         self.log_level = log_level
@@ -46,9 +46,9 @@ class Context:
 class OpenLoRACLI(click.Group):
     def _load(self, name: str) -> click.Command | None:
         try:
-            mod = importlib.import_module(f"node.commands.{name}")
+            mod = importlib.import_module(f"openlora.node.commands.{name}")
         except ModuleNotFoundError as e:
-            if e.name in (f"node.commands.{name}", "node.commands"):
+            if e.name in (f"openlora.node.commands.{name}", "openlora.node.commands"):
                 return None
             raise
         return getattr(mod, "command")
@@ -88,7 +88,7 @@ def cli(ctx: click.Context, home: str | None, log_format: str | None, log_level:
     Then:        openlora-node start --password-file PW
     """
     import os
-    from node import logs
+    from openlora.node import logs
     ctx.obj = Context(home, log_format, log_level)
     logs.configure(log_level or "info", log_format or os.environ.get("OPENLORA_LOG_FORMAT") or "text")
 
@@ -106,8 +106,8 @@ def init(obj: Context, password_file: Path | None) -> None:
 
     Existing files are kept: running init twice changes nothing.
     """
-    from node.config import CONFIG_FILENAME, DEFAULT_CONFIG_TOML, parse_config
-    from node.keystore import PasswordSource, create_keystore, read_address
+    from openlora.node.config import CONFIG_FILENAME, DEFAULT_CONFIG_TOML, parse_config
+    from openlora.node.keystore import PasswordSource, create_keystore, read_address
 
     home = obj.home
     cfg_path = home / CONFIG_FILENAME
@@ -135,7 +135,7 @@ def init(obj: Context, password_file: Path | None) -> None:
 @click.pass_obj
 def account(obj: Context) -> None:
     """Show the node's Ethereum address (no password needed)."""
-    from node.keystore import read_address
+    from openlora.node.keystore import read_address
     cfg = _load_config(obj)
     click.echo(read_address(cfg.keystore_path))
 
@@ -159,16 +159,16 @@ def version() -> None:
 @click.pass_obj
 def start(obj: Context, password_file: Path | None, exit_after: float | None) -> None:
     """Start the node: unlock the keystore, load the base model, and serve until Ctrl-C."""
-    from node.keystore import PasswordSource, unlock
-    from node.runner import run_node
+    from openlora.node.keystore import PasswordSource, unlock
+    from openlora.node.runner import run_node
     cfg = _load_config(obj)
     acct = unlock(cfg.keystore_path, PasswordSource(password_file).read())
     run_node(cfg, acct, exit_after=exit_after)
 
 
 def _load_config(obj: Context):
-    from node import logs
-    from node.config import load_config
+    from openlora.node import logs
+    from openlora.node.config import load_config
     cfg = load_config(obj.home)
     logs.configure(obj.log_level or cfg.node.log_level, obj.log_format or cfg.node.log_format)
     return cfg

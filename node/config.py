@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from node.errors import ConfigError
+from openlora.node.errors import ConfigError
 
 CONFIG_VERSION = 1
 CONFIG_FILENAME = "config.toml"

@@ -17,7 +17,7 @@ from pathlib import Path
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from node.errors import KeystoreError
+from openlora.node.errors import KeystoreError
 
 MIN_PASSWORD_LEN = 8
 

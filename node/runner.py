@@ -12,7 +12,7 @@ import logging
 import signal
 from pathlib import Path
 
-from node.config import NodeConfig
+from openlora.node.config import NodeConfig
 
 log = logging.getLogger("openlora.node")
 
@@ -22,13 +22,13 @@ def resolve_model_dir(cfg: NodeConfig) -> Path:
     if cfg.model.path != "demo":
         path = cfg.path(cfg.model.path)
         if not (path / "config.json").is_file():
-            from node.errors import ConfigError
+            from openlora.node.errors import ConfigError
             raise ConfigError(f"model.path = {cfg.model.path!r}: {path} has no config.json; give an HF model "
                               f"directory, or \"demo\"")
         return path
     path = cfg.home / "models" / "demo"
     if not (path / "config.json").is_file():
-        from devnet.tinymodels import TinySpec, build_tiny_model
+        from openlora.devnet.tinymodels import TinySpec, build_tiny_model
         log.info("generating the demo base model (tiny random Llama, seed 0)", extra={"fields": {"dir": str(path)}})
         build_tiny_model(path, TinySpec(arch="llama", seed=0))
     return path
@@ -36,7 +36,7 @@ def resolve_model_dir(cfg: NodeConfig) -> Path:
 
 def engine_config(cfg: NodeConfig, model_dir: Path):
     """The engine's config from the node's. Adapters come from the IPFS blockstore (<home>/ipfs), read in place."""
-    from inference import EngineConfig
+    from openlora.inference import EngineConfig
     return EngineConfig(
         model=str(model_dir), dtype=cfg.model.dtype, device=cfg.model.device, max_model_len=cfg.model.max_model_len,
         block_size=cfg.engine.kv_block_size, kv_cache_bytes=int(cfg.engine.kv_cache_bytes),
@@ -51,14 +51,14 @@ def engine_config(cfg: NodeConfig, model_dir: Path):
 async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
     from aiohttp import web
 
-    from inference import LLMEngine, SamplingParams
-    from inference.client import AsyncEngine, GenerateRequest
-    from inference.model_config import read_model_spec
-    from node.api import build_app
-    from node.errors import NodeError
-    from node.storage import Store
-    from node.settlement import start_settlement
-    from node.wiring import build_service, connect_chain, start_network
+    from openlora.inference import LLMEngine, SamplingParams
+    from openlora.inference.client import AsyncEngine, GenerateRequest
+    from openlora.inference.model_config import read_model_spec
+    from openlora.node.api import build_app
+    from openlora.node.errors import NodeError
+    from openlora.node.storage import Store
+    from openlora.node.settlement import start_settlement
+    from openlora.node.wiring import build_service, connect_chain, start_network
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

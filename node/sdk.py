@@ -24,8 +24,8 @@ from typing import Any
 
 from eth_account import Account
 
-from attribution import eip712
-from node.auth import body_prompt, signed_params
+from openlora.attribution import eip712
+from openlora.node.auth import body_prompt, signed_params
 
 
 class OpenLoRAError(Exception):

@@ -30,13 +30,13 @@ from typing import Any
 from eth_utils import to_checksum_address
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
-from attribution.batch import Batch, Debit
-from attribution.deployment import Deployment
-from attribution.eip712 import Domain, Voucher, is_signed_by
-from attribution.receipts import checksum, dumps, receipt_hash
-from attribution.split import batch_credits, merge, split_exact
-from node.errors import NodeError
-from node.storage import Store
+from openlora.attribution.batch import Batch, Debit
+from openlora.attribution.deployment import Deployment
+from openlora.attribution.eip712 import Domain, Voucher, is_signed_by
+from openlora.attribution.receipts import checksum, dumps, receipt_hash
+from openlora.attribution.split import batch_credits, merge, split_exact
+from openlora.node.errors import NodeError
+from openlora.node.storage import Store
 
 log = logging.getLogger("openlora.settlement")
 ZERO32 = bytes(32)
@@ -268,7 +268,7 @@ class SettlementLoop:
     def _publish_ipfs(self, text: str, batch_id: str) -> str:
         """Add the published receipts file to the node's blockstore (Kubo-identical CID: CIDv1, raw leaves) and
         provide it; returns its ipfs:// URI (what goes on chain as the batch's receiptsUri)."""
-        from node.ipfs.importer import add_bytes
+        from openlora.node.ipfs.importer import add_bytes
 
         entry = add_bytes(text.encode("utf-8"), sink=self.ipfs.put_trusted)
         self.ipfs.add_root(entry.cid, {"kind": "receipts", "batch_id": batch_id})

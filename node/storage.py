@@ -28,9 +28,9 @@ from sqlalchemy import (BigInteger, Column, Integer, LargeBinary, MetaData, Stri
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, NoSuchModuleError
 
-from attribution.merkle import MerkleTree, leaf
-from attribution.receipts import Receipt, checksum as cs, receipt_hash
-from node.errors import NodeError
+from openlora.attribution.merkle import MerkleTree, leaf
+from openlora.attribution.receipts import Receipt, checksum as cs, receipt_hash
+from openlora.node.errors import NodeError
 
 _W = 78  # digits of 2**256
 
@@ -225,7 +225,7 @@ class Store:
     def get_receipt(self, request_id: str) -> dict | None:
         """Receipt fields (bytes as 0x-hex, big ints as strings) + status; once settled also batch_id, tx_hash,
         receipts_root, receipts_uri, block and the receipt's Merkle proof (list of 0x-hex)."""
-        from attribution.receipts import receipt_to_json
+        from openlora.attribution.receipts import receipt_to_json
         with self.engine.connect() as c:
             row = c.execute(select(receipts).where(receipts.c.request_id == request_id)).first()
             if row is None:

@@ -17,10 +17,10 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from attribution import pricing
-from attribution.receipts import Receipt, sign_receipt
-from node.api import ApiError, NodeService, ServedRequest
-from node.config import NodeConfig
+from openlora.attribution import pricing
+from openlora.attribution.receipts import Receipt, sign_receipt
+from openlora.node.api import ApiError, NodeService, ServedRequest
+from openlora.node.config import NodeConfig
 
 log = logging.getLogger("openlora.node")
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -44,7 +44,7 @@ class Chain:
 
 
 def connect_chain(cfg: NodeConfig) -> Chain | None:
-    from attribution.deployment import DeploymentError, read_deployment
+    from openlora.attribution.deployment import DeploymentError, read_deployment
     from web3 import HTTPProvider, Web3
     try:
         dep = read_deployment(cfg.path(cfg.chain.deployment_file))
@@ -110,14 +110,14 @@ class Network:
     """The adapter source of a node: its IPFS blockstore, plus libp2p peers, Kubo RPC and gateways as configured."""
 
     def __init__(self, cfg: NodeConfig, account, base_model: str):
-        from node.ipfs.adapters import AdapterStore
-        from node.ipfs.fetchers import fetchers_from_config
-        from node.ipfs.source import IpfsAdapterSource
+        from openlora.node.ipfs.adapters import AdapterStore
+        from openlora.node.ipfs.fetchers import fetchers_from_config
+        from openlora.node.ipfs.source import IpfsAdapterSource
         self.store = AdapterStore(cfg.home / "ipfs")
         self.p2p = None
         fetchers: list = []
         if cfg.p2p.enabled:
-            from node.p2p.service import P2PFetcher, from_config
+            from openlora.node.p2p.service import P2PFetcher, from_config
             self.p2p = from_config(cfg, account, self.store, base_model=base_model).start()
             fetchers.append(P2PFetcher(self.p2p))
             log.info("p2p host up", extra={"fields": {"peer_id": self.p2p.peer_id, "addrs": self.p2p.addrs}})
@@ -173,7 +173,7 @@ def build_service(cfg: NodeConfig, account, engine, client, store, catalog: dict
     pricer = Pricer(chain, s.price_per_token_wei, node, shares)
     domain = None
     if chain is not None:
-        from attribution.eip712 import Domain
+        from openlora.attribution.eip712 import Domain
         domain = Domain(chain_id=chain.deployment.chain_id,
                         verifying_contract=chain.deployment.address("Settlement"))
 

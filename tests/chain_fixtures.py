@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from web3 import Web3
 
-from devnet.chain import EphemeralAnvil
-from devnet.deploy import deploy_all, dev_accounts
-from devnet.seed import ROLES, seed
+from openlora.devnet.chain import EphemeralAnvil
+from openlora.devnet.deploy import deploy_all, dev_accounts
+from openlora.devnet.seed import ROLES, seed
 
 
 def deploy_seeded(w3: Web3, accounts):

@@ -31,7 +31,7 @@ class TinyFactory:
         self._cache: dict[tuple, Path] = {}
 
     def model(self, arch: str = "llama", seed: int = 0, **spec_kw) -> Path:
-        from devnet.tinymodels import TinySpec, build_tiny_model
+        from openlora.devnet.tinymodels import TinySpec, build_tiny_model
         key = ("model", arch, seed, tuple(sorted(spec_kw.items())))
         if key not in self._cache:
             name = f"{arch}-s{seed}" + "".join(f"-{k}{v}" for k, v in sorted(spec_kw.items()))
@@ -40,7 +40,7 @@ class TinyFactory:
 
     def adapter(self, base: Path, *, rank: int = 8, alpha: float = 16.0, targets=("q_proj", "v_proj"),
                 use_rslora: bool = False, seed: int = 0) -> Path:
-        from devnet.tinymodels import build_tiny_adapter
+        from openlora.devnet.tinymodels import build_tiny_adapter
         key = ("adapter", str(base), rank, alpha, tuple(targets), use_rslora, seed)
         if key not in self._cache:
             name = f"{base.name}-lora-r{rank}-{'-'.join(t[0] for t in targets)}-{int(use_rslora)}-s{seed}"

@@ -22,7 +22,10 @@ def imported_roots(package: str) -> dict[str, set[str]]:
             else:
                 continue
             for n in names:
-                out.setdefault(n.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+                parts = n.split(".")
+                # the project's own packages are `openlora.<package>`: name them by the package
+                root = parts[1] if parts[0] == "openlora" and len(parts) > 1 else parts[0]
+                out.setdefault(root, set()).add(str(path.relative_to(ROOT)))
     return out
 
 

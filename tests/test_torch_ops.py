@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference, torch_ops
+from openlora.kernels import reference, torch_ops
 
 
 def make_case(seed: int, T: int, n_in: int, n_out: int, ranks: list[int], dtype=torch.float32):
@@ -59,7 +59,7 @@ def test_fast_ops_equal_reference(seed, T, n_in, n_out, ranks, form):
             impl.sgmv_expand(buf, c["b_pool"], y, c["seg_starts"], c["seg_slots"], c["row_start"], c["rank"],
                              c["scale"], 5)
         out[impl.__name__] = (buf, y)
-    (rb, ry), (fb, fy) = out["kernels.reference"], out["kernels.torch_ops"]
+    (rb, ry), (fb, fy) = out["openlora.kernels.reference"], out["openlora.kernels.torch_ops"]
     assert torch.equal(rb.isnan(), fb.isnan()), "the same buffer elements must be written (the rest stay NaN)"
     torch.testing.assert_close(fb.nan_to_num(), rb.nan_to_num(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(fy, ry, rtol=1e-5, atol=1e-4)

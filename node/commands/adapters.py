@@ -12,12 +12,12 @@ import click
 
 
 def _store(obj):
-    from node.ipfs.adapters import AdapterStore
+    from openlora.node.ipfs.adapters import AdapterStore
     return AdapterStore(obj.home / "ipfs")
 
 
 def _config(obj):
-    from node.config import CONFIG_FILENAME, load_config
+    from openlora.node.config import CONFIG_FILENAME, load_config
     return load_config(obj.home) if (obj.home / CONFIG_FILENAME).is_file() else None
 
 
@@ -37,7 +37,7 @@ def add(obj, directory: Path, author: str | None, base_model: str | None) -> Non
         cfg = _config(obj)
         author = ""
         if cfg is not None and cfg.keystore_path.is_file():
-            from node.keystore import read_address
+            from openlora.node.keystore import read_address
             author = read_address(cfg.keystore_path)
     cid, manifest = _store(obj).add(directory, author=author, base_model=base_model)
     click.echo(str(cid))
@@ -67,10 +67,10 @@ def pull(obj, cid: str, gateways: tuple[str, ...], kubo_rpc: str | None, peers: 
     """Fetch an adapter by CID (every block verified) and print the directory it was exported to.
 
     Sources, in order: peers (libp2p), the Kubo RPC API, trustless gateways."""
-    from node.ipfs.fetchers import GatewayFetcher, KuboRpcFetcher
-    from node.ipfs.source import IpfsAdapterSource
-    from node.errors import NodeError
-    from inference.sources import AdapterSourceError
+    from openlora.node.ipfs.fetchers import GatewayFetcher, KuboRpcFetcher
+    from openlora.node.ipfs.source import IpfsAdapterSource
+    from openlora.node.errors import NodeError
+    from openlora.inference.sources import AdapterSourceError
     cfg = _config(obj)
     fetchers = []
     service = None
@@ -78,7 +78,7 @@ def pull(obj, cid: str, gateways: tuple[str, ...], kubo_rpc: str | None, peers: 
     bootstrap = tuple(peers) + (tuple(cfg.p2p.bootstrap) if cfg is not None and cfg.p2p.enabled else ())
     if bootstrap and not store.complete(cid):
         service = _pull_host(obj, store, bootstrap, timeout)
-        from node.p2p.service import P2PFetcher
+        from openlora.node.p2p.service import P2PFetcher
         fetchers.append(P2PFetcher(service))
     rpc = kubo_rpc or (cfg.ipfs.kubo_rpc if cfg else "")
     if rpc:
@@ -101,9 +101,9 @@ def _pull_host(obj, store, bootstrap: tuple[str, ...], timeout: float):
 
     from eth_account import Account
 
-    from node.errors import NodeError
-    from node.p2p.host import P2PSettings
-    from node.p2p.service import P2PService
+    from openlora.node.errors import NodeError
+    from openlora.node.p2p.host import P2PSettings
+    from openlora.node.p2p.service import P2PService
     service = P2PService(obj.home, store, Account.create(), P2PSettings(listen="/ip4/127.0.0.1/tcp/0"),
                          ephemeral_identity=True).start()
     errors = []
@@ -127,7 +127,7 @@ def _pull_host(obj, store, bootstrap: tuple[str, ...], timeout: float):
 @click.pass_obj
 def export_car(obj, cid: str, out: Path) -> None:
     """Write the DAG of CID from the local blockstore as a CARv1 file."""
-    from node.ipfs.car import write_car
+    from openlora.node.ipfs.car import write_car
     store = _store(obj)
     tmp = out.with_name(f".{out.name}.partial")
     try:
@@ -144,9 +144,9 @@ def export_car(obj, cid: str, out: Path) -> None:
 @click.pass_obj
 def import_car_cmd(obj, car: Path) -> None:
     """Import a CAR file (every block verified) and print its root CIDs; complete adapter roots are recorded."""
-    from node.ipfs.adapters import AdapterError
-    from node.ipfs.car import import_car
-    from node.ipfs.dag import missing_blocks
+    from openlora.node.ipfs.adapters import AdapterError
+    from openlora.node.ipfs.car import import_car
+    from openlora.node.ipfs.dag import missing_blocks
     store = _store(obj)
     with open(car, "rb") as f:
         roots, n = import_car(f, store.blocks)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from node.commands.payouts import PayoutsError, chain_context, fmt, resolve_address
+from openlora.node.commands.payouts import PayoutsError, chain_context, fmt, resolve_address
 
 CHUNK = 64
 
@@ -23,7 +23,7 @@ CHUNK = 64
 def _signer(cfg: Any, key_file: Path | None, password_file: Path | None) -> Any:
     from eth_account import Account
 
-    from node.keystore import PasswordSource, unlock
+    from openlora.node.keystore import PasswordSource, unlock
     if key_file is None:
         return unlock(cfg.keystore_path, PasswordSource(password_file).read())
     try:
@@ -49,8 +49,8 @@ def _signer(cfg: Any, key_file: Path | None, password_file: Path | None) -> Any:
 def command(obj: Any, address: str | None, key_file: Path | None, password_file: Path | None,
             as_json: bool) -> None:
     """Claim everything an address can claim from settled batches."""
-    from attribution.payouts import claim_items, payouts_of
-    from node.settlement import send_signed
+    from openlora.attribution.payouts import claim_items, payouts_of
+    from openlora.node.settlement import send_signed
     cfg, w3, dep = chain_context(obj)
     signer = _signer(cfg, key_file, password_file)
     who = resolve_address(cfg, address or signer.address)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from node.errors import NodeError
+from openlora.node.errors import NodeError
 
 
 class DevnetCommandError(NodeError):
@@ -25,7 +25,7 @@ def _dir(obj, d: str | None) -> Path:
 
 
 def _node_deployment_file(home: Path) -> Path:
-    from node.config import CONFIG_FILENAME, load_config
+    from openlora.node.config import CONFIG_FILENAME, load_config
     if (home / CONFIG_FILENAME).is_file():
         try:
             cfg = load_config(home)
@@ -52,10 +52,10 @@ def command() -> None:
 @click.pass_obj
 def up(obj, devnet_dir: str | None, host: str, port: int, chain_id: int) -> None:
     """Start anvil (fixed mnemonic, persisted state), deploy the contracts once, seed demo data."""
-    from attribution.artifacts import ArtifactError
-    from attribution.deployment import DeploymentError
-    from devnet.chain import DevnetError
-    from devnet.service import up as devnet_up
+    from openlora.attribution.artifacts import ArtifactError
+    from openlora.attribution.deployment import DeploymentError
+    from openlora.devnet.chain import DevnetError
+    from openlora.devnet.service import up as devnet_up
     try:
         res = devnet_up(_dir(obj, devnet_dir), host=host, port=port, chain_id=chain_id,
                         node_deployment_file=_node_deployment_file(obj.home), progress=click.echo)
@@ -71,10 +71,10 @@ def _fund_home_node(home: Path, res) -> None:
     key is written to <home>/devnet/demo-requester.key, so `openlora-node request` works against `start` at once."""
     import os
 
-    from devnet.seed import fund_node_lane
-    from node.config import load_config
-    from node.errors import NodeError
-    from node.keystore import read_address
+    from openlora.devnet.seed import fund_node_lane
+    from openlora.node.config import load_config
+    from openlora.node.errors import NodeError
+    from openlora.node.keystore import read_address
     try:
         node = read_address(load_config(home).keystore_path)
     except NodeError:
@@ -96,7 +96,7 @@ def _fund_home_node(home: Path, res) -> None:
 @click.pass_obj
 def down(obj, devnet_dir: str | None) -> None:
     """Stop the anvil that `devnet up` started for this directory (its state is kept)."""
-    from devnet.service import down as devnet_down
+    from openlora.devnet.service import down as devnet_down
     info = devnet_down(_dir(obj, devnet_dir))
     click.echo(f"stopped anvil (pid {info.pid}) at {info.url}" if info else "devnet is not running")
 
@@ -107,7 +107,7 @@ def down(obj, devnet_dir: str | None) -> None:
 @click.pass_obj
 def status(obj, devnet_dir: str | None, as_json: bool) -> None:
     """Say whether the devnet runs and where the contracts are."""
-    from devnet.service import status as devnet_status
+    from openlora.devnet.service import status as devnet_status
     st = devnet_status(_dir(obj, devnet_dir))
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import click
 
-from node.errors import NodeError
+from openlora.node.errors import NodeError
 
 TOKEN = 10**18
 
@@ -34,8 +34,8 @@ def chain_context(obj: Any) -> tuple[Any, Any, Any]:
     """(cfg, w3, deployment) for the node home, or a one-line error: no config, no deployment, chain down."""
     from web3 import HTTPProvider, Web3
 
-    from attribution.deployment import DeploymentError, read_deployment
-    from node.config import load_config
+    from openlora.attribution.deployment import DeploymentError, read_deployment
+    from openlora.node.config import load_config
     cfg = load_config(obj.home)
     try:
         dep = read_deployment(cfg.path(cfg.chain.deployment_file))
@@ -54,7 +54,7 @@ def chain_context(obj: Any) -> tuple[Any, Any, Any]:
 def resolve_address(cfg: Any, address: str | None) -> str:
     from eth_utils import is_address, to_checksum_address
     if address is None:
-        from node.keystore import read_address
+        from openlora.node.keystore import read_address
         return read_address(cfg.keystore_path)
     if not is_address(address):
         raise PayoutsError(f"--address {address!r} is not an Ethereum address")
@@ -76,11 +76,11 @@ def read_published(uri: str, cfg: Any = None) -> str:
     parsed = urlparse(uri)
     if parsed.scheme != "ipfs":
         return (Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)).read_text()
-    from node.ipfs.blockstore import Blockstore
-    from node.ipfs.cid import as_cid
-    from node.ipfs.dag import cat, missing_blocks
-    from node.ipfs.errors import FetchError
-    from node.ipfs.fetchers import fetch_from_any, fetchers_from_config
+    from openlora.node.ipfs.blockstore import Blockstore
+    from openlora.node.ipfs.cid import as_cid
+    from openlora.node.ipfs.dag import cat, missing_blocks
+    from openlora.node.ipfs.errors import FetchError
+    from openlora.node.ipfs.fetchers import fetch_from_any, fetchers_from_config
 
     cid = as_cid(parsed.netloc or parsed.path.lstrip("/"))
     if cfg is None:
@@ -103,8 +103,8 @@ def read_published(uri: str, cfg: Any = None) -> str:
 def by_adapter(w3: Any, dep: Any, report: Any, cfg: Any = None) -> dict[str, int] | None:
     """Gross share per adapter (before the protocol fee) from the published receipts of the address's batches;
     None when some batch's receipts are not readable here."""
-    from attribution.receipts import ReceiptError, receipt_from_json
-    from node.ipfs.errors import IpfsError
+    from openlora.attribution.receipts import ReceiptError, receipt_from_json
+    from openlora.node.ipfs.errors import IpfsError
     st = dep.contract(w3, "Settlement")
     out: dict[str, int] = {}
     for p in report.payouts:
@@ -125,7 +125,7 @@ def unsettled_here(cfg: Any, who: str) -> int | None:
     url = cfg.database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         return None
-    from node.storage import Store
+    from openlora.node.storage import Store
     store = Store(url)
     try:
         return sum(_share(r, who) for r in store.unsettled_receipts())
@@ -139,7 +139,7 @@ def unsettled_here(cfg: Any, who: str) -> int | None:
 @click.pass_obj
 def command(obj: Any, address: str | None, as_json: bool) -> None:
     """Show what an address has earned, settled and can claim (per batch and per adapter)."""
-    from attribution.payouts import payouts_of
+    from openlora.attribution.payouts import payouts_of
     cfg, w3, dep = chain_context(obj)
     who = resolve_address(cfg, address)
     report = payouts_of(w3, dep, who, from_block=dep.block)

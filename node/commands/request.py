@@ -21,8 +21,8 @@ import click
 @click.argument("prompt")
 def command(url, model, max_tokens, temperature, key_file, unsigned, stream, as_json, prompt) -> None:
     """Send PROMPT to a node (signed with --key-file) and print the completion and its receipt id."""
-    from node.errors import NodeError
-    from node.sdk import OpenLoRAClient, OpenLoRAError
+    from openlora.node.errors import NodeError
+    from openlora.node.sdk import OpenLoRAClient, OpenLoRAError
 
     if not unsigned and key_file is None:
         raise click.UsageError("give --key-file (the requester's key) or --unsigned")

@@ -20,12 +20,12 @@ import io
 import json
 from pathlib import Path
 
-from node.ipfs.blockstore import Blockstore
-from node.ipfs.cid import CID, as_cid
-from node.ipfs.dag import cat, export, missing_blocks
-from node.ipfs.errors import IpfsError
-from node.ipfs.importer import add_tree
-from node.ipfs.unixfs import T_DIRECTORY, decode_node, decode_unixfs
+from openlora.node.ipfs.blockstore import Blockstore
+from openlora.node.ipfs.cid import CID, as_cid
+from openlora.node.ipfs.dag import cat, export, missing_blocks
+from openlora.node.ipfs.errors import IpfsError
+from openlora.node.ipfs.importer import add_tree
+from openlora.node.ipfs.unixfs import T_DIRECTORY, decode_node, decode_unixfs
 
 SCHEMA = "openlora.adapter/1"
 CONFIG, WEIGHTS, MANIFEST = "adapter_config.json", "adapter_model.safetensors", "manifest.json"

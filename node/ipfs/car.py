@@ -12,9 +12,9 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO, Iterator
 
-from node.ipfs.cid import CID, as_cid, decode_varint, encode_varint
-from node.ipfs.dag import GetBlock, walk
-from node.ipfs.errors import IpfsError
+from openlora.node.ipfs.cid import CID, as_cid, decode_varint, encode_varint
+from openlora.node.ipfs.dag import GetBlock, walk
+from openlora.node.ipfs.errors import IpfsError
 
 _CARV2_PRAGMA = bytes.fromhex("0aa16776657273696f6e02")
 MAX_SECTION = 8 << 20  # no legitimate UnixFS block is anywhere near this

@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
-from node.ipfs.cid import CID, DAG_PB, RAW, as_cid
-from node.ipfs.errors import BlockNotFoundError, DagError
-from node.ipfs.unixfs import T_DIRECTORY, T_FILE, T_RAW, PBNode, decode_node, decode_unixfs
+from openlora.node.ipfs.cid import CID, DAG_PB, RAW, as_cid
+from openlora.node.ipfs.errors import BlockNotFoundError, DagError
+from openlora.node.ipfs.unixfs import T_DIRECTORY, T_FILE, T_RAW, PBNode, decode_node, decode_unixfs
 
 GetBlock = Callable[[CID], bytes]
 

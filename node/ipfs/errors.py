@@ -6,7 +6,7 @@ What it does not do: logging or retries (fetchers decide that).
 
 from __future__ import annotations
 
-from node.errors import NodeError
+from openlora.node.errors import NodeError
 
 
 class IpfsError(NodeError):

@@ -15,10 +15,10 @@ import urllib.error
 import urllib.request
 from typing import Iterable, Protocol
 
-from node.ipfs.car import CarError, import_car
-from node.ipfs.cid import CID, as_cid
-from node.ipfs.dag import fetch_dag, missing_blocks
-from node.ipfs.errors import BlockNotFoundError, FetchError, IpfsError
+from openlora.node.ipfs.car import CarError, import_car
+from openlora.node.ipfs.cid import CID, as_cid
+from openlora.node.ipfs.dag import fetch_dag, missing_blocks
+from openlora.node.ipfs.errors import BlockNotFoundError, FetchError, IpfsError
 
 log = logging.getLogger("openlora.ipfs")
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping, Union
 
-from node.ipfs.cid import CID, DAG_PB, RAW
-from node.ipfs.errors import IpfsError
-from node.ipfs.unixfs import Link, directory_node, file_node
+from openlora.node.ipfs.cid import CID, DAG_PB, RAW
+from openlora.node.ipfs.errors import IpfsError
+from openlora.node.ipfs.unixfs import Link, directory_node, file_node
 
 Sink = Callable[[CID, bytes], None]
 # A virtual directory: name -> a path on disk (file or directory), bytes, or a nested mapping.

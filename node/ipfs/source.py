@@ -13,11 +13,11 @@ import logging
 import threading
 from pathlib import Path
 
-from inference.sources import AdapterSourceError
-from node.ipfs.adapters import AdapterStore
-from node.ipfs.cid import CID
-from node.ipfs.errors import FetchError, IpfsError
-from node.ipfs.fetchers import fetch_from_any
+from openlora.inference.sources import AdapterSourceError
+from openlora.node.ipfs.adapters import AdapterStore
+from openlora.node.ipfs.cid import CID
+from openlora.node.ipfs.errors import FetchError, IpfsError
+from openlora.node.ipfs.fetchers import fetch_from_any
 
 log = logging.getLogger("openlora.ipfs")
 

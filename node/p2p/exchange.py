@@ -25,10 +25,10 @@ from typing import Awaitable, Callable
 
 import trio
 
-from node.ipfs.cid import CID, DAG_PB, encode_varint, verify_block
-from node.ipfs.dag import children
-from node.ipfs.errors import BlockNotFoundError, BlockVerificationError, FetchError, IpfsError
-from node.p2p.wire import ByteQueue
+from openlora.node.ipfs.cid import CID, DAG_PB, encode_varint, verify_block
+from openlora.node.ipfs.dag import children
+from openlora.node.ipfs.errors import BlockNotFoundError, BlockVerificationError, FetchError, IpfsError
+from openlora.node.p2p.wire import ByteQueue
 
 log = logging.getLogger("openlora.p2p")
 

@@ -25,8 +25,8 @@ from typing import Any, Callable
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from node.ipfs.cid import CID
-from node.ipfs.errors import CidError
+from openlora.node.ipfs.cid import CID
+from openlora.node.ipfs.errors import CidError
 
 TOPIC_ANNOUNCE = "/openlora/adapters/1"
 TOPIC_HEARTBEAT = "/openlora/heartbeat/1"

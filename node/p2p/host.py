@@ -33,11 +33,11 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.tools.anyio_service.context import background_trio_service
 
-from node.ipfs.cid import CID
-from node.p2p import gossip
-from node.p2p.exchange import PROTOCOL as BLOCKS_PROTOCOL
-from node.p2p.exchange import BlockServer, fetch_with_failover
-from node.p2p.wire import BufferedNoiseTransport, use_fast_yamux
+from openlora.node.ipfs.cid import CID
+from openlora.node.p2p import gossip
+from openlora.node.p2p.exchange import PROTOCOL as BLOCKS_PROTOCOL
+from openlora.node.p2p.exchange import BlockServer, fetch_with_failover
+from openlora.node.p2p.wire import BufferedNoiseTransport, use_fast_yamux
 
 log = logging.getLogger("openlora.p2p")
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from node.ipfs.adapters import AdapterStore
-from node.ipfs.cid import as_cid
-from node.ipfs.errors import FetchError
-from node.p2p.bridge import TrioBridge
-from node.p2p.exchange import BlockServer
-from node.p2p.gossip import GossipValidator
-from node.p2p.host import P2PNode, P2PSettings, load_or_create_identity
+from openlora.node.ipfs.adapters import AdapterStore
+from openlora.node.ipfs.cid import as_cid
+from openlora.node.ipfs.errors import FetchError
+from openlora.node.p2p.bridge import TrioBridge
+from openlora.node.p2p.exchange import BlockServer
+from openlora.node.p2p.gossip import GossipValidator
+from openlora.node.p2p.host import P2PNode, P2PSettings, load_or_create_identity
 
 log = logging.getLogger("openlora.p2p")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attribution import artifacts
+from openlora.attribution import artifacts
 
 
 def test_every_contract_has_an_artifact():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from attribution import artifacts
+from openlora.attribution import artifacts
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACTS = REPO / "contracts"

@@ -10,8 +10,8 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
-from attribution import eip712, merkle, split
-from attribution.batch import Batch, BatchError, signed_debit
+from openlora.attribution import eip712, merkle, split
+from openlora.attribution.batch import Batch, BatchError, signed_debit
 
 DOMAIN = eip712.Domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
 ALICE = Account.from_key(b"\x11" * 32)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from devnet.chain import free_port
+from openlora.devnet.chain import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(home: Path, *args: str, timeout: int = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "node.cli", "--home", str(home), "devnet", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "openlora.node.cli", "--home", str(home), "devnet", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -77,7 +77,7 @@ def test_down_leaves_foreign_anvil_alone(home, anvil):
 def test_up_funds_a_lane_to_the_homes_node_for_the_demo_requester(home):
     pw = home / "pw"
     pw.write_text("devnet-test-password\n")
-    init = subprocess.run([sys.executable, "-m", "node.cli", "--home", str(home), "init", "--password-file", str(pw)],
+    init = subprocess.run([sys.executable, "-m", "openlora.node.cli", "--home", str(home), "init", "--password-file", str(pw)],
                           cwd=REPO, capture_output=True, text=True, timeout=90)
     assert init.returncode == 0, init.stderr
     node = init.stdout.strip().splitlines()[-1].split()[-1]
@@ -89,7 +89,7 @@ def test_up_funds_a_lane_to_the_homes_node_for_the_demo_requester(home):
     from eth_account import Account
     from web3 import Web3
 
-    from attribution.deployment import read_deployment
+    from openlora.attribution.deployment import read_deployment
     requester = Account.from_key(key_file.read_text().strip()).address
     dep = read_deployment(home / "deployment.json")
     w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}"))

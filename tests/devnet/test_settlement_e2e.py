@@ -9,9 +9,9 @@ from eth_account import Account
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 
-from attribution import eip712, merkle, payouts, split
-from attribution.batch import Batch, signed_debit
-from devnet.seed import ROLES
+from openlora.attribution import eip712, merkle, payouts, split
+from openlora.attribution.batch import Batch, signed_debit
+from openlora.devnet.seed import ROLES
 
 TOKEN = 10**18
 

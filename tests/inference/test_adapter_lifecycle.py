@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from devnet.tinymodels import ALL_TARGETS
-from inference import LLM, SamplingParams
-from inference.lora import LoRAPool
-from inference.sources import LocalDirSource
+from openlora.devnet.tinymodels import ALL_TARGETS
+from openlora.inference import LLM, SamplingParams
+from openlora.inference.lora import LoRAPool
+from openlora.inference.sources import LocalDirSource
 from tests.inference.hf_reference import HFReference
 
 PROMPTS = [[5 + i, 17, 33 + i, 100, 200 - i, 45, 7] for i in range(20)]
@@ -44,7 +44,7 @@ def two_adapter_pool_bytes(model_spec, rank: int = 16) -> int:
 
 
 def small_pool_llm(model, **kw) -> LLM:
-    from inference.model_config import read_model_spec
+    from openlora.inference.model_config import read_model_spec
     spec = read_model_spec(Path(model))
     return LLM(model, dtype="float32", device="cpu", lora_pool_bytes=two_adapter_pool_bytes(spec), max_loras=2, **kw)
 
@@ -131,7 +131,7 @@ class GatedSource(LocalDirSource):
 
 
 def test_loading_is_asynchronous_and_overlaps_serving(model, twenty):
-    from inference import EngineConfig, LLMEngine
+    from openlora.inference import EngineConfig, LLMEngine
     slow = Path(twenty["a3"]).name
     source = GatedSource(slow)
     eng = LLMEngine(EngineConfig(model=str(model), dtype="float32", device="cpu"), source=source)
@@ -223,7 +223,7 @@ def test_host_and_disk_tiers_evict_by_bytes(model, twenty, tmp_path):
 
 
 def test_fast_written_adapters_load_in_peft_and_match(model, tmp_path):
-    from devnet.tinymodels import write_lora_files
+    from openlora.devnet.tinymodels import write_lora_files
     d = write_lora_files(tmp_path / "fast", model, rank=6, targets=("q_proj", "down_proj"), seed=3)
     ref = HFReference(model, {"fast": str(d)})
     llm = LLM(model, dtype="float32", device="cpu")
@@ -234,7 +234,7 @@ def test_fast_written_adapters_load_in_peft_and_match(model, tmp_path):
 
 def test_disk_store_never_evicts_an_adapter_a_loader_is_reading(twenty, tmp_path):
     """Two loader threads: one reads adapter A's files while the other brings B in over budget. A stays."""
-    from inference.adapter_store import DiskStore
+    from openlora.inference.adapter_store import DiskStore
     one = sum(f.stat().st_size for f in Path(twenty["a1"]).iterdir() if f.is_file())
     store = DiskStore(tmp_path / "store", budget_bytes=one, source=LocalDirSource())
     with store.checkout(str(twenty["a1"])) as a_dir:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference import LLM, SamplingParams
-from inference.graphs import batch_buckets, rank_bucket
+from openlora.inference import LLM, SamplingParams
+from openlora.inference.graphs import batch_buckets, rank_bucket
 from tests.inference.hf_reference import HFReference
 from tests.inference.test_hf_equivalence import ADAPTER_SPECS
 
@@ -49,7 +49,7 @@ def test_static_decode_path_matches_hf_peft(tiny, arch):
 
 
 def test_graph_modes_are_validated(tiny):
-    from inference.engine import EngineConfig
+    from openlora.inference.engine import EngineConfig
 
     with pytest.raises(ValueError, match="decode_graphs"):
         EngineConfig(model="x", decode_graphs="sometimes")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from inference import LLM, AdapterError, RequestError, SamplingParams
-from inference.client import AsyncEngine, GenerateRequest
+from openlora.inference import LLM, AdapterError, RequestError, SamplingParams
+from openlora.inference.client import AsyncEngine, GenerateRequest
 
 
 @pytest.fixture(scope="module")

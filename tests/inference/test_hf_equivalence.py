@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from devnet.tinymodels import ALL_TARGETS, ARCHS
-from inference import LLM, SamplingParams
+from openlora.devnet.tinymodels import ALL_TARGETS, ARCHS
+from openlora.inference import LLM, SamplingParams
 from tests.inference.hf_reference import HFReference
 
 N_GEN = 32

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from inference import LLM, ModelLoadError, SamplingParams
+from openlora.inference import LLM, ModelLoadError, SamplingParams
 from tests.inference.hf_reference import HFReference
 
 PROMPT = [5, 17, 33, 100, 200, 45, 7, 9, 11]

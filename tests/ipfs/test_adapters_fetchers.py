@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from node.cli import main
-from node.ipfs.adapters import MANIFEST, AdapterStore
-from node.ipfs.car import read_car
-from node.ipfs.fetchers import GatewayFetcher, KuboRpcFetcher
-from node.ipfs.source import IpfsAdapterSource
-from inference.sources import AdapterSource, AdapterSourceError
+from openlora.node.cli import main
+from openlora.node.ipfs.adapters import MANIFEST, AdapterStore
+from openlora.node.ipfs.car import read_car
+from openlora.node.ipfs.fetchers import GatewayFetcher, KuboRpcFetcher
+from openlora.node.ipfs.source import IpfsAdapterSource
+from openlora.inference.sources import AdapterSource, AdapterSourceError
 
 
 def cli(capsys, *args) -> str:

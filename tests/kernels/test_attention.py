@@ -18,8 +18,8 @@ import logging
 import pytest
 import torch
 
-from kernels import reference as ref
-from kernels import triton_attention as tri
+from openlora.kernels import reference as ref
+from openlora.kernels import triton_attention as tri
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
@@ -192,7 +192,7 @@ def test_prefill_path_matches_reference_chunked():
 
 
 def test_backend_logs_prefill_path(caplog):
-    from kernels import ops, triton_ops
+    from openlora.kernels import ops, triton_ops
 
     with caplog.at_level(logging.INFO, logger="openlora.kernels"):
         triton_ops.log_active_paths()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import ops
+from openlora.kernels import ops
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,8 +19,8 @@ LATE_INTERPRET = r"""
 import os, torch
 import triton.language                       # imported first, in compile mode (what `import peft` does)
 os.environ["TRITON_INTERPRET"] = "1"
-from kernels import reference as ref
-from kernels.ops import get_backend
+from openlora.kernels import reference as ref
+from openlora.kernels.ops import get_backend
 be = get_backend("triton", "cpu")
 x, a, b = torch.randn(5, 40), torch.randn(20, 40), torch.randn(20, 24)
 rs, rk, sc = torch.tensor([0, 8], dtype=torch.int32), torch.tensor([8, 12], dtype=torch.int32), torch.ones(2)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import ops
+from openlora.kernels import ops
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

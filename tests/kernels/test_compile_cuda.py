@@ -68,7 +68,7 @@ def cases():
 
     The block sizes and warps are those the launchers use (kernels/triton_lora.py, kernels/triton_attention.py).
     """
-    from kernels import triton_attention, triton_lora
+    from openlora.kernels import triton_attention, triton_lora
 
     bs, be = triton_lora.BGMV_SHRINK_CONFIG, triton_lora.BGMV_EXPAND_CONFIG
     gs, ge = triton_lora.BGMV_SHRINK_GEMV_CONFIG, triton_lora.BGMV_EXPAND_GEMV_CONFIG

@@ -15,11 +15,7 @@ import pytest
 import torch
 
 
-inference = pytest.importorskip("inference", reason="the engine (inference/) is not importable")
-if not hasattr(inference, "LLM"):
-    pytest.skip("inference.LLM is not there yet", allow_module_level=True)
-
-from inference import LLM, SamplingParams  # noqa: E402
+from openlora.inference import LLM, SamplingParams  # noqa: E402
 
 from tests.inference.test_hf_equivalence import ADAPTER_SPECS, BATCH_ADAPTERS, PROMPTS  # noqa: E402
 
@@ -92,7 +88,7 @@ def test_triton_decode_from_graph_buffers_matches_eager(tiny):
     else:
         # the graph buffers' block tables are max_model_len wide, so on CPU (a 16-program split target) the decode
         # attention there runs split-KV (ranges past each sequence's end included) while the eager path does not
-        from kernels import triton_attention
+        from openlora.kernels import triton_attention
 
         runner = llm_g.engine.runner
         bound = graphs.block_tables.shape[1] * runner.blocks.block_size

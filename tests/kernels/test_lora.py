@@ -24,8 +24,8 @@ import random
 import pytest
 import torch
 
-from kernels import reference as ref
-from kernels import triton_lora as tri
+from openlora.kernels import reference as ref
+from openlora.kernels import triton_lora as tri
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}

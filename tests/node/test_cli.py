@@ -17,7 +17,7 @@ PASSWORD = "correct horse battery"
 def run(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("OPENLORA_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, env=full_env,
+    return subprocess.run([sys.executable, "-m", "openlora.node.cli", *args], capture_output=True, text=True, env=full_env,
                           input=input, timeout=120)
 
 
@@ -104,7 +104,7 @@ def test_start_runs_and_stops_cleanly_on_ctrl_c(home):
     env["OPENLORA_API_PORT"] = str(port)
     env["OPENLORA_API_FREE_LOCAL_MODE"] = "true"
     env["OPENLORA_P2P_LISTEN"] = f"/ip4/127.0.0.1/tcp/{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "--home", str(home), "--log-format", "json", "start"],
+    proc = subprocess.Popen([sys.executable, "-m", "openlora.node.cli", "--home", str(home), "--log-format", "json", "start"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     seen = ""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.config import DEFAULT_CONFIG_TOML, ConfigError, parse_config
+from openlora.node.config import DEFAULT_CONFIG_TOML, ConfigError, parse_config
 
 HOME = Path("/tmp/openlora-test-home")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from node.ipfs.adapters import AdapterStore
-from node.p2p.host import P2PSettings
-from node.p2p.service import P2PService
+from openlora.node.ipfs.adapters import AdapterStore
+from openlora.node.p2p.host import P2PSettings
+from openlora.node.p2p.service import P2PService
 
 
 @pytest.fixture

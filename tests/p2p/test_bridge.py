@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import trio
 
-from node.p2p.bridge import BridgeError, TrioBridge
+from openlora.node.p2p.bridge import BridgeError, TrioBridge
 
 
 def test_calls_queues_and_stop():

@@ -7,8 +7,8 @@ import time
 
 from eth_account import Account
 
-from node.p2p import gossip
-from node.p2p.gossip import GossipValidator
+from openlora.node.p2p import gossip
+from openlora.node.p2p.gossip import GossipValidator
 
 CID = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
 

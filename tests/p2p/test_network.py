@@ -11,14 +11,14 @@ import pytest
 import trio
 from eth_account import Account
 
-from inference.sources import AdapterSourceError
-from node.ipfs.cid import CID
-from node.ipfs.dag import walk
-from node.ipfs.errors import FetchError
-from node.ipfs.source import IpfsAdapterSource
-from node.p2p import gossip
-from node.p2p.exchange import BlockServer
-from node.p2p.service import P2PFetcher
+from openlora.inference.sources import AdapterSourceError
+from openlora.node.ipfs.cid import CID
+from openlora.node.ipfs.dag import walk
+from openlora.node.ipfs.errors import FetchError
+from openlora.node.ipfs.source import IpfsAdapterSource
+from openlora.node.p2p import gossip
+from openlora.node.p2p.exchange import BlockServer
+from openlora.node.p2p.service import P2PFetcher
 
 from p2p_waiting import wait_for
 
@@ -61,7 +61,7 @@ def test_three_nodes_gossip_fetch_failover_and_serve(make_node, tiny_model_and_a
     assert (path_b / "adapter_model.safetensors").read_bytes() == (adapter_dir / "adapter_model.safetensors").read_bytes()
 
     # The same request served with the adapter as A holds it and as B and C fetched it gives the same tokens.
-    from inference import LLM, SamplingParams
+    from openlora.inference import LLM, SamplingParams
     path_a = a.store.materialize(cid)
     llm = LLM(base_dir, dtype="float32", device="cpu")
     params = SamplingParams(max_tokens=8, temperature=0.0)
@@ -209,7 +209,7 @@ def test_identity_persists_and_bridge_serves_asyncio(make_node, tmp_path, random
 
 
 def test_cli_pull_from_a_peer(make_node, random_adapter, tmp_path, capsys):
-    from node.cli import main
+    from openlora.node.cli import main
     a = make_node("a")
     cid = str(a.store.add(random_adapter)[0])
     capsys.readouterr()
@@ -256,9 +256,9 @@ def test_a_dag_larger_than_the_adapter_limit_is_refused(make_node, random_adapte
 
 
 def test_service_from_the_node_config(tmp_path, make_node):
-    from node.config import DEFAULT_CONFIG_TOML, parse_config
-    from node.ipfs.adapters import AdapterStore
-    from node.p2p.service import from_config
+    from openlora.node.config import DEFAULT_CONFIG_TOML, parse_config
+    from openlora.node.ipfs.adapters import AdapterStore
+    from openlora.node.p2p.service import from_config
     boot = make_node("boot")
     cfg = parse_config(DEFAULT_CONFIG_TOML, tmp_path / "home", environ={
         "OPENLORA_P2P_LISTEN": "/ip4/127.0.0.1/tcp/0", "OPENLORA_P2P_BOOTSTRAP": boot.addrs[0]})

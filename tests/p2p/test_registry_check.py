@@ -7,9 +7,9 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from node.p2p import gossip
-from node.p2p.gossip import GossipValidator
-from node.p2p.registry import AdapterRegistryCheck
+from openlora.node.p2p import gossip
+from openlora.node.p2p.gossip import GossipValidator
+from openlora.node.p2p.registry import AdapterRegistryCheck
 
 CID = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
 OTHER = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
@@ -17,9 +17,9 @@ OTHER = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 
 @pytest.fixture(scope="module")
 def chain():
-    from devnet.chain import EphemeralAnvil
-    from devnet.deploy import deploy_all, dev_accounts, send
-    from devnet.seed import ROLES, seed
+    from openlora.devnet.chain import EphemeralAnvil
+    from openlora.devnet.deploy import deploy_all, dev_accounts, send
+    from openlora.devnet.seed import ROLES, seed
     with EphemeralAnvil() as anvil:
         w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 30}))
         accts = dev_accounts()

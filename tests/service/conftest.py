@@ -16,10 +16,10 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from attribution import eip712
-from attribution.receipts import Receipt, sign_receipt
-from devnet.chain import free_port
-from devnet.seed import ROLES
+from openlora.attribution import eip712
+from openlora.attribution.receipts import Receipt, sign_receipt
+from openlora.devnet.chain import free_port
+from openlora.devnet.seed import ROLES
 from tests.chain_fixtures import accounts, anvil, deployment, w3  # noqa: F401  (pytest fixtures)
 from tests.service.pg_server import PgServer, PgUnavailable
 

@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from inference import LLM, SamplingParams
-from inference.client import AsyncEngine
-from node.api import NodeService, build_app
+from openlora.inference import LLM, SamplingParams
+from openlora.inference.client import AsyncEngine
+from openlora.node.api import NodeService, build_app
 from tests.service.server_util import ServerThread
 
 

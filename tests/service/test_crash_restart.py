@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from node.config import DEFAULT_CONFIG_TOML
-from node.sdk import OpenLoRAClient
-from node.storage import Store
+from openlora.node.config import DEFAULT_CONFIG_TOML
+from openlora.node.sdk import OpenLoRAClient
+from openlora.node.storage import Store
 
 PASSWORD = "crash-test-password"
 
@@ -57,7 +57,7 @@ class NodeProcess:
 
     def start(self, batch_max_age_s: float) -> None:
         env = dict(self.env, OPENLORA_SETTLEMENT_BATCH_MAX_AGE_S=str(batch_max_age_s))
-        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "--home", str(self.home), "start"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "openlora.node.cli", "--home", str(self.home), "start"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
         def healthy():
@@ -75,7 +75,7 @@ class NodeProcess:
 
 @pytest.fixture()
 def node_home(tmp_path, deployment, accounts):
-    from devnet.seed import ROLES
+    from openlora.devnet.seed import ROLES
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text(DEFAULT_CONFIG_TOML)

@@ -15,13 +15,13 @@ from urllib.parse import urlparse
 import pytest
 from eth_account import Account
 
-from attribution import merkle, payouts
-from attribution.pricing import (BASE_MODEL, PricingError, Shares, adapter_terms, attribution_vector,
+from openlora.attribution import merkle, payouts
+from openlora.attribution.pricing import (BASE_MODEL, PricingError, Shares, adapter_terms, attribution_vector,
                                  contributor_weights, price_of)
-from attribution.receipts import receipt_from_json, receipt_hash, verify_receipt
-from devnet.seed import ROLES
-from node.settlement import ChainUnavailable, SettlementLoop
-from node.storage import Store
+from openlora.attribution.receipts import receipt_from_json, receipt_hash, verify_receipt
+from openlora.devnet.seed import ROLES
+from openlora.node.settlement import ChainUnavailable, SettlementLoop
+from openlora.node.storage import Store
 
 TOKEN = 10**18
 
@@ -270,9 +270,9 @@ def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_accoun
 
     from click.testing import CliRunner
 
-    from node.cli import cli
-    from node.config import DEFAULT_CONFIG_TOML, load_config
-    from node.settlement import start_settlement
+    from openlora.node.cli import cli
+    from openlora.node.config import DEFAULT_CONFIG_TOML, load_config
+    from openlora.node.settlement import start_settlement
 
     home = tmp_path / "home"
     home.mkdir()
@@ -304,7 +304,7 @@ def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_accoun
             store.add_receipt(r)
         net = None
         if publish == "ipfs":
-            from node.ipfs.blockstore import Blockstore
+            from openlora.node.ipfs.blockstore import Blockstore
             provided.clear()
             net = SimpleNamespace(store=SimpleNamespace(blocks=Blockstore(home / "ipfs")),
                                   p2p=SimpleNamespace(provide=provided.append))
@@ -321,8 +321,8 @@ def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_accoun
     uri = ev["args"]["receiptsUri"]
     published = next((home / "receipts").glob("0x*.json")).read_text()
     if publish == "ipfs":
-        from node.commands.payouts import read_published
-        from node.ipfs.importer import add_bytes
+        from openlora.node.commands.payouts import read_published
+        from openlora.node.ipfs.importer import add_bytes
         cid = str(add_bytes(published.encode()).cid)
         assert uri == f"ipfs://{cid}" and provided == [cid], "the receipts file is on chain and in the DHT by CID"
         assert read_published(uri, cfg) == published
@@ -385,7 +385,7 @@ def test_stuck_transaction_is_replaced_with_higher_fees(chain, tmp_path):
     """A settlement tx still pending after mine_timeout_s is re-sent with the same nonce and >= 12.5% higher fees
     (Anvil with automine off stands in for a congested chain); once a block is mined the batch settles exactly
     once, by the replacement, and the replaced transaction is gone from the pool."""
-    from node.settlement import SettlementError
+    from openlora.node.settlement import SettlementError
 
     q = chain.requester(TOKEN)
     loop = _loop(chain, tmp_path, mine_timeout_s=0.3)
@@ -421,7 +421,7 @@ def test_stuck_transaction_is_replaced_with_higher_fees(chain, tmp_path):
 
 
 def test_replacement_fees_rise_by_an_eighth_and_respect_the_cap(chain, tmp_path):
-    from node.settlement import SettlementError
+    from openlora.node.settlement import SettlementError
 
     loop = _loop(chain, tmp_path)
     stuck = {"maxFeePerGas": 8 * 10**9, "maxPriorityFeePerGas": 8 * 10**8}

@@ -14,17 +14,17 @@ import urllib.request
 import pytest
 from web3 import Web3
 
-from attribution import eip712
-from devnet.chain import EphemeralAnvil
-from devnet.deploy import dev_accounts, send
-from devnet.seed import ROLES, raw_cid
-from inference import LLM
-from inference.client import AsyncEngine
-from node.api import build_app
-from node.config import DEFAULT_CONFIG_TOML, parse_config
-from node.sdk import OpenLoRAClient, OpenLoRAError
-from node.storage import Store
-from node.wiring import Chain, build_service
+from openlora.attribution import eip712
+from openlora.devnet.chain import EphemeralAnvil
+from openlora.devnet.deploy import dev_accounts, send
+from openlora.devnet.seed import ROLES, raw_cid
+from openlora.inference import LLM
+from openlora.inference.client import AsyncEngine
+from openlora.node.api import build_app
+from openlora.node.config import DEFAULT_CONFIG_TOML, parse_config
+from openlora.node.sdk import OpenLoRAClient, OpenLoRAError
+from openlora.node.storage import Store
+from openlora.node.wiring import Chain, build_service
 from tests.chain_fixtures import deploy_seeded
 from tests.service.server_util import ServerThread
 
@@ -84,7 +84,7 @@ def test_sdk_signed_request_is_served_with_a_signed_receipt(env):
     recipients = {a for a, _ in r["attribution"]}
     contributors = {c["contributor"] for c in env["extra"]["contributions"] if c["status"] == "accepted"}
     assert contributors | {env["author"], env["node"]} == recipients
-    from attribution.receipts import receipt_from_json, verify_receipt
+    from openlora.attribution.receipts import receipt_from_json, verify_receipt
     assert verify_receipt(receipt_from_json(r))
     # streaming through the SDK gives the same text
     chunks = list(sdk.completions(model="law", prompt=[5, 6, 7, 8], max_tokens=6, temperature=0.0, stream=True))
@@ -207,10 +207,10 @@ def test_served_requests_settle_on_chain_and_a_contributor_claims_exactly(env, t
     its share (its attribution weight of each receipt's price after the protocol fee, rounding down)."""
     import asyncio
 
-    from attribution import merkle, payouts
-    from attribution.receipts import receipt_hash
+    from openlora.attribution import merkle, payouts
+    from openlora.attribution.receipts import receipt_hash
     from eth_account import Account
-    from node.settlement import SettlementLoop
+    from openlora.node.settlement import SettlementLoop
 
     w3, dep, accts, store = env["w3"], env["dep"], env["accts"], env["store"]
     requester = accts[ROLES["requester"]]
@@ -222,7 +222,7 @@ def test_served_requests_settle_on_chain_and_a_contributor_claims_exactly(env, t
     settled = [store.get_receipt(r) for r in rids]
     all_pending = [r for r in settled if r["status"] != "settled"]
     assert not all_pending, all_pending
-    from attribution.receipts import receipt_from_json
+    from openlora.attribution.receipts import receipt_from_json
     for r in settled:
         leaf = merkle.leaf(receipt_hash(receipt_from_json(r)))
         assert merkle.verify([bytes.fromhex(p[2:]) for p in r["proof"]], bytes.fromhex(r["receipts_root"][2:]), leaf)
@@ -249,7 +249,7 @@ def test_served_requests_settle_on_chain_and_a_contributor_claims_exactly(env, t
 def test_request_command_line_signs_and_streams(env, tmp_path):
     from click.testing import CliRunner
 
-    from node.cli import cli
+    from openlora.node.cli import cli
     key = tmp_path / "key"
     key.write_text(env["accts"][ROLES["requester"]].key.hex())
     out = CliRunner().invoke(cli, ["request", "--url", env["server"].url, "--model", "law", "--max-tokens", "4",

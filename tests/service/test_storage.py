@@ -13,10 +13,10 @@ from dataclasses import replace
 import pytest
 from eth_account import Account
 
-from attribution import merkle
-from attribution.receipts import (Receipt, receipt_from_json, receipt_hash, receipt_to_json, sign_receipt,
+from openlora.attribution import merkle
+from openlora.attribution.receipts import (Receipt, receipt_from_json, receipt_hash, receipt_to_json, sign_receipt,
                                   verify_receipt)
-from node.storage import Store, StorageError
+from openlora.node.storage import Store, StorageError
 
 NODE = Account.from_key(b"\x11" * 32)
 REQ = Account.create().address

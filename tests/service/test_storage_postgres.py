@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 from sqlalchemy.engine import make_url
 
-from attribution.receipts import sign_receipt
-from devnet.chain import free_port
-from node.storage import Store, StorageError, engine_url
+from openlora.attribution.receipts import sign_receipt
+from openlora.devnet.chain import free_port
+from openlora.node.storage import Store, StorageError, engine_url
 from tests.service.test_storage import NODE, REQ, _receipt
 
 
