@@ -98,6 +98,24 @@ def unlock(path: Path, password: str) -> LocalAccount:
     return Account.from_key(key)
 
 
+def read_key_file(path: Path, password: PasswordSource | None = None) -> LocalAccount:
+    """A key given on the command line (--key-file): a 0x hex private key, or a JSON keystore opened with the
+    password from `password` (file, environment, prompt). Anything else is one KeystoreError line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise KeystoreError(f"key file {path} is not text: give a 0x hex private key or a JSON keystore") from None
+    except OSError as e:
+        raise KeystoreError(f"cannot read key file {path}: {e.strerror}") from None
+    if text.startswith("{"):
+        _read_blob(Path(path))               # a malformed keystore is reported before any password is asked
+        return unlock(Path(path), (password or PasswordSource()).read())
+    try:
+        return Account.from_key(text)
+    except (ValueError, TypeError, ArithmeticError):   # eth-keys raises ValueError; odd hex lengths binascii.Error
+        raise KeystoreError(f"key file {path} holds neither a 32-byte hex private key nor a JSON keystore") from None
+
+
 def _read_blob(path: Path) -> dict:
     if not path.is_file():
         raise KeystoreError(f"no keystore at {path}: run `openlora-node init` first")

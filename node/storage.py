@@ -90,6 +90,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _create_private(path: Any) -> None:
+    """Create a new SQLite file mode 0600 before SQLite does (it would follow the umask, usually 0644); SQLite gives
+    its -wal and -shm files the database file's mode."""
+    import os
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StorageError(f"cannot create the database file {path}: {e.strerror}") from None
+    os.chmod(path, 0o600)       # in case the umask took bits off
+
+
 def engine_url(database_url: str) -> URL:
     """The SQLAlchemy URL to connect with: a bare postgresql:// means the psycopg (3) driver, which the
     `postgres` extra installs, under any SQLAlchemy 2.x (2.0 would pick psycopg2); postgresql+DRIVER:// is kept."""
@@ -110,6 +123,7 @@ class Store:
         if self.dialect == "sqlite" and database_url.startswith("sqlite:///") and ":memory:" not in database_url:
             from pathlib import Path
             Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(database_url.removeprefix("sqlite:///")))
         try:
             self.engine = create_engine(url, pool_pre_ping=self.dialect == "postgresql")
         except (ImportError, NoSuchModuleError) as e:

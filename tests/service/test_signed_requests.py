@@ -31,6 +31,14 @@ from tests.service.server_util import ServerThread
 ADAPTER_PRICE = 3 * 10**12
 
 
+@pytest.fixture(scope="module", autouse=True)
+def sdk_ledger_dir(tmp_path_factory):
+    """The SDK's voucher ledger lives in this module's temporary directory, never in the user's home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENLORA_SDK_DIR", str(tmp_path_factory.mktemp("sdk-ledger")))
+        yield
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def env(tiny, tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("signed")
@@ -195,6 +203,7 @@ def test_one_signed_request_sent_six_times_at_once_is_served_once(env):
         t.start()
     for t in threads:
         t.join(60)
+    print("DBG", results)
     assert sorted(status for status, _ in results) == [200] + [409] * 5
     assert all(js["error"]["code"] == "nonce_reused" for status, js in results if status == 409)
     served = next(js for status, js in results if status == 200)
@@ -260,3 +269,47 @@ def test_request_command_line_signs_and_streams(env, tmp_path):
     assert env["store"].get_receipt(js["openlora"]["request_id"])["requester"] == env["accts"][ROLES["requester"]].address
     bad = CliRunner().invoke(cli, ["request", "--url", env["server"].url, "--model", "law", "--unsigned", "Hi"])
     assert bad.exit_code != 0 and "signature_required" in str(bad.exception or bad.output)
+
+
+def test_sdk_bounds_the_voucher_by_its_ledger_and_the_chain(env, tmp_path):
+    """On the real chain: a node inflating its report of what the requester owes gets no voucher; a fresh SDK
+    (empty ledger) trusts the debited amount only when it reads it from the Settlement contract itself."""
+    from aiohttp import ClientSession, web
+
+    from openlora.node.sdk_ledger import Lane, VoucherLedger, read_debited
+    requester = env["accts"][ROLES["requester"]]
+    settlement = env["dep"].contract(env["w3"], "Settlement")
+    debited = settlement.functions.debited(requester.address, env["node"]).call()
+    assert debited > 0                      # the settlement test above debited this lane on chain
+    rpc = env["w3"].provider.endpoint_uri
+    assert read_debited(rpc, settlement.address, requester.address, env["node"]) == debited
+    inflate = {"pending": 0}
+
+    async def lying_node(request):          # the real node's answer, with pending inflated
+        async with ClientSession() as s, s.get(env["server"].url + "/v1/node", params=request.query) as r:
+            info = await r.json()
+        if "requester" in info:
+            info["requester"]["pending"] += inflate["pending"]
+        return web.json_response(info)
+
+    app = web.Application()
+    app.router.add_get("/v1/node", lying_node)
+    body = {"model": "law", "prompt": [5, 6, 7], "max_tokens": 3, "temperature": 0.0}
+    with ServerThread(app) as liar:
+        fresh = OpenLoRAClient(liar.url, requester.key, ledger_dir=str(tmp_path / "fresh"))
+        with pytest.raises(OpenLoRAError, match="no rpc_url given"):
+            fresh.authorize(dict(body))     # nothing signed yet here and the chain unread: debited is unproven
+        sdk = OpenLoRAClient(liar.url, requester.key, ledger_dir=str(tmp_path / "fresh"), rpc_url=rpc)
+        auth = sdk.authorize(dict(body))
+        pending = env["store"].unsettled_charges(requester.address)
+        assert int(auth["voucher"]["cumulativeCap"]) == debited + pending + int(auth["maxPrice"])
+        lane = Lane(env["w3"].eth.chain_id, settlement.address, env["node"], requester.address)
+        assert VoucherLedger(tmp_path / "fresh").read(lane).cap == int(auth["voucher"]["cumulativeCap"])
+        inflate["pending"] = 10**30         # the attack of issue 14: a voucher for the whole lane
+        with pytest.raises(OpenLoRAError) as e:
+            sdk.authorize(dict(body))
+        assert e.value.code == "spend_refused" and f"debited on chain: {debited}" in e.value.message
+        assert VoucherLedger(tmp_path / "fresh").read(lane).cap == int(auth["voucher"]["cumulativeCap"])
+    # the voucher the SDK did sign is served by the real node
+    honest = OpenLoRAClient(env["server"].url, requester.key, ledger_dir=str(tmp_path / "fresh"), rpc_url=rpc)
+    assert honest.completions(**body)["usage"]["completion_tokens"] <= 3
