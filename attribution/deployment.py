@@ -18,6 +18,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 
 from openlora.attribution import artifacts
+from openlora.safejson import loads as safe_loads
 
 DEPLOYMENT_VERSION = 1
 
@@ -54,14 +55,14 @@ class Deployment:
     @classmethod
     def from_json(cls, text: str, source: str = "deployment") -> "Deployment":
         try:
-            raw = json.loads(text)
+            raw = safe_loads(text, max_bytes=1 << 20)  # a deployment file may come from elsewhere
             if raw.pop("version", None) != DEPLOYMENT_VERSION:
                 raise DeploymentError(f"{source}: unsupported deployment file version (expected {DEPLOYMENT_VERSION})")
             raw["addresses"] = {k: to_checksum_address(v) for k, v in raw["addresses"].items()}
             return cls(**raw)
         except DeploymentError:
             raise
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise DeploymentError(f"{source} is not a valid deployment file ({e}); run `openlora-node devnet up` "
                                   f"again or fix the file") from None
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from openlora.inference.errors import AdapterError
 from openlora.inference.model_config import ModelSpec
+from openlora.safejson import load_file
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MODULE_INDEX = {m: i for i, m in enumerate(TARGET_MODULES)}
@@ -44,6 +45,10 @@ MAX_PARTS = max(len(ms) for ms in FUSED_LINEARS.values())      # slices of the w
 if not all(TARGET_MODULES[MODULE_INDEX[ms[0]]:MODULE_INDEX[ms[0]] + len(ms)] == ms for ms in FUSED_LINEARS.values()):
     raise RuntimeError("FUSED_LINEARS' targets must be consecutive in TARGET_MODULES")
 
+MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json: a few hundred bytes in practice
+# rank_pattern / alpha_pattern keys: module paths ("q_proj", "model.layers.0.self_attn.q_proj"). PEFT reads them as
+# regular expressions; quantifiers and groups are refused so that a key cannot backtrack exponentially (ReDoS).
+_PATTERN_KEY = re.compile(r"[\w.]{1,256}")
 _KEY_RE = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])"
                      r"(?:\.[^.]+)?\.weight$")
 
@@ -89,11 +94,11 @@ def read_peft_adapter(path: Path, name: str, spec: ModelSpec, *, max_rank: int =
         why = f" ({', '.join(pickled)} found: pickled weights are never loaded)" if pickled else ""
         raise AdapterError(f"adapter {name!r}: no adapter_model.safetensors in {path}{why}")
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = load_file(cfg_path, MAX_CONFIG_BYTES)  # bounded size and depth, no symlink/FIFO (openlora.safejson)
         if not isinstance(cfg, dict):
             raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise AdapterError(f"adapter {name!r}: adapter_config.json is not valid JSON: {e}") from None
+    except ValueError as e:
+        raise AdapterError(f"adapter {name!r}: adapter_config.json is not acceptable JSON: {e}") from None
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"adapter {name!r}: peft_type {cfg.get('peft_type')!r} is not supported (only LORA)")
     for flag in ("use_dora", "fan_in_fan_out"):
@@ -104,13 +109,26 @@ def read_peft_adapter(path: Path, name: str, spec: ModelSpec, *, max_rank: int =
     if cfg.get("modules_to_save"):
         raise AdapterError(f"adapter {name!r}: modules_to_save {cfg['modules_to_save']!r} is not supported")
     base = cfg.get("base_model_name_or_path") or ""
+    if not isinstance(base, str):
+        raise AdapterError(f"adapter {name!r}: base_model_name_or_path must be a string, got {base!r:.80}")
     if check_base and base and base != spec.model_id and Path(base).name != spec.model_id.split("/")[-1]:
         raise AdapterError(f"adapter {name!r} targets base model {base!r}, this node serves {spec.model_id!r}")
     try:
         alpha = float(cfg.get("lora_alpha", 8))
         default_r = int(cfg.get("r", 8))
-    except (TypeError, ValueError):
-        raise AdapterError(f"adapter {name!r}: r / lora_alpha must be numbers") from None
+        if not math.isfinite(alpha):
+            raise ValueError
+        for key, want in (("rank_pattern", int), ("alpha_pattern", float)):
+            pats = cfg.get(key) or {}
+            if not isinstance(pats, dict) or not all(
+                    isinstance(k, str) and _PATTERN_KEY.fullmatch(k) and isinstance(v, (int, float))
+                    and not isinstance(v, bool) and math.isfinite(want(v)) for k, v in pats.items()):
+                raise AdapterError(f"adapter {name!r}: {key} must map module paths (letters, digits, _ and .) to "
+                                   f"numbers")
+    except AdapterError:
+        raise
+    except (TypeError, ValueError, OverflowError):
+        raise AdapterError(f"adapter {name!r}: r / lora_alpha must be finite numbers") from None
     rslora = bool(cfg.get("use_rslora", False))
 
     size = st_path.stat().st_size

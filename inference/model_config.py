@@ -8,7 +8,6 @@ What it does not do: build the model (inference/model.py), or read pickled check
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,10 @@ from pathlib import Path
 import torch
 
 from openlora.inference.errors import ModelLoadError
+from openlora.safejson import loads as safe_loads
+
+# Base model JSON files (the operator's choice, possibly symlinks into an HF cache): bounded all the same.
+MAX_CONFIG_BYTES, MAX_INDEX_BYTES = 1 << 20, 64 << 20
 
 SUPPORTED = {
     "LlamaForCausalLM": "llama",
@@ -91,7 +94,7 @@ def _rope_spec(cfg: dict, path: Path) -> RopeSpec:
 def _model_id(path: Path, cfg: dict) -> str:
     meta = path / "openlora_tiny.json"
     if meta.is_file():
-        return json.loads(meta.read_text())["base_model_id"]
+        return safe_loads(meta.read_bytes(), max_bytes=MAX_CONFIG_BYTES)["base_model_id"]
     return cfg.get("_name_or_path") or path.name
 
 
@@ -100,7 +103,7 @@ def read_model_spec(path: Path) -> ModelSpec:
     if not cfg_path.is_file():
         raise ModelLoadError(f"{path}: no config.json; expected an HF model directory")
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = safe_loads(cfg_path.read_bytes(), max_bytes=MAX_CONFIG_BYTES)
     except ValueError as e:
         raise ModelLoadError(f"{cfg_path}: not valid JSON: {e}") from None
     archs = cfg.get("architectures") or []
@@ -169,7 +172,7 @@ def load_weights(path: Path, spec: ModelSpec, dtype: torch.dtype, device: torch.
 
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        weight_map = safe_loads(index.read_bytes(), max_bytes=MAX_INDEX_BYTES).get("weight_map", {})
         files = sorted(set(weight_map.values()))
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]

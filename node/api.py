@@ -25,9 +25,12 @@ from openlora.inference import AdapterError, RequestError, SamplingParams
 from openlora.inference.client import GenerateRequest
 from openlora.node.auth import AuthError, verify
 from openlora.node.metrics import Metrics
+from openlora.safejson import UnsafeJSONError
+from openlora.safejson import loads as safe_loads
 
 log = logging.getLogger("openlora.api")
 MAX_BODY = 4 * 2**20
+MAX_AUTH_HEADER = 64 * 2**10  # aiohttp already refuses header lines over 8 KiB
 
 
 class ApiError(Exception):
@@ -146,9 +149,9 @@ async def _read_json(request: web.Request) -> dict:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, "body_too_large", f"the body exceeds {MAX_BODY} bytes")
     try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        body = safe_loads(await request.read(), max_bytes=MAX_BODY)  # bounded size and depth: see safejson.py
+    except UnsafeJSONError as e:
+        raise ApiError(400, "invalid_json", f"the body is not acceptable JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     return body
@@ -172,9 +175,9 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
     auth = body.get("openlora")
     if auth is None and request.headers.get("X-OpenLoRA-Auth"):
         try:
-            auth = json.loads(request.headers["X-OpenLoRA-Auth"])
-        except ValueError:
-            raise ApiError(400, "invalid_auth", "the X-OpenLoRA-Auth header is not valid JSON") from None
+            auth = safe_loads(request.headers["X-OpenLoRA-Auth"], max_bytes=MAX_AUTH_HEADER, max_depth=8)
+        except UnsafeJSONError as e:
+            raise ApiError(400, "invalid_auth", f"the X-OpenLoRA-Auth header is not acceptable JSON: {e}") from None
     authorized = None
     if not (svc.free_local_mode and auth is None):
         if svc.domain is None or svc.store is None or svc.lane_of is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from pathlib import Path
 
 from openlora.node.config import NodeConfig
@@ -115,5 +116,23 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
     log.info("node stopped cleanly")
 
 
+# py_ecc (imported by eth-account / web3) sets sys.setrecursionlimit(100_000) on import, so that C code recursing
+# once per level (json, repr, pickle, ==) overflows the 8 MiB C stack (SIGSEGV, measured here at 60-100k levels)
+# before Python's guard fires. 4,000 is 2x what torch's inductor asks for (2,000), far below the measured crash
+# depths (~150-200 bytes of C stack a level: 4,000 levels < 1 MiB, which fits even a 2 MiB thread stack) and
+# half of CPython 3.12's own C recursion limit (8,000). Defence in depth: openlora.safejson's depth check is the fix.
+RECURSION_LIMIT = 4000
+
+
+def bound_recursion() -> int:
+    """Import the Ethereum stack (so that its limit is set now, not later) and restore a sane recursion limit."""
+    import eth_account  # noqa: F401
+    import py_ecc  # noqa: F401
+    import web3  # noqa: F401
+    sys.setrecursionlimit(RECURSION_LIMIT)
+    return RECURSION_LIMIT
+
+
 def run_node(cfg: NodeConfig, account, exit_after: float | None = None) -> None:
+    bound_recursion()
     asyncio.run(_serve(cfg, account, exit_after))

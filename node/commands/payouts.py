@@ -18,6 +18,9 @@ from urllib.parse import unquote, urlparse
 import click
 
 from openlora.node.errors import NodeError
+from openlora.safejson import loads as safe_loads
+
+MAX_PUBLISHED_BYTES = 64 << 20  # a published batch: ~600 bytes a receipt, batch_max_receipts (256) by default
 
 TOKEN = 10**18
 
@@ -111,8 +114,9 @@ def by_adapter(w3: Any, dep: Any, report: Any, cfg: Any = None) -> dict[str, int
         ev = st.events.BatchSettled().process_receipt(w3.eth.get_transaction_receipt(p.tx_hash))
         uri = ev[0]["args"]["receiptsUri"] if ev else ""
         try:
-            receipts = [receipt_from_json(x) for x in json.loads(read_published(uri, cfg))["receipts"]]
-        except (OSError, ValueError, KeyError, ReceiptError, IpfsError):
+            receipts = [receipt_from_json(x) for x in
+                        safe_loads(read_published(uri, cfg), max_bytes=MAX_PUBLISHED_BYTES)["receipts"]]
+        except (OSError, ValueError, KeyError, TypeError, ReceiptError, IpfsError):
             return None
         for r in receipts:
             key = r.adapter_cid or "base model"

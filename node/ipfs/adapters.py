@@ -26,10 +26,12 @@ from openlora.node.ipfs.dag import cat, export, missing_blocks
 from openlora.node.ipfs.errors import IpfsError
 from openlora.node.ipfs.importer import add_tree
 from openlora.node.ipfs.unixfs import T_DIRECTORY, decode_node, decode_unixfs
+from openlora.safejson import load_file, loads, read_regular_file
 
 SCHEMA = "openlora.adapter/1"
 CONFIG, WEIGHTS, MANIFEST = "adapter_config.json", "adapter_model.safetensors", "manifest.json"
 FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+MAX_JSON = 1 << 20  # adapter_config.json and manifest.json: a few hundred bytes in practice
 
 
 class AdapterError(IpfsError, ValueError):
@@ -48,9 +50,11 @@ def build_manifest(adapter_dir: Path, author: str = "", base_model: str | None =
     adapter_dir = Path(adapter_dir)
     check_files(adapter_dir)
     try:
-        cfg = json.loads((adapter_dir / CONFIG).read_text())
+        cfg = load_file(adapter_dir / CONFIG, MAX_JSON)
     except ValueError as e:
-        raise AdapterError(f"{adapter_dir / CONFIG}: not valid JSON ({e})") from None
+        raise AdapterError(f"{adapter_dir / CONFIG}: not acceptable JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"{adapter_dir / CONFIG}: not a JSON object")
     base = base_model or cfg.get("base_model_name_or_path") or ""
     if not base:
         raise AdapterError(f"{adapter_dir / CONFIG} names no base_model_name_or_path; pass --base-model")
@@ -77,7 +81,9 @@ def check_manifest(adapter_dir: Path, manifest: dict) -> None:
     if manifest.get("schema") != SCHEMA:
         raise AdapterError(f"{adapter_dir / MANIFEST}: schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
     for name in (CONFIG, WEIGHTS):
-        want = manifest.get("files", {}).get(name, {}).get("sha256")
+        files = manifest.get("files")
+        entry = files.get(name) if isinstance(files, dict) else None
+        want = entry.get("sha256") if isinstance(entry, dict) else None
         got = _sha256(adapter_dir / name)
         if want != got:
             raise AdapterError(f"{adapter_dir / name}: sha256 {got} differs from the manifest's {want}")
@@ -90,11 +96,13 @@ def add_adapter(adapter_dir: Path, store: Blockstore, author: str = "", base_mod
     check_files(adapter_dir)
     mpath = adapter_dir / MANIFEST
     if mpath.is_file():
-        mbytes = mpath.read_bytes()
         try:
-            manifest = json.loads(mbytes)
+            mbytes = read_regular_file(mpath, MAX_JSON)
+            manifest = loads(mbytes, max_bytes=MAX_JSON)
         except ValueError as e:
-            raise AdapterError(f"{mpath}: not valid JSON ({e})") from None
+            raise AdapterError(f"{mpath}: not acceptable JSON ({e})") from None
+        if not isinstance(manifest, dict):
+            raise AdapterError(f"{mpath}: not a JSON object")
         check_manifest(adapter_dir, manifest)
     else:
         manifest = build_manifest(adapter_dir, author, base_model)
@@ -115,14 +123,17 @@ def read_manifest(cid: CID | str, get) -> dict:
     for name in (CONFIG, WEIGHTS, MANIFEST):
         if name not in links:
             raise AdapterError(f"{cid} is not an adapter: it has no {name}")
-    if links[MANIFEST].tsize > 1 << 20:
+    if links[MANIFEST].tsize > MAX_JSON:
         raise AdapterError(f"{cid}: manifest.json is implausibly large ({links[MANIFEST].tsize} bytes)")
     buf = io.BytesIO()
     cat(links[MANIFEST].cid, get, buf)
     try:
-        return json.loads(buf.getvalue())
+        manifest = loads(buf.getvalue(), max_bytes=MAX_JSON)
     except ValueError as e:
-        raise AdapterError(f"{cid}: manifest.json is not valid JSON ({e})") from None
+        raise AdapterError(f"{cid}: manifest.json is not acceptable JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise AdapterError(f"{cid}: manifest.json is not a JSON object")
+    return manifest
 
 
 class AdapterStore:

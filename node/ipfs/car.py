@@ -18,6 +18,7 @@ from openlora.node.ipfs.errors import IpfsError
 
 _CARV2_PRAGMA = bytes.fromhex("0aa16776657273696f6e02")
 MAX_SECTION = 8 << 20  # no legitimate UnixFS block is anywhere near this
+MAX_HEADER_DEPTH = 8  # a CAR header is {roots: [tag 42 bytes], version}: 3 levels
 
 
 class CarError(IpfsError, ValueError):
@@ -43,7 +44,9 @@ def encode_header(roots: list[CID]) -> bytes:
     return out + _cbor_head(3, 7) + b"version" + b"\x01"
 
 
-def _cbor_decode(buf: bytes, pos: int):
+def _cbor_decode(buf: bytes, pos: int, depth: int = 0):
+    if depth > MAX_HEADER_DEPTH:
+        raise CarError(f"CAR header nests deeper than {MAX_HEADER_DEPTH} levels")
     ib = buf[pos]
     major, info = ib >> 5, ib & 31
     pos += 1
@@ -63,18 +66,18 @@ def _cbor_decode(buf: bytes, pos: int):
     if major == 4:
         items = []
         for _ in range(n):
-            item, pos = _cbor_decode(buf, pos)
+            item, pos = _cbor_decode(buf, pos, depth + 1)
             items.append(item)
         return items, pos
     if major == 5:
         out = {}
         for _ in range(n):
-            k, pos = _cbor_decode(buf, pos)
-            v, pos = _cbor_decode(buf, pos)
+            k, pos = _cbor_decode(buf, pos, depth + 1)
+            v, pos = _cbor_decode(buf, pos, depth + 1)
             out[k] = v
         return out, pos
     if major == 6:
-        val, pos = _cbor_decode(buf, pos)
+        val, pos = _cbor_decode(buf, pos, depth + 1)
         if n == 42:
             if not isinstance(val, bytes) or not val.startswith(b"\x00"):
                 raise CarError("a CID in a CAR header must be tag 42 over 0x00-prefixed bytes")
@@ -142,7 +145,7 @@ def read_car(stream: BinaryIO) -> tuple[list[CID], Iterator[tuple[CID, bytes]]]:
         return read_car(_Limited(stream, data_size))
     try:
         header, _ = _cbor_decode(head, 0)
-    except (IndexError, UnicodeDecodeError) as e:
+    except (IndexError, UnicodeDecodeError, TypeError) as e:  # TypeError: an array or map as a map key
         raise CarError(f"malformed CAR header: {e}") from None
     if not isinstance(header, dict) or header.get("version") != 1 or not isinstance(header.get("roots"), list):
         raise CarError(f"unsupported CAR header {header!r}: expected a CARv1 header with roots")

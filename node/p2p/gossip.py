@@ -27,6 +27,7 @@ from eth_account.messages import encode_defunct
 
 from openlora.node.ipfs.cid import CID
 from openlora.node.ipfs.errors import CidError
+from openlora.safejson import loads as safe_loads
 
 TOPIC_ANNOUNCE = "/openlora/adapters/1"
 TOPIC_HEARTBEAT = "/openlora/heartbeat/1"
@@ -94,8 +95,8 @@ class GossipValidator:
         if len(data) > MAX_MESSAGE_BYTES:
             return self._drop("oversized")
         try:
-            msg = json.loads(data)
-        except ValueError:
+            msg = safe_loads(data, max_bytes=MAX_MESSAGE_BYTES, max_depth=4)  # flat objects: see the schema below
+        except ValueError:  # UnsafeJSONError: too deep, not UTF-8, NaN, malformed
             return self._drop("malformed")
         if not isinstance(msg, dict) or msg.get("type") not in _SCHEMA:
             return self._drop("malformed")

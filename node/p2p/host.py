@@ -13,7 +13,6 @@ What it does not do: anything blocking outside the trio thread; `node.p2p.servic
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -38,6 +37,7 @@ from openlora.node.p2p import gossip
 from openlora.node.p2p.exchange import PROTOCOL as BLOCKS_PROTOCOL
 from openlora.node.p2p.exchange import BlockServer, fetch_with_failover
 from openlora.node.p2p.wire import BufferedNoiseTransport, use_fast_yamux
+from openlora.safejson import loads as safe_loads
 
 log = logging.getLogger("openlora.p2p")
 
@@ -177,7 +177,7 @@ class P2PNode:
         while True:
             m = await sub.get()
             try:
-                msg = json.loads(m.data)
+                msg = safe_loads(m.data, max_bytes=gossip.MAX_MESSAGE_BYTES, max_depth=4)
                 sender = str(ID(m.from_id))
             except Exception:  # noqa: BLE001 - our own messages are not validated by pubsub; be defensive
                 continue
