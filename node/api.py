@@ -16,15 +16,16 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable
+
+from typing import Any
 
 from aiohttp import web
 
 from openlora.inference import AdapterError, RequestError, SamplingParams
-from openlora.inference.client import GenerateRequest
-from openlora.node.auth import AuthError, verify
-from openlora.node.metrics import Metrics
+from openlora.node import pipeline
+from openlora.node.errors import RequestRejected
+from openlora.node.metrics import Metrics  # noqa: F401  (re-exported for callers that build a NodeService)
+from openlora.node.pipeline import NodeService, ServedRequest  # noqa: F401  (the request path's types)
 from openlora.safejson import UnsafeJSONError
 from openlora.safejson import loads as safe_loads
 
@@ -32,85 +33,67 @@ log = logging.getLogger("openlora.api")
 MAX_BODY = 4 * 2**20
 MAX_AUTH_HEADER = 64 * 2**10  # aiohttp already refuses header lines over 8 KiB
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, type_: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.code, self.type = status, code, type_
+ApiError = RequestRejected  # what handlers raise; the middleware turns it into an error response
 
 
 def error_response(status: int, code: str, message: str, type_: str = "invalid_request_error") -> web.Response:
     return web.json_response({"error": {"message": message, "type": type_, "code": code}}, status=status)
 
 
-@dataclass
-class ServedRequest:
-    """What the receipt writer needs about one served request."""
-    request_id: str
-    requester: str | None
-    adapter_cid: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    request_digest: bytes | None
-    max_price: int | None
-
-
-@dataclass
-class NodeService:
-    """Everything the handlers use; built by node/runner.py (the wiring) or by tests."""
-    engine: Any                                  # inference.LLMEngine (read-only use: tokenizer, spec, adapters)
-    client: Any                                  # inference.client.AsyncEngine
-    node_address: str
-    base_model: str
-    free_local_mode: bool
-    admin_token: str = ""
-    store: Any = None                            # node.storage.Store (nonces, vouchers, receipts)
-    domain: Any = None                           # attribution.eip712.Domain when a chain is configured
-    lane_of: Callable[[str], tuple[int, int]] | None = None
-    price_per_token: Callable[[str | None], int] = lambda cid: 0             # adapter cid (None: base) -> wei/token
-    write_receipt: Callable[[ServedRequest], Any] | None = None              # commits; returns the receipt id
-    catalog: dict[str, str | None] = field(default_factory=dict)            # model name -> adapter CID (None: local)
-    readiness: Callable[[], dict[str, bool | str]] = lambda: {}
-    settlement: Any = None                       # node.settlement.SettlementLoop, when a chain is configured
-    metrics: Metrics = field(default_factory=Metrics)
-
-    # ---- model resolution ----
-    def resolve(self, model: Any) -> tuple[str | None, str | None]:
-        """(engine adapter name or None for the base model, adapter CID or None)."""
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "invalid_model", "'model' must name the base model, an adapter name or an adapter CID")
-        if model == self.base_model:
-            return None, None
-        if model in self.catalog:
-            return model, self.catalog[model]
-        for name, cid in self.catalog.items():
-            if cid == model:
-                return name, cid
-        raise ApiError(404, "model_not_found", f"unknown model {model!r}: this node serves {self.base_model!r} and "
-                                               f"{len(self.catalog)} adapter(s); see GET /v1/models")
-
-
 def _sampling(body: dict, chat: bool) -> SamplingParams:
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", 16 if not chat else 256))
-    if body.get("n", 1) != 1:
+    """The body's sampling fields -> SamplingParams, strictly: a value of the wrong JSON type ("0.5" or true for a
+    number, 1.5 for an integer), out of range, or NaN/Infinity anywhere in the body is a 400 invalid_parameter;
+    nothing is coerced. `null` means the default. The limits are SamplingParams' (docs/api.md)."""
+    def bad(message: str) -> ApiError:
+        return ApiError(400, "invalid_parameter", message)
+
+    stack: list[tuple[str, Any]] = [("body", body)]     # iterative: a deeply nested body cannot overflow the stack
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, float) and v != v or v in (float("inf"), float("-inf")):
+            raise bad(f"{where} is {v}: JSON numbers must be finite (NaN and Infinity are not JSON)")
+        if isinstance(v, dict):
+            stack.extend((f"{where}.{k}", x) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((f"{where}[{i}]", x) for i, x in enumerate(v))
+
+    def get(name: str, default: Any = None) -> Any:
+        v = body.get(name)
+        return default if v is None else v
+
+    n = get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise bad(f"n={repr(n)[:40]}: must be the integer 1")
+    if n != 1:
         raise ApiError(400, "unsupported", "n > 1 is not supported; send one request per completion")
     if body.get("echo"):
         raise ApiError(400, "unsupported", "echo is not supported")
+    if not isinstance(get("stream", False), bool):
+        raise bad(f"stream={repr(body['stream'])[:40]}: must be true or false")
     if chat:
-        logprobs = body.get("top_logprobs", 0) if body.get("logprobs") else None
+        if not isinstance(get("logprobs", False), bool):
+            raise bad(f"logprobs={repr(body['logprobs'])[:40]}: must be true or false in a chat request "
+                      f"(top_logprobs says how many alternatives)")
+        logprobs = get("top_logprobs", 0) if body.get("logprobs") else None
     else:
         logprobs = body.get("logprobs")
-    stop = body.get("stop") or ()
+    max_tokens = get("max_completion_tokens", get("max_tokens", 256 if chat else 16))
+    stop = get("stop", [])
+    if not isinstance(stop, (str, list)):
+        raise bad(f"stop={repr(stop)[:40]}: must be a string or a list of strings")
     try:
-        return SamplingParams(max_tokens=max_tokens, temperature=float(body.get("temperature", 1.0)),
-                              top_p=float(body.get("top_p", 1.0)), top_k=int(body.get("top_k", -1)),
-                              seed=body.get("seed"), stop=(stop,) if isinstance(stop, str) else tuple(stop),
-                              logprobs=logprobs, ignore_eos=bool(body.get("ignore_eos", False)))
+        return SamplingParams(max_tokens=max_tokens, temperature=get("temperature", 1.0), top_p=get("top_p", 1.0),
+                              top_k=get("top_k", -1), seed=body.get("seed"), stop=stop, logprobs=logprobs,
+                              ignore_eos=get("ignore_eos", False))
     except (TypeError, ValueError) as e:
-        raise ApiError(400, "invalid_parameter", str(e)) from None
+        message = str(e)
+        if body.get("max_completion_tokens") is not None and message.startswith("max_tokens="):
+            message = "max_completion_tokens=" + message.removeprefix("max_tokens=")    # the name that was sent
+        raise bad(message) from None
 
 
-def _prompt(svc: NodeService, body: dict, chat: bool) -> str | list[int]:
+def _prompt(svc: NodeService, body: dict, chat: bool) -> str | list[int] | list[dict]:
+    """The prompt as sent, validated for shape (chat: the messages; the template is applied off the event loop)."""
     if chat:
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(
@@ -120,13 +103,13 @@ def _prompt(svc: NodeService, body: dict, chat: bool) -> str | list[int]:
         tok = svc.engine.tokenizer
         if tok is None or not getattr(tok, "chat_template", None):
             raise ApiError(400, "no_chat_template", "this base model has no chat template; use /v1/completions")
-        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        return [{"role": m["role"], "content": m["content"]} for m in msgs]
     prompt = body.get("prompt")
     if isinstance(prompt, str) and prompt:
         return prompt
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         return prompt
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str) and prompt[0]:
         return prompt[0]
     raise ApiError(400, "invalid_prompt", "'prompt' must be a non-empty string or a list of token ids "
                                           "(one prompt per request)")
@@ -157,93 +140,58 @@ async def _read_json(request: web.Request) -> dict:
     return body
 
 
-async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
-    svc: NodeService = request.app["svc"]
-    t0 = time.monotonic()
-    body = await _read_json(request)
-    adapter, cid = svc.resolve(body.get("model"))
-    params = _sampling(body, chat)
-    prompt = _prompt(svc, body, chat)
-    try:
-        prompt_ids = svc.engine._prompt_ids(prompt)
-        if adapter is not None:
-            svc.engine.adapters.check(adapter)
-    except AdapterError as e:
-        raise ApiError(424, "adapter_unavailable", str(e)) from None
-    except RequestError as e:
-        raise ApiError(400, "invalid_prompt", str(e)) from None
+def _auth_object(body: dict, request: web.Request) -> Any:
+    """The signed authorisation: the body's `openlora` object, or the X-OpenLoRA-Auth header as JSON."""
     auth = body.get("openlora")
     if auth is None and request.headers.get("X-OpenLoRA-Auth"):
         try:
             auth = safe_loads(request.headers["X-OpenLoRA-Auth"], max_bytes=MAX_AUTH_HEADER, max_depth=8)
         except UnsafeJSONError as e:
             raise ApiError(400, "invalid_auth", f"the X-OpenLoRA-Auth header is not acceptable JSON: {e}") from None
-    authorized = None
-    if not (svc.free_local_mode and auth is None):
-        if svc.domain is None or svc.store is None or svc.lane_of is None:
-            raise ApiError(503, "chain_unavailable", "signed requests need the chain and the receipt store; "
-                                                     "neither is configured on this node", "server_error")
-        max_cost = svc.price_per_token(cid) * (len(prompt_ids) + params.max_tokens)
-        try:
-            authorized = await asyncio.to_thread(
-                verify, auth, body, domain=svc.domain, node=svc.node_address, adapter_cid=cid,
-                max_tokens=params.max_tokens, max_cost=max_cost, ledger=svc.store, lane_of=svc.lane_of)
-        except AuthError as e:
-            svc.metrics.rejected.labels(code=e.code).inc()
-            raise ApiError(e.status, e.code, str(e), "authorization_error") from None
-    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-    model_name = body["model"]
-    stream = bool(body.get("stream"))
-    gen = svc.client.submit(GenerateRequest(prompt_ids, params, adapter, request_id=rid))
-    label = adapter or "base"
-    svc.metrics.requests.labels(adapter=label).inc()
+    return auth
 
-    async def finish(out) -> dict:
-        """Commit the receipt (when the request was signed or a store exists) before anything final is sent."""
-        if out.error:
-            raise ApiError(500 if out.finish_reason == "error" else 400, "generation_failed", out.error, "server_error")
-        usage = {"prompt_tokens": len(out.prompt_token_ids), "completion_tokens": len(out.token_ids),
-                 "total_tokens": len(out.prompt_token_ids) + len(out.token_ids)}
-        extra = {}
-        if svc.write_receipt is not None and (authorized is not None or svc.store is not None):
-            served = ServedRequest(rid, authorized.request.requester if authorized else None, cid,
-                                   usage["prompt_tokens"], usage["completion_tokens"],
-                                   authorized.digest if authorized else None,
-                                   authorized.request.maxPrice if authorized else None)
-            try:
-                extra["receipt"] = await asyncio.to_thread(svc.write_receipt, served)
-            except Exception as e:
-                log.exception("receipt commit failed")
-                raise ApiError(503, "receipt_store_unavailable", f"the receipt could not be committed: {e}",
-                               "server_error") from None
-            svc.metrics.receipts.inc()
-        dt = time.monotonic() - t0
-        svc.metrics.latency.labels(adapter=label).observe(dt)
-        svc.metrics.tokens.labels(adapter=label).inc(usage["completion_tokens"])
-        if out.first_token_time is not None:
-            svc.metrics.ttft.labels(adapter=label).observe(max(0.0, out.first_token_time - out.arrival_time))
-        return {"usage": usage, "openlora": {"request_id": rid, **extra}}
 
-    created = int(time.time())
+async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    """HTTP <-> node/pipeline.py: parse, admit, stream or wait, commit; every step's rules live in the pipeline."""
+    svc: NodeService = request.app["svc"]
+    body = await _read_json(request)
+    params = _sampling(body, chat)
+    prompt = _prompt(svc, body, chat)
+    adm = await pipeline.admit(svc, body=body, prompt=prompt, params=params, auth=_auth_object(body, request),
+                               chat=chat)
+    try:
+        gen = pipeline.outputs(svc, adm)
+        if not body.get("stream"):
+            async for out in gen:
+                adm.last_output = out
+            tail = await pipeline.commit(svc, adm, adm.last_output)
+            return _final_response(svc, adm, adm.last_output, tail, chat)
+        return await _stream(request, svc, adm, gen, chat)
+    finally:
+        # the client went away, the engine failed, or anything else ended the response early: what was generated
+        # is owed a receipt (or, with nothing generated, the reservation is released); a no-op after commit()
+        await pipeline.close_partial(svc, adm)
+
+
+def _final_response(svc: NodeService, adm: pipeline.Admission, final, tail: dict, chat: bool) -> web.Response:
     tok = svc.engine.tokenizer
-    if not stream:
-        final = None
-        async for out in gen:
-            final = out
-        tail = await finish(final)
-        reason = final.finish_reason if final.finish_reason in ("stop", "length") else "stop"
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": final.text},
-                      "logprobs": _logprobs_json(final, True, tok), "finish_reason": reason}
-        else:
-            choice = {"index": 0, "text": final.text, "logprobs": _logprobs_json(final, False, tok),
-                      "finish_reason": reason}
-        return web.json_response({"id": rid, "object": "chat.completion" if chat else "text_completion",
-                                  "created": created, "model": model_name, "choices": [choice], **tail})
+    reason = final.finish_reason if final.finish_reason in ("stop", "length") else "stop"
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": final.text},
+                  "logprobs": _logprobs_json(final, True, tok), "finish_reason": reason}
+    else:
+        choice = {"index": 0, "text": final.text, "logprobs": _logprobs_json(final, False, tok),
+                  "finish_reason": reason}
+    return web.json_response({"id": adm.request_id, "object": "chat.completion" if chat else "text_completion",
+                              "created": int(time.time()), "model": adm.model, "choices": [choice], **tail})
 
+
+async def _stream(request: web.Request, svc: NodeService, adm: pipeline.Admission, gen,
+                  chat: bool) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     obj = "chat.completion.chunk" if chat else "text_completion"
+    created, rid, model_name = int(time.time()), adm.request_id, adm.model
 
     async def send(payload: dict) -> None:
         await resp.write(f"data: {json.dumps(payload)}\n\n".encode())
@@ -253,14 +201,14 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
     final = None
     async for out in gen:
-        final = out
+        final = adm.last_output = out
         if out.new_text and not out.finished:
             delta = {"content": out.new_text} if chat else None
             choice = {"index": 0, "delta": delta, "finish_reason": None} if chat else \
                 {"index": 0, "text": out.new_text, "logprobs": None, "finish_reason": None}
             await send({"id": rid, "object": obj, "created": created, "model": model_name, "choices": [choice]})
     try:
-        tail = await finish(final)
+        tail = await pipeline.commit(svc, adm, final)
     except ApiError as e:
         await send({"error": {"message": str(e), "type": e.type, "code": e.code}})
         await resp.write_eof()
@@ -285,9 +233,11 @@ async def errors_middleware(request: web.Request, handler):
         raise
     except (ConnectionResetError, asyncio.CancelledError):
         raise
-    except Exception as e:  # a bug must fail one request with a 500, never the server
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", f"{type(e).__name__}: {e}", "server_error")
+    except Exception:  # a bug must fail one request with a 500, never the server, and never leak its text
+        ref = uuid.uuid4().hex[:12]
+        log.exception("unhandled error", extra={"fields": {"error_ref": ref, "path": request.path}})
+        return error_response(500, "internal_error", f"internal error (reference {ref} in the node's log)",
+                              "server_error")
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -308,11 +258,15 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-def _price_or_none(svc: NodeService, cid: str | None) -> int | None:
-    try:
-        return svc.price_per_token(cid)
-    except ApiError:
-        return None          # e.g. an adapter not registered on chain: it cannot be bought here
+def _prices(svc: NodeService) -> dict[str, int | None]:
+    """Blocking (chain reads, cached): each model's price per token; None where it cannot be bought now."""
+    out: dict[str, int | None] = {}
+    for name, cid in [(svc.base_model, None), *sorted(svc.catalog.items())]:
+        try:
+            out[name] = svc.price_per_token(cid)
+        except ApiError:
+            out[name] = None     # an adapter not registered on chain, or the chain unreachable
+    return out
 
 
 async def node_info(request: web.Request) -> web.Response:
@@ -323,8 +277,7 @@ async def node_info(request: web.Request) -> web.Response:
         "max_model_len": svc.engine.max_model_len,
         "chain_id": svc.domain.chain_id if svc.domain else None,
         "settlement": svc.domain.verifying_contract if svc.domain else None,
-        "price_per_token": {name: _price_or_none(svc, cid) for name, cid in
-                            [(svc.base_model, None), *sorted(svc.catalog.items())]},
+        "price_per_token": await asyncio.to_thread(_prices, svc),
         "adapters": {name: cid for name, cid in sorted(svc.catalog.items())},
     }
     requester = request.query.get("requester")
@@ -350,12 +303,19 @@ async def receipt(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: 503 {"status": "engine_dead"} once the engine loop stopped on an engine-wide error (it never
+    recovers in-process: a supervisor must restart the node); else 200 {"status": "ok"}."""
+    svc: NodeService = request.app["svc"]
+    dead = getattr(svc.client, "dead", None)
+    if dead is not None:
+        return web.json_response({"status": "engine_dead", "error": dead,
+                                  "action": "restart the node (the engine cannot serve any request)"}, status=503)
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     svc: NodeService = request.app["svc"]
-    checks = {"model": svc.engine is not None and svc.client._dead is None, **svc.readiness()}
+    checks = {"model": svc.engine is not None and getattr(svc.client, "dead", None) is None, **svc.readiness()}
     ready = all(v is True or v == "disabled" for v in checks.values())
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 

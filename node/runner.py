@@ -80,6 +80,9 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
         log.info("engine ready", extra={"fields": {"self_check_tokens": len(outs[-1].token_ids),
                                                    "self_check_ms": round(1e3 * (loop.time() - t0), 1)}})
         store = await asyncio.to_thread(Store, cfg.database_url)
+        released = await asyncio.to_thread(store.release_all_reservations)
+        if released:  # requests admitted by the previous run that it never finished: nothing is owed for them
+            log.info(f"released {released} reservation(s) of requests the previous run did not finish")
         chain = await asyncio.to_thread(connect_chain, cfg)
         svc = build_service(cfg, account, engine, client, store, net.register_all(engine), chain,
                             p2p_ready=net.ready)

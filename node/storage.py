@@ -7,7 +7,9 @@ empty database do not race. Nonces are claimed atomically by a primary key (`use
 highest cap by a conditional upsert, receipts are the settlement outbox (pending -> submitted (in a batch being
 settled) -> settled) and batches record what was (or is about to be) sent on chain, so a restarted node resumes
 instead of settling twice. Per requester, a running total of the unsettled receipts' prices (`unsettled`, kept in
-the same transactions) answers the per-request deposit / voucher check in one row read. The same statements run on both dialects; only the upsert construct and the connection
+the same transactions, with the reservations of requests admitted but not served yet) answers the per-request
+deposit / voucher check in one row read, and `reserve` checks and holds a request's maximum cost atomically with
+its nonce. The same statements run on both dialects; only the upsert construct and the connection
 setup differ.
 What it does not do: talk to the chain (node.settlement), verify signatures (node.auth / attribution), or price
 anything. Methods are blocking; from asyncio call the slow ones through `asyncio.to_thread`.
@@ -37,6 +39,18 @@ _W = 78  # digits of 2**256
 
 class StorageError(NodeError):
     """The database cannot be opened or written (path, permissions, URL)."""
+
+
+class _NonceUsed(Exception):
+    """Internal: rolls back a reservation whose nonce was used."""
+
+
+class _OverLimit(Exception):
+    """Internal: rolls back a reservation that would exceed the requester's limit."""
+
+    def __init__(self, total: int):
+        super().__init__(total)
+        self.total = total
 
 
 def big(n: int) -> str:
@@ -79,6 +93,13 @@ batches = Table(
 # reads one row however many receipts wait for settlement (a chain that is down lets them pile up).
 unsettled = Table("unsettled", meta, Column("requester", String(42), primary_key=True),
                   Column("total", Big, nullable=False))
+# Admitted requests not served yet: each holds its maximum cost against the requester (counted in `unsettled`)
+# from admission, atomically with its nonce, until its receipt replaces it with the real price (or it is released:
+# the request failed, or the node restarted before serving it). Without it, concurrent requests all passed the
+# deposit / voucher check before any of them had a receipt.
+reservations = Table("reservations", meta, Column("request_id", String(100), primary_key=True),
+                     Column("requester", String(42), nullable=False, index=True),
+                     Column("amount", Big, nullable=False), Column("created_at", Time, nullable=False))
 _SCHEMA_LOCK = 0x6F6C6F72615F7462  # pg_advisory_xact_lock key held while creating the tables ("olora_tb")
 
 
@@ -183,6 +204,76 @@ class Store:
         except IntegrityError:
             return False
 
+    def reserve(self, requester: str, nonce: int, request_id: str, amount: int, *, limit: int,
+                voucher: tuple[str, int, bytes] | None = None) -> tuple[str, int]:
+        """Admit one request, atomically: claim (requester, nonce), record the voucher, and hold `amount` (the
+        request's maximum cost) against the requester, provided that its unsettled total (receipts not settled
+        plus reservations, this one included) stays <= `limit` (what the voucher and the deposit allow).
+        Returns ("ok", total after) | ("nonce_reused", 0) | ("over_limit", total before); on anything but "ok"
+        nothing is written (a refused request does not burn its nonce). Concurrent calls are serialised by the
+        running-total row (SQLite's write lock, PostgreSQL's row lock), so N racing requests cannot together
+        exceed the limit."""
+        key = requester.lower()
+        try:
+            with self.engine.begin() as c:
+                try:
+                    c.execute(insert(nonces).values(requester=key, nonce=big(nonce), used_at=int(time.time())))
+                except IntegrityError:
+                    raise _NonceUsed() from None
+                if voucher is not None:
+                    c.execute(self._voucher_upsert(requester, *voucher))
+                before = self._locked_total(c, key)
+                if before + amount > limit:
+                    raise _OverLimit(before)
+                if amount:
+                    c.execute(insert(reservations).values(request_id=request_id, requester=key, amount=big(amount),
+                                                          created_at=int(time.time())))
+                    c.execute(update(unsettled).where(unsettled.c.requester == key)
+                              .values(total=big(before + amount)))
+                return "ok", before + amount
+        except _NonceUsed:
+            return "nonce_reused", 0
+        except _OverLimit as e:
+            return "over_limit", e.total
+        except IntegrityError:  # the nonce insert of a racing transaction (PostgreSQL reports it at commit)
+            return "nonce_reused", 0
+
+    def release(self, request_id: str) -> int:
+        """Drop the reservation of a request that will have no receipt (it failed before anything was served);
+        returns the amount released (0 if there was none)."""
+        with self.engine.begin() as c:
+            return self._drop_reservation(c, request_id)
+
+    def release_all_reservations(self) -> int:
+        """At start-up: a reservation left by a previous run belongs to a request that run never finished (its
+        receipt would have replaced it), so nothing is owed for it. Returns how many were released."""
+        with self.engine.connect() as c:
+            ids = c.execute(select(reservations.c.request_id)).scalars().all()
+        for rid in ids:
+            self.release(rid)
+        return len(ids)
+
+    def reserved(self, requester: str) -> int:
+        with self.engine.connect() as c:
+            rows = c.execute(select(reservations.c.amount).where(reservations.c.requester == requester.lower()))
+            return sum(int(a) for a in rows.scalars())
+
+    def _drop_reservation(self, c: Any, request_id: str) -> int:
+        row = c.execute(select(reservations.c.requester, reservations.c.amount)
+                        .where(reservations.c.request_id == request_id)).first()
+        if row is None:
+            return 0
+        c.execute(delete(reservations).where(reservations.c.request_id == request_id))
+        self._add_unsettled(c, {row.requester: -int(row.amount)})
+        return int(row.amount)
+
+    def _locked_total(self, c: Any, key: str) -> int:
+        """The requester's running total, its row locked for this transaction (created at 0 if missing)."""
+        c.execute(self._upsert(unsettled).values(requester=key, total=big(0))
+                  .on_conflict_do_nothing(index_elements=["requester"]))
+        return int(c.execute(select(unsettled.c.total).where(unsettled.c.requester == key)
+                             .with_for_update()).scalar_one())
+
     def record_voucher(self, requester: str, node: str, cumulative_cap: int, signature: bytes) -> None:
         """Keep the voucher with the highest cap (a lower or equal one is ignored)."""
         with self.engine.begin() as c:
@@ -206,7 +297,8 @@ class Store:
     # ---- receipts ------------------------------------------------------------------------------------------
 
     def add_receipt(self, r: Receipt) -> None:
-        """Store a receipt as pending; committed (durable) when this returns. A duplicate request_id raises."""
+        """Store a receipt as pending; committed (durable) when this returns. A duplicate request_id raises. The
+        request's reservation (if any) is replaced by the receipt's price in the same transaction."""
         try:
             with self.engine.begin() as c:
                 c.execute(insert(receipts).values(
@@ -215,6 +307,7 @@ class Store:
                     completion_tokens=r.completion_tokens, price=big(r.price),
                     attribution=json.dumps([[a, str(w)] for a, w in r.attribution]), created_at=r.created_at,
                     node_signature=bytes(r.node_signature), receipt_hash=receipt_hash(r), status="pending"))
+                self._drop_reservation(c, r.request_id)
                 if r.price:
                     self._add_unsettled(c, {r.requester.lower(): r.price})
         except IntegrityError:
@@ -257,8 +350,9 @@ class Store:
         return out
 
     def unsettled_charges(self, requester: str) -> int:
-        """Sum of the prices of this requester's receipts not settled yet (pending or in a batch in flight): one
-        row of the running totals, whatever the number of receipts waiting."""
+        """Sum of the prices of this requester's receipts not settled yet (pending or in a batch in flight) plus the
+        reservations of its requests admitted but not served yet: one row of the running totals, whatever the
+        number of receipts waiting."""
         with self.engine.connect() as c:
             total = c.execute(select(unsettled.c.total).where(unsettled.c.requester == requester.lower())).scalar()
         return int(total) if total is not None else 0

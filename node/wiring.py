@@ -19,8 +19,9 @@ from eth_utils import to_checksum_address
 
 from openlora.attribution import pricing
 from openlora.attribution.receipts import Receipt, sign_receipt
-from openlora.node.api import ApiError, NodeService, ServedRequest
 from openlora.node.config import NodeConfig
+from openlora.node.errors import ChainUnavailable, RequestRejected
+from openlora.node.pipeline import NodeService, ServedRequest
 
 log = logging.getLogger("openlora.node")
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -33,8 +34,18 @@ class Chain:
     deployment: Any
 
     def lane_of(self, requester: str, node: str) -> tuple[int, int]:
-        s = self.deployment.contract(self.w3, "Settlement")
-        return (int(s.functions.balanceOf(requester, node).call()), int(s.functions.debited(requester, node).call()))
+        """(what the node can still count on from `requester`'s deposit, cumulative debited). An announced
+        withdrawal counts as gone: it may be executed before the next batch settles (the contract lets it take
+        min(announced, balance) once unlocked). Blocking; raises ChainUnavailable on any transport error."""
+        try:
+            s = self.deployment.contract(self.w3, "Settlement")
+            balance = int(s.functions.balanceOf(requester, node).call())
+            debited = int(s.functions.debited(requester, node).call())
+            announced = int(s.functions.pendingWithdrawal(requester, node).call()[0])
+        except Exception as e:  # requests/aiohttp/web3 transport errors: never echo them (the URL may hold a key)
+            log.warning("chain read failed", extra={"fields": {"call": "lane_of", "error": type(e).__name__}})
+            raise ChainUnavailable("reading the requester's deposit failed") from None
+        return max(0, balance - announced), debited
 
     def reachable(self) -> bool:
         try:
@@ -90,7 +101,10 @@ class Pricer:
             return self._cached(("terms", cid), lambda: pricing.adapter_terms(self.chain.w3, self.chain.deployment,
                                                                               cid))
         except pricing.PricingError as e:
-            raise ApiError(404, "adapter_not_registered", str(e)) from None
+            raise RequestRejected(404, "adapter_not_registered", str(e)) from None
+        except Exception as e:  # transport errors: 503, never their text (the RPC URL may carry an API key)
+            log.warning("chain read failed", extra={"fields": {"call": "adapter_terms", "error": type(e).__name__}})
+            raise ChainUnavailable("reading the adapter's terms failed") from None
 
     def price_per_token(self, cid: str | None) -> int:
         return self.terms(cid).price_per_token + self.node_price
@@ -100,8 +114,13 @@ class Pricer:
         contributors = {}
         if self.chain is not None:
             for d, _ in terms.datanet_weights:
-                contributors[d] = self._cached(("datanet", d), lambda d=d: pricing.contributor_weights(
-                    self.chain.w3, self.chain.deployment, d))
+                try:
+                    contributors[d] = self._cached(("datanet", d), lambda d=d: pricing.contributor_weights(
+                        self.chain.w3, self.chain.deployment, d))
+                except Exception as e:
+                    log.warning("chain read failed", extra={"fields": {"call": "contributor_weights",
+                                                                       "error": type(e).__name__}})
+                    raise ChainUnavailable("reading the Datanet's contributors failed") from None
         price = pricing.price_of(terms, self.node_price, prompt_tokens, completion_tokens)
         return price, pricing.attribution_vector(terms, contributors, self.operator, self.shares)
 

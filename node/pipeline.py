@@ -1,0 +1,240 @@
+"""One request's way through the node, step by step, with typed values between the steps:
+
+    resolve the model -> check the signature (no tokenizing yet) -> tokenize (off the event loop) -> price
+    -> reserve the maximum cost with the nonce -> submit to the engine -> stream -> commit the receipt
+
+What it does: `admit()` runs every check before compute and returns an `Admission` (the request id, the token ids,
+the reservation); `outputs()` streams the engine's outputs; `commit()` writes the receipt of a finished request
+(durable before the caller sends anything final) and `close_partial()` the receipt of a request whose client went
+away (what was generated is owed), or releases the reservation when nothing was served. Cheap checks come first:
+a prompt is bounded in characters before anything else, the signature is checked before the prompt is tokenized,
+and tokenizing, chat templates, chain reads and database writes run in threads, never on the event loop.
+What it does not do: speak HTTP (node/api.py translates to and from it), or settle receipts (node/settlement.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from openlora.inference import AdapterError, RequestError, SamplingParams
+from openlora.inference.client import GenerateRequest
+from openlora.node.auth import AuthError, Authorized, admit as admit_signed, check_signed
+from openlora.node.errors import ChainUnavailable, RequestRejected
+from openlora.node.metrics import Metrics
+
+log = logging.getLogger("openlora.pipeline")
+# A prompt longer than this many characters per token of context cannot fit (no tokenizer makes tokens that long
+# on real text): refused before it is tokenized, so a multi-megabyte prompt costs a length check, not a tokenizer run.
+MAX_PROMPT_CHARS_PER_TOKEN = 32
+
+
+@dataclass
+class ServedRequest:
+    """What the receipt writer needs about one served request."""
+    request_id: str
+    requester: str | None
+    adapter_cid: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    request_digest: bytes | None
+    max_price: int | None
+
+
+@dataclass
+class NodeService:
+    """Everything the request path uses; built by node/wiring.py or by tests."""
+    engine: Any                                  # inference.LLMEngine (read-only use: tokenizer, spec, adapters)
+    client: Any                                  # inference.client.AsyncEngine
+    node_address: str
+    base_model: str
+    free_local_mode: bool
+    admin_token: str = ""
+    store: Any = None                            # node.storage.Store (nonces, reservations, receipts)
+    domain: Any = None                           # attribution.eip712.Domain when a chain is configured
+    lane_of: Callable[[str], tuple[int, int]] | None = None   # requester -> (spendable deposit, debited); blocking
+    price_per_token: Callable[[str | None], int] = lambda cid: 0             # adapter cid (None: base) -> wei/token
+    write_receipt: Callable[[ServedRequest], Any] | None = None              # commits; returns the receipt id
+    catalog: dict[str, str | None] = field(default_factory=dict)            # model name -> adapter CID (None: local)
+    readiness: Callable[[], dict[str, bool | str]] = lambda: {}
+    settlement: Any = None                       # node.settlement.SettlementLoop, when a chain is configured
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def resolve(self, model: Any) -> tuple[str | None, str | None]:
+        """(engine adapter name or None for the base model, adapter CID or None)."""
+        if not isinstance(model, str) or not model:
+            raise RequestRejected(400, "invalid_model",
+                                  "'model' must name the base model, an adapter name or an adapter CID")
+        if model == self.base_model:
+            return None, None
+        if model in self.catalog:
+            return model, self.catalog[model]
+        for name, cid in self.catalog.items():
+            if cid == model:
+                return name, cid
+        raise RequestRejected(404, "model_not_found", f"unknown model {model[:200]!r}: this node serves "
+                                                      f"{self.base_model!r} and {len(self.catalog)} adapter(s); "
+                                                      "see GET /v1/models")
+
+
+@dataclass
+class Admission:
+    """A request that passed every check: what the engine runs and what its receipt needs."""
+    request_id: str
+    model: str
+    adapter: str | None                          # the engine's adapter name (None: the base model)
+    cid: str | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    authorized: Authorized | None                # None: a free local request
+    reserved: int                                # wei held against the requester until commit / release
+    started: float
+    closed: bool = False                         # a receipt was written or the reservation released
+    last_output: Any = None                      # the engine's latest output (RequestOutput), as it streams
+
+
+def bound_prompt(prompt: str | list[int] | list[dict], max_model_len: int) -> None:
+    """Refuse a prompt that cannot fit before any tokenizer sees it."""
+    limit = max_model_len * MAX_PROMPT_CHARS_PER_TOKEN
+    if isinstance(prompt, str):
+        size = len(prompt)
+    elif prompt and isinstance(prompt[0], dict):
+        size = sum(len(m.get("content", "")) + len(m.get("role", "")) for m in prompt)
+    else:
+        size = len(prompt) * MAX_PROMPT_CHARS_PER_TOKEN      # token ids: one each
+    if size > limit:
+        raise RequestRejected(400, "prompt_too_long", f"the prompt has {size:,} characters; this node's context is "
+                                                      f"{max_model_len} tokens (at most {limit:,} characters)")
+
+
+def _tokenize(svc: NodeService, prompt: str | list[int] | list[dict], adapter: str | None) -> list[int]:
+    """Blocking: chat template, tokenizer, adapter check. Run in a thread."""
+    try:
+        if prompt and isinstance(prompt, list) and isinstance(prompt[0], dict):
+            tok = svc.engine.tokenizer
+            prompt = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        ids = svc.engine._prompt_ids(prompt)
+        if adapter is not None:
+            svc.engine.adapters.check(adapter)
+        return ids
+    except AdapterError as e:
+        raise RequestRejected(424, "adapter_unavailable", str(e)) from None
+    except RequestError as e:
+        raise RequestRejected(400, "invalid_prompt", str(e)) from None
+
+
+async def admit(svc: NodeService, *, body: dict, prompt: str | list[int] | list[dict], params: SamplingParams,
+                auth: Any, chat: bool) -> Admission:
+    """Every check before compute, cheapest first. Raises RequestRejected (or ChainUnavailable)."""
+    model = body.get("model")
+    adapter, cid = svc.resolve(model)
+    bound_prompt(prompt, svc.engine.max_model_len)
+    signed = None
+    if not (svc.free_local_mode and auth is None):
+        if svc.domain is None or svc.store is None or svc.lane_of is None:
+            raise RequestRejected(503, "chain_unavailable", "signed requests need the chain and the receipt store; "
+                                                            "neither is configured on this node", "server_error")
+        try:  # fields, domain, node, deadline, prompt hash, signatures: no tokenizer, no database, no chain
+            signed = await asyncio.to_thread(check_signed, auth, body, domain=svc.domain, node=svc.node_address,
+                                             adapter_cid=cid, max_tokens=params.max_tokens)
+        except AuthError as e:
+            svc.metrics.rejected.labels(code=e.code).inc()
+            raise RequestRejected(e.status, e.code, str(e), "authorization_error") from None
+    prompt_ids = await asyncio.to_thread(_tokenize, svc, prompt, adapter)
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    authorized, reserved = None, 0
+    if signed is not None:
+        price = await asyncio.to_thread(svc.price_per_token, cid)
+        max_cost = price * (len(prompt_ids) + params.max_tokens)
+        try:
+            authorized = await asyncio.to_thread(admit_signed, signed, max_cost=max_cost, request_id=rid,
+                                                 ledger=svc.store, lane_of=svc.lane_of)
+        except AuthError as e:
+            svc.metrics.rejected.labels(code=e.code).inc()
+            raise RequestRejected(e.status, e.code, str(e), "authorization_error") from None
+        reserved = authorized.reserved
+    return Admission(rid, model, adapter, cid, prompt_ids, params, authorized, reserved, time.monotonic())
+
+
+def outputs(svc: NodeService, adm: Admission) -> AsyncIterator[Any]:
+    """The engine's outputs for an admitted request (the last one has finished=True). Closing the iterator early
+    aborts the request in the engine."""
+    svc.metrics.requests.labels(adapter=adm.adapter or "base").inc()
+    return svc.client.submit(GenerateRequest(adm.prompt_ids, adm.params, adm.adapter, request_id=adm.request_id))
+
+
+async def _release(svc: NodeService, adm: Admission) -> None:
+    adm.closed = True
+    if adm.reserved and svc.store is not None:
+        await asyncio.shield(asyncio.to_thread(svc.store.release, adm.request_id))
+
+
+async def _write_receipt(svc: NodeService, adm: Admission, prompt_tokens: int, completion_tokens: int) -> str | None:
+    """Commit the receipt (durable when this returns); it replaces the request's reservation."""
+    adm.closed = True
+    if svc.write_receipt is None or (adm.authorized is None and svc.store is None):
+        return None
+    a = adm.authorized
+    # a signed request never pays more than it reserved (nor than its signed maxPrice)
+    cap = min(a.request.maxPrice, adm.reserved) if a is not None else None
+    served = ServedRequest(adm.request_id, a.request.requester if a else None, adm.cid, prompt_tokens,
+                           completion_tokens, a.digest if a else None, cap)
+    try:  # shielded: a client that hangs up while the receipt is written does not cancel the commit
+        rid = await asyncio.shield(asyncio.to_thread(svc.write_receipt, served))
+    except Exception as e:
+        log.error("receipt commit failed", extra={"fields": {"request_id": adm.request_id,
+                                                             "error": type(e).__name__}})
+        raise RequestRejected(503, "receipt_store_unavailable", "the receipt could not be committed; the request "
+                                                                "is not charged", "server_error") from None
+    svc.metrics.receipts.inc()
+    return rid
+
+
+async def commit(svc: NodeService, adm: Admission, out: Any) -> dict:
+    """The finished request's receipt, then its usage; raises RequestRejected when generation failed (nothing is
+    charged then)."""
+    if out is None or out.error:
+        await _release(svc, adm)
+        message = out.error if out is not None else "the engine produced no output"
+        status = 400 if out is not None and out.finish_reason != "error" else 500
+        raise RequestRejected(status, "generation_failed", message, "server_error")
+    usage = {"prompt_tokens": len(out.prompt_token_ids), "completion_tokens": len(out.token_ids),
+             "total_tokens": len(out.prompt_token_ids) + len(out.token_ids)}
+    extra = {}
+    receipt = await _write_receipt(svc, adm, usage["prompt_tokens"], usage["completion_tokens"])
+    if receipt is not None:
+        extra["receipt"] = receipt
+    label = adm.adapter or "base"
+    svc.metrics.latency.labels(adapter=label).observe(time.monotonic() - adm.started)
+    svc.metrics.tokens.labels(adapter=label).inc(usage["completion_tokens"])
+    if out.first_token_time is not None:
+        svc.metrics.ttft.labels(adapter=label).observe(max(0.0, out.first_token_time - out.arrival_time))
+    return {"usage": usage, "openlora": {"request_id": adm.request_id, **extra}}
+
+
+async def close_partial(svc: NodeService, adm: Admission) -> None:
+    """The client went away (or the response failed) before the end: a receipt for the tokens generated so far,
+    or, when none were, the reservation released. Never raises: it runs on the way out of a failed response."""
+    if adm.closed:
+        return
+    last = adm.last_output
+    try:
+        generated = len(last.token_ids) if last is not None and not last.error else 0
+        if generated == 0:
+            await _release(svc, adm)
+            return
+        await _write_receipt(svc, adm, len(last.prompt_token_ids), generated)
+        log.info("client left mid-stream; receipt for the tokens generated",
+                 extra={"fields": {"request_id": adm.request_id, "completion_tokens": generated}})
+    except Exception as e:  # logged; the reservation stays until the next start releases it
+        log.error("could not close an interrupted request", extra={"fields": {"request_id": adm.request_id,
+                                                                             "error": type(e).__name__}})
+
+
+__all__ = ["Admission", "ChainUnavailable", "NodeService", "RequestRejected", "ServedRequest", "admit",
+           "close_partial", "commit", "outputs", "bound_prompt"]
