@@ -17,13 +17,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from openlora.inference.sources import AdapterSource, AdapterSourceError
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")
+from openlora.inference.sources import (ADAPTER_FILES, AdapterSource, AdapterSourceError, check_adapter_dir,
+                                       copy_adapter_files)
 
 
 def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    """Bytes of the adapter files in `path` (symlinks are not followed: an adapter directory holds none)."""
+    total = 0
+    for name in ADAPTER_FILES:
+        try:
+            total += (path / name).lstat().st_size
+        except FileNotFoundError:
+            pass
+    return total
 
 
 @dataclass
@@ -75,6 +81,7 @@ class DiskStore:
         src = self.source.fetch(ref)
         self.fetches += 1
         if not self.copy:
+            check_adapter_dir(src)              # read in place: no symlinked directory or files, regular files only
             with self._lock:
                 self._entries[ref] = _DiskEntry(src, dir_bytes(src), time.monotonic(), in_place=True)
             return src
@@ -84,10 +91,11 @@ class DiskStore:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             try:
-                for name in ADAPTER_FILES:
-                    if (src / name).is_file():
-                        shutil.copyfile(src / name, tmp / name)
+                copy_adapter_files(src, tmp)    # no symlink followed, regular files only
                 tmp.rename(dest)
+            except AdapterSourceError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             except OSError as e:
                 shutil.rmtree(tmp, ignore_errors=True)
                 if not dest.is_dir():

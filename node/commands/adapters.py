@@ -27,20 +27,49 @@ def command() -> None:
 
 
 @command.command("add")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--author", default=None, help="Author's 0x address for the manifest (default: this node's account).")
 @click.option("--base-model", default=None, help="Base model id (default: adapter_config.json's).")
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="HF base model directory to validate against (default: the node's [model] when a config exists).")
 @click.pass_obj
-def add(obj, directory: Path, author: str | None, base_model: str | None) -> None:
-    """Import an adapter directory into the blockstore and print its CID."""
+def add(obj, directory: Path, author: str | None, base_model: str | None, model_dir: Path | None) -> None:
+    """Import an adapter directory into the blockstore and print its CID.
+
+    The adapter is checked by the engine's own loader against the base model before it gets a CID, so that
+    what is imported is what a node serves. Symlinks, FIFOs and devices in the directory are refused."""
+    cfg = _config(obj)
     if author is None:
-        cfg = _config(obj)
         author = ""
         if cfg is not None and cfg.keystore_path.is_file():
             from openlora.node.keystore import read_address
             author = read_address(cfg.keystore_path)
-    cid, manifest = _store(obj).add(directory, author=author, base_model=base_model)
+    validate = _validator(cfg, model_dir)
+    if validate is None:
+        click.echo("warning: no config and no --model: the adapter is not checked against a base model",
+                   err=True)
+    cid, manifest = _store(obj).add(directory, author=author, base_model=base_model, validate=validate)
     click.echo(str(cid))
+
+
+def _validator(cfg, model_dir: Path | None):
+    """The engine's load-time checks for the base model of --model, else of the node's config (None: neither)."""
+    from openlora.inference.errors import InferenceError
+    from openlora.inference.model_config import read_model_spec
+    from openlora.node.errors import NodeError
+    from openlora.node.ipfs.adapters import engine_validator
+    if model_dir is None and cfg is None:
+        return None
+    if model_dir is None:
+        from openlora.node.runner import resolve_model_dir
+        model_dir = resolve_model_dir(cfg)
+    try:
+        spec = read_model_spec(model_dir)
+    except InferenceError as e:
+        raise NodeError(f"cannot validate the adapter: {e}") from None
+    if cfg is None:
+        return engine_validator(spec)
+    return engine_validator(spec, max_rank=cfg.adapters.max_rank, max_bytes=int(cfg.adapters.max_adapter_bytes))
 
 
 @command.command("list")

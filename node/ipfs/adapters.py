@@ -126,7 +126,7 @@ def read_manifest(cid: CID | str, get) -> dict:
     if links[MANIFEST].tsize > MAX_JSON:
         raise AdapterError(f"{cid}: manifest.json is implausibly large ({links[MANIFEST].tsize} bytes)")
     buf = io.BytesIO()
-    cat(links[MANIFEST].cid, get, buf)
+    cat(links[MANIFEST].cid, get, buf, max_bytes=MAX_JSON)  # a DAG may repeat a block: bound what it expands to
     try:
         manifest = loads(buf.getvalue(), max_bytes=MAX_JSON)
     except ValueError as e:

@@ -148,7 +148,9 @@ def read_car(stream: BinaryIO) -> tuple[list[CID], Iterator[tuple[CID, bytes]]]:
     except (IndexError, UnicodeDecodeError, TypeError) as e:  # TypeError: an array or map as a map key
         raise CarError(f"malformed CAR header: {e}") from None
     if not isinstance(header, dict) or header.get("version") != 1 or not isinstance(header.get("roots"), list):
-        raise CarError(f"unsupported CAR header {header!r}: expected a CARv1 header with roots")
+        raise CarError(f"unsupported CAR header {header!r:.200}: expected a CARv1 header with roots")
+    if not all(isinstance(r, CID) for r in header["roots"]):
+        raise CarError("a CAR header's roots must be CIDs (tag 42)")
 
     def sections() -> Iterator[tuple[CID, bytes]]:
         while True:

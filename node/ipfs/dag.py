@@ -21,6 +21,9 @@ from openlora.node.ipfs.errors import BlockNotFoundError, DagError
 from openlora.node.ipfs.unixfs import T_DIRECTORY, T_FILE, T_RAW, PBNode, decode_node, decode_unixfs
 
 GetBlock = Callable[[CID], bytes]
+# Kubo's balanced layout is 3 levels deep for a terabyte (174 links a node); deeper DAGs are refused (the readers
+# below recurse once a level).
+MAX_DEPTH = 64
 
 
 class BlockGetter(Protocol):
@@ -107,9 +110,13 @@ def missing_blocks(root: CID | str, store, limit: int = 1) -> list[CID]:
     return out
 
 
-def _write_file(cid: CID, get: GetBlock, out, expected: int | None) -> int:
+def _write_file(cid: CID, get: GetBlock, out, expected: int | None, depth: int = 0,
+                budget: list[int] | None = None) -> int:
+    if depth > MAX_DEPTH:
+        raise DagError(cid, f"block {cid}: the file's DAG is deeper than {MAX_DEPTH} levels")
     data = get(cid)
     if cid.codec == RAW:
+        _spend(budget, len(data), cid)
         out.write(data)
         written = len(data)
     else:
@@ -119,10 +126,11 @@ def _write_file(cid: CID, get: GetBlock, out, expected: int | None) -> int:
             raise DagError(cid, f"block {cid}: expected a UnixFS file node, found type {fs.type}")
         if node.links and len(fs.blocksizes) != len(node.links):
             raise DagError(cid, f"block {cid}: {len(node.links)} links but {len(fs.blocksizes)} block sizes")
+        _spend(budget, len(fs.data), cid)
         out.write(fs.data)
         written = len(fs.data)
         for link, bs in zip(node.links, fs.blocksizes):
-            written += _write_file(link.cid, get, out, bs)
+            written += _write_file(link.cid, get, out, bs, depth + 1, budget)
         if fs.filesize is not None and written != fs.filesize:
             raise DagError(cid, f"block {cid}: declares {fs.filesize} bytes but its DAG holds {written}")
     if expected is not None and written != expected:
@@ -130,9 +138,17 @@ def _write_file(cid: CID, get: GetBlock, out, expected: int | None) -> int:
     return written
 
 
-def cat(cid: CID | str, get: GetBlock, out) -> int:
-    """Write the file `cid` to the binary stream `out`, checking every declared size. Returns bytes written."""
-    return _write_file(as_cid(cid), get, out, None)
+def _spend(budget: list[int] | None, n: int, cid: CID) -> None:
+    if budget is not None:
+        budget[0] -= n
+        if budget[0] < 0:  # a DAG that links one block many times can expand far beyond its blocks' total size
+            raise DagError(cid, f"block {cid}: the file holds more than the {budget[1]} bytes accepted here")
+
+
+def cat(cid: CID | str, get: GetBlock, out, max_bytes: int | None = None) -> int:
+    """Write the file `cid` to the binary stream `out`, checking every declared size. Returns bytes written.
+    With `max_bytes`, a file larger than that raises DagError once that many bytes are written."""
+    return _write_file(as_cid(cid), get, out, None, budget=None if max_bytes is None else [max_bytes, max_bytes])
 
 
 def _unixfs(node: PBNode, cid: CID):
@@ -147,7 +163,9 @@ def _safe_name(name: str, cid: CID) -> str:
     return name
 
 
-def _export(cid: CID, dest: Path, get: GetBlock) -> None:
+def _export(cid: CID, dest: Path, get: GetBlock, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise DagError(cid, f"directory {cid}: nested deeper than {MAX_DEPTH} levels")
     data = get(cid)
     if cid.codec == DAG_PB:
         node = decode_node(data, cid)
@@ -155,7 +173,7 @@ def _export(cid: CID, dest: Path, get: GetBlock) -> None:
         if fs.type == T_DIRECTORY:
             dest.mkdir()
             for link in node.links:
-                _export(link.cid, dest / _safe_name(link.name, cid), get)
+                _export(link.cid, dest / _safe_name(link.name, cid), get, depth + 1)
             return
         if fs.type not in (T_FILE, T_RAW):
             raise DagError(cid, f"block {cid}: UnixFS type {fs.type} is not supported (only files and directories)")

@@ -5,13 +5,19 @@ links per node, built bottom-up as the data streams, so memory stays O(depth * 1
 a one-chunk file is its own raw leaf (the empty file included). Directories become UnixFS directory nodes with
 links sorted by name. Hidden names (starting with '.') are skipped as Kubo skips them without --hidden. Every
 block is handed to a `sink(cid, bytes)` (a blockstore's put, or nothing when only the CID is wanted).
+Reading the file system never follows a symbolic link: every entry is opened with O_NOFOLLOW relative to its
+parent directory's descriptor and checked with fstat on that descriptor (what is checked is what is read), and
+anything but a regular file or a directory (a symlink, FIFO, socket or device) is refused with its path.
 What it does not do: mode/mtime metadata, symlinks (refused), HAMT-sharded directories (refused: Kubo shards a
 directory whose node would pass 256 KiB, i.e. thousands of entries), or rabin/trickle chunkers.
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping, Union
@@ -121,21 +127,65 @@ def add_bytes(data: bytes, sink: Sink | None = None, params: ImportParams = Impo
 
 
 def add_file(path: Path, sink: Sink | None = None, params: ImportParams = ImportParams()) -> Entry:
-    with open(path, "rb", buffering=0) as f:
+    fd, st = open_entry(path)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise IpfsError(f"{path}: not a regular file")
+    with open(fd, "rb", buffering=0) as f:
         return add_stream(f, sink, params)
 
 
-def _tree_of_dir(path: Path, params: ImportParams) -> dict[str, TreeEntry]:
-    out: dict[str, TreeEntry] = {}
-    for child in sorted(path.iterdir()):
-        if child.name.startswith(".") and not params.include_hidden:
-            continue
-        if child.is_symlink():
-            raise IpfsError(f"{child}: symlinks are not imported (copy the file instead)")
-        if not (child.is_dir() or child.is_file()):
-            raise IpfsError(f"{child}: not a regular file or directory")
-        out[child.name] = child
-    return out
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC   # NONBLOCK: a FIFO must not hang open()
+
+
+def open_entry(name: str | Path, dir_fd: int | None = None, shown: str | Path | None = None
+               ) -> tuple[int, os.stat_result]:
+    """Open `name` (relative to `dir_fd` when given) without following a symlink in its last component; returns
+    (fd, fstat of that fd). Refuses a symlink and anything but a regular file or a directory. The caller closes."""
+    shown = shown if shown is not None else name
+    try:
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise IpfsError(f"{shown}: is a symbolic link; symlinks are never imported (copy the file instead)"
+                            ) from None
+        if e.errno in (errno.ENXIO, errno.EOPNOTSUPP):           # a socket
+            raise IpfsError(f"{shown}: not a regular file or directory") from None
+        raise IpfsError(f"{shown}: cannot open ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        os.close(fd)
+        raise IpfsError(f"{shown}: not a regular file or directory (FIFOs, sockets and devices are never imported)")
+    if stat.S_ISREG(st.st_mode):
+        os.set_blocking(fd, True)
+    return fd, st
+
+
+@dataclass(frozen=True)
+class _Child:
+    """An entry of a directory being walked: opened (no symlink followed) only when it is imported."""
+    dir_fd: int
+    name: str
+    shown: Path
+
+
+def _names(dir_fd: int, shown: Path, params: ImportParams) -> list[str]:
+    try:
+        names = sorted(os.listdir(dir_fd))
+    except OSError as e:
+        raise IpfsError(f"{shown}: cannot list ({e.strerror})") from None
+    return [n for n in names if params.include_hidden or not n.startswith(".")]
+
+
+def _add_opened(fd: int, st: os.stat_result, shown: Path, sink: Sink, params: ImportParams) -> Entry:
+    """Import an opened file or directory (`fd` is closed here)."""
+    if stat.S_ISREG(st.st_mode):
+        with open(fd, "rb", buffering=0) as f:
+            return add_stream(f, sink, params)
+    try:
+        return add_tree({n: _Child(fd, n, shown / n) for n in _names(fd, shown, params)}, sink, params)
+    finally:
+        os.close(fd)
 
 
 def add_tree(tree: Mapping[str, TreeEntry], sink: Sink | None = None,
@@ -148,10 +198,10 @@ def add_tree(tree: Mapping[str, TreeEntry], sink: Sink | None = None,
             raise IpfsError(f"invalid entry name {name!r} in a directory")
         if isinstance(value, bytes):
             e = add_bytes(value, sink, params)
-        elif isinstance(value, Path) and value.is_dir():
-            e = add_tree(_tree_of_dir(value, params), sink, params)
+        elif isinstance(value, _Child):
+            e = _add_opened(*open_entry(value.name, value.dir_fd, value.shown), value.shown, sink, params)
         elif isinstance(value, Path):
-            e = add_file(value, sink, params)
+            e = _add_opened(*open_entry(value), value, sink, params)
         else:
             e = add_tree(value, sink, params)
         links.append(Link(e.cid, name, e.tsize))
@@ -166,12 +216,49 @@ def add_tree(tree: Mapping[str, TreeEntry], sink: Sink | None = None,
 
 
 def add_path(path: Path, sink: Sink | None = None, params: ImportParams = ImportParams()) -> Entry:
-    """The CID `ipfs add -r --cid-version=1 --raw-leaves PATH` prints for PATH itself (file or directory)."""
+    """The CID `ipfs add -r --cid-version=1 --raw-leaves PATH` prints for PATH itself (file or directory).
+    PATH itself must not be a symlink; nothing below it is followed either."""
     path = Path(path)
-    if path.is_symlink():
-        raise IpfsError(f"{path}: symlinks are not imported")
-    if path.is_dir():
-        return add_tree(_tree_of_dir(path, params), sink, params)
-    if path.is_file():
-        return add_file(path, sink, params)
-    raise IpfsError(f"{path}: no such file or directory")
+    if not os.path.lexists(path):
+        raise IpfsError(f"{path}: no such file or directory")
+    return _add_opened(*open_entry(path), path, sink or _discard, params)
+
+
+def copy_regular_files(src: Path, dest: Path, names: tuple[str, ...]) -> list[str]:
+    """Copy the files `names` of directory `src` into the existing directory `dest`, never following a symlink:
+    `src` itself is opened O_NOFOLLOW, each file through that descriptor, checked regular by fstat and copied from
+    the same descriptor. Every other non-hidden entry of `src` must be a regular file or a directory (a symlink,
+    FIFO, socket or device is refused even when unused). Returns every non-hidden name in `src`; names absent
+    from `src` are simply not copied."""
+    src = Path(src)
+    if not os.path.lexists(src):
+        raise IpfsError(f"{src}: no such directory")
+    dir_fd, st = open_entry(src)
+    try:
+        if not stat.S_ISDIR(st.st_mode):
+            raise IpfsError(f"{src}: not a directory")
+        listed = _names(dir_fd, src, ImportParams())
+        for name in listed:
+            try:
+                mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+            except OSError as e:
+                raise IpfsError(f"{src / name}: cannot stat ({e.strerror})") from None
+            if stat.S_ISLNK(mode):
+                raise IpfsError(f"{src / name}: is a symbolic link; symlinks are never imported (copy the file "
+                                f"instead)")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise IpfsError(f"{src / name}: not a regular file or directory")
+        for name in names:
+            if name not in listed:
+                continue
+            fd, fst = open_entry(name, dir_fd, src / name)
+            with open(fd, "rb", buffering=0) as f:
+                if not stat.S_ISREG(fst.st_mode):
+                    raise IpfsError(f"{src / name}: not a regular file")
+                out = os.open(dest / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                with open(out, "wb") as g:
+                    while chunk := f.read(1 << 20):
+                        g.write(chunk)
+        return listed
+    finally:
+        os.close(dir_fd)

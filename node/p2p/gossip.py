@@ -98,7 +98,7 @@ class GossipValidator:
             msg = safe_loads(data, max_bytes=MAX_MESSAGE_BYTES, max_depth=4)  # flat objects: see the schema below
         except ValueError:  # UnsafeJSONError: too deep, not UTF-8, NaN, malformed
             return self._drop("malformed")
-        if not isinstance(msg, dict) or msg.get("type") not in _SCHEMA:
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str) or msg["type"] not in _SCHEMA:
             return self._drop("malformed")
         for key, tp in _SCHEMA[msg["type"]].items():
             if not isinstance(msg.get(key), tp) or isinstance(msg.get(key), bool):
