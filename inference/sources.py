@@ -111,8 +111,6 @@ class LocalDirSource:
         path = Path(ref)
         if not path.is_absolute() and self.root is not None:
             path = self.root / ref
-        if not os.path.lexists(path):
-            raise AdapterSourceError(f"adapter {ref!r}: no such directory {path}")
-        if "adapter_config.json" not in check_adapter_dir(path):
+        if not os.path.lexists(path) or "adapter_config.json" not in check_adapter_dir(path):
             raise AdapterSourceError(f"adapter {ref!r}: no adapter_config.json in {path}")
         return path
