@@ -99,14 +99,14 @@ class Admission:
 
 
 def bound_prompt(prompt: str | list[int] | list[dict], max_model_len: int) -> None:
-    """Refuse a prompt that cannot fit before any tokenizer sees it."""
+    """Refuse a text prompt (or chat) that cannot fit before any tokenizer or chat template sees it."""
     limit = max_model_len * MAX_PROMPT_CHARS_PER_TOKEN
     if isinstance(prompt, str):
         size = len(prompt)
     elif prompt and isinstance(prompt[0], dict):
         size = sum(len(m.get("content", "")) + len(m.get("role", "")) for m in prompt)
     else:
-        size = len(prompt) * MAX_PROMPT_CHARS_PER_TOKEN      # token ids: one each
+        return   # token ids: the engine checks their count against the context without tokenizing anything
     if size > limit:
         raise RequestRejected(400, "prompt_too_long", f"the prompt has {size:,} characters; this node's context is "
                                                       f"{max_model_len} tokens (at most {limit:,} characters)")

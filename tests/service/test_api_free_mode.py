@@ -19,6 +19,10 @@ def node(tiny):
     model = tiny.model("llama")
     llm = LLM(model, dtype="float32", device="cpu")
     llm.load_adapter("law", tiny.adapter(model, rank=8, seed=11))
+    # the offline reference runs before the engine thread starts: two threads stepping one engine would race
+    # for each other's outputs (the offline call could lose its request to the AsyncEngine loop)
+    llm.reference = llm.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True),
+                                 adapters=["law"])[0]
     client = AsyncEngine(llm.engine)
     svc = NodeService(engine=llm.engine, client=client, node_address="0x" + "11" * 20,
                       base_model=llm.engine.spec.model_id, free_local_mode=True, catalog={"law": None})
@@ -42,8 +46,7 @@ def test_openai_client_completions_chat_and_streaming(node):
     llm, server = node
     oc = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
     base = llm.engine.spec.model_id
-    want = llm.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True),
-                        adapters=["law"])[0]
+    want = llm.reference
     r = oc.completions.create(model="law", prompt=[5, 6, 7, 8], max_tokens=6, temperature=0.0)
     assert r.usage.prompt_tokens == 4 and r.choices[0].finish_reason in ("stop", "length")
     if want.finish_reason == "length":
