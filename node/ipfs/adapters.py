@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 from openlora.node.ipfs.blockstore import Blockstore
 from openlora.node.ipfs.cid import CID, as_cid
 from openlora.node.ipfs.dag import cat, export, missing_blocks
 from openlora.node.ipfs.errors import IpfsError
-from openlora.node.ipfs.importer import add_tree
+from openlora.node.ipfs.importer import add_tree, copy_regular_files
 from openlora.node.ipfs.unixfs import T_DIRECTORY, decode_node, decode_unixfs
 from openlora.safejson import load_file, loads, read_regular_file
 
@@ -89,10 +92,39 @@ def check_manifest(adapter_dir: Path, manifest: dict) -> None:
             raise AdapterError(f"{adapter_dir / name}: sha256 {got} differs from the manifest's {want}")
 
 
-def add_adapter(adapter_dir: Path, store: Blockstore, author: str = "", base_model: str | None = None
-                ) -> tuple[CID, dict]:
-    """Import an adapter directory into `store`; returns (CID, manifest). Writes nothing into `adapter_dir`."""
+Validator = Callable[[Path, dict], None]
+
+
+def add_adapter(adapter_dir: Path, store: Blockstore, author: str = "", base_model: str | None = None,
+                validate: Validator | None = None) -> tuple[CID, dict]:
+    """Import an adapter directory into `store`; returns (CID, manifest). Writes nothing into `adapter_dir`.
+
+    Its files are first copied into a private scratch directory beside the blockstore, never following a symlink
+    (node/ipfs/importer.py); everything is checked and imported from that copy, so what `validate(copy, manifest)`
+    (e.g. `engine_validator`, the engine's own loader) accepted is exactly what gets the CID."""
     adapter_dir = Path(adapter_dir)
+    scratch = Path(tempfile.mkdtemp(prefix=".import-", dir=store.root))
+    try:
+        try:
+            listed = copy_regular_files(adapter_dir, scratch, (CONFIG, WEIGHTS, MANIFEST))
+        except AdapterError:
+            raise
+        except IpfsError as e:
+            raise AdapterError(str(e)) from None
+        for name in listed:
+            if Path(name).suffix in FORBIDDEN_SUFFIXES:
+                raise AdapterError(f"{adapter_dir / name}: pickled weights are never imported; convert the adapter "
+                                   f"to safetensors")
+        try:
+            return _add_copy(scratch, store, author, base_model, validate)
+        except (AdapterError, ValueError) as e:     # messages name the user's directory, not the scratch copy
+            raise AdapterError(str(e).replace(str(scratch), str(adapter_dir))) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _add_copy(adapter_dir: Path, store: Blockstore, author: str, base_model: str | None,
+              validate: Validator | None) -> tuple[CID, dict]:
     check_files(adapter_dir)
     mpath = adapter_dir / MANIFEST
     if mpath.is_file():
@@ -107,6 +139,8 @@ def add_adapter(adapter_dir: Path, store: Blockstore, author: str = "", base_mod
     else:
         manifest = build_manifest(adapter_dir, author, base_model)
         mbytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    if validate is not None:
+        validate(adapter_dir, manifest)
     tree = {CONFIG: adapter_dir / CONFIG, WEIGHTS: adapter_dir / WEIGHTS, MANIFEST: mbytes}
     entry = add_tree(tree, store.put_trusted)
     store.add_root(entry.cid, {"kind": "adapter", "manifest": manifest, "tsize": entry.tsize})
@@ -136,6 +170,27 @@ def read_manifest(cid: CID | str, get) -> dict:
     return manifest
 
 
+def engine_validator(spec, *, max_rank: int = 256, max_bytes: int | None = None) -> Validator:
+    """The engine's own adapter loader (inference.lora.read_peft_adapter) as an import check, so that an adapter
+    gets a CID only if the engine serving `spec` (an inference ModelSpec) would load it: LoRA only (no DoRA,
+    modules_to_save, bias), only the attention/MLP projections (no lm_head/embeddings), this base model, rank
+    1..max_rank, A/B shapes and float dtypes that fit, finite values, safetensors only, at most max_bytes."""
+    from openlora.inference.errors import AdapterError as EngineAdapterError
+    from openlora.inference.lora import read_peft_adapter
+
+    def check(path: Path, manifest: dict) -> None:
+        base = str(manifest.get("base_model") or "")
+        # the manifest's base model (maybe from --base-model) must be this one, by the loader's own rule
+        if base and base != spec.model_id and Path(base).name != spec.model_id.split("/")[-1]:
+            raise AdapterError(f"{path}: the adapter targets base model {base!r}, this node serves {spec.model_id!r}")
+        try:
+            read_peft_adapter(path, str(path), spec, max_rank=max_rank, max_bytes=max_bytes)
+        except EngineAdapterError as e:
+            raise AdapterError(str(e)) from None
+
+    return check
+
+
 class AdapterStore:
     """The node's adapters on disk: a blockstore plus exported directories ready for the engine."""
 
@@ -144,8 +199,9 @@ class AdapterStore:
         self.blocks = Blockstore(self.root)
         self.exported = self.root / "adapters"
 
-    def add(self, adapter_dir: Path, author: str = "", base_model: str | None = None) -> tuple[CID, dict]:
-        return add_adapter(adapter_dir, self.blocks, author, base_model)
+    def add(self, adapter_dir: Path, author: str = "", base_model: str | None = None,
+            validate: Validator | None = None) -> tuple[CID, dict]:
+        return add_adapter(adapter_dir, self.blocks, author, base_model, validate)
 
     def list(self) -> dict[str, dict]:
         return {c: m for c, m in self.blocks.roots().items() if m.get("kind") == "adapter"}
