@@ -2,7 +2,9 @@
 
 What it does: runs `LLMEngine.step()` in one dedicated thread; requests and aborts cross into that thread through a
 queue, outputs come back to the caller's asyncio loop with `call_soon_threadsafe`. Cancelling the consumer of a
-stream (a client that hangs up) aborts the request and frees its KV blocks.
+stream (a client that hangs up) aborts the request and frees its KV blocks. A request's own failure finishes only
+that request (the engine isolates it); an engine-wide error stops the loop for good: every open stream and every
+later submit raises `EngineDeadError`, and `dead` says why (the node's /healthz turns 503 on it).
 What it does not do: validate signatures, charge anyone, or speak HTTP.
 """
 
@@ -36,6 +38,8 @@ class GenerateRequest:
 class EngineClient(Protocol):
     def submit(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]: ...
     async def abort(self, request_id: str) -> None: ...
+    @property
+    def dead(self) -> str | None: ...
 
 
 class AsyncEngine:
@@ -54,11 +58,11 @@ class AsyncEngine:
 
     # ---- caller side (asyncio) ----
     async def submit(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
-        if self._dead is not None:
-            raise EngineDeadError(f"the engine stopped: {self._dead}")
         rid = request.request_id or f"areq-{next(self._ids)}"
         q: asyncio.Queue = asyncio.Queue()
-        with self._lock:
+        with self._lock:      # checked under the lock the dying loop takes after setting _dead: no stream is missed
+            if self._dead is not None:
+                raise EngineDeadError(f"the engine stopped: {self.dead}")
             self._streams[rid] = (asyncio.get_running_loop(), q)
         self._inbox.put(("add", rid, request))
         finished = False
@@ -79,6 +83,13 @@ class AsyncEngine:
 
     async def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id, None))
+
+    @property
+    def dead(self) -> str | None:
+        """None while the engine loop runs; once an engine-wide error stopped it, that error in words (/healthz
+        reports it with a 503 so that a supervisor restarts the node)."""
+        e = self._dead
+        return None if e is None else f"{type(e).__name__}: {e}"
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -115,6 +126,8 @@ class AsyncEngine:
                 return
 
     def _loop(self) -> None:
+        """A request's own failure never reaches here (the engine fails that request alone); what does is
+        engine-wide (the forward failing for every request, a scheduler or block-pool bug), and kills the loop."""
         try:
             while not self._stop.is_set():
                 self._drain(block=not self.engine.has_unfinished())
@@ -123,7 +136,7 @@ class AsyncEngine:
                         self._deliver(out)
         except BaseException as e:  # the engine is broken: tell every waiting stream, never hang them
             log.exception("engine loop died")
-            self._dead = e
+            self._dead = e         # set before taking the lock: a submit that takes it after sees it
             with self._lock:
                 targets = list(self._streams.values())
             for loop, q in targets:

@@ -2,6 +2,8 @@
 
 What it does: builds the model runner, KV block pool, LoRA pool, adapter manager and scheduler from one frozen
 config; validates each request when it is added (a bad request fails alone, with a clear error); steps the batch.
+A failure that belongs to one request (its sampling, its postprocessing, or a forward that fails only with it in
+the batch: see `_run`) fails that request alone; only an engine-wide failure propagates out of `step()`.
 What it does not do: threads or asyncio (client.py wraps it), HTTP, or money.
 """
 
@@ -22,9 +24,9 @@ from openlora.inference.kv_cache import BlockPool
 from openlora.inference.lora import LoRAPool
 from openlora.inference.model import LlamaServingModel
 from openlora.inference.model_config import load_weights, read_model_spec
-from openlora.inference.runner import ModelRunner, kv_bytes_per_block
+from openlora.inference.runner import ModelRunner, RunnerOutput, kv_bytes_per_block
 from openlora.inference.sampling import Sampler, SamplingParams
-from openlora.inference.scheduler import Scheduler
+from openlora.inference.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from openlora.inference.sequence import RequestOutput, Sequence
 from openlora.inference.sources import AdapterSource, LocalDirSource
 
@@ -167,16 +169,23 @@ class LLMEngine:
         params = params or SamplingParams()
         text = prompt if isinstance(prompt, str) else None
         try:
+            if not isinstance(params, SamplingParams):
+                raise RequestError(f"params must be SamplingParams, not {type(params).__name__}")
             ids = self._prompt_ids(prompt)
             if adapter is not None:
                 self.adapters.check(adapter)
                 self.adapters.prefetch(adapter)      # starts loading now, before the request is scheduled
+            eos = self.spec.eos_token_ids or ((self.tokenizer.eos_token_id,) if self.tokenizer else ())
+            seq = Sequence(request_id, text, ids, params, adapter, None, tuple(eos), self.tokenizer,
+                           self.max_model_len)
         except InferenceError as e:
             self._failed.append(self._failed_output(request_id, text, [], adapter, str(e)))
             return request_id
-        eos = self.spec.eos_token_ids or ((self.tokenizer.eos_token_id,) if self.tokenizer else ())
-        seq = Sequence(request_id, text, ids, params, adapter, None, tuple(eos), self.tokenizer,
-                       self.max_model_len)
+        except Exception as e:    # e.g. the tokenizer raising on this prompt: this request fails, not the engine
+            log.exception(f"request {request_id} could not be queued")
+            self._failed.append(self._failed_output(request_id, text, [], adapter,
+                                                    f"the request could not be queued: {type(e).__name__}: {e}"))
+            return request_id
         self.scheduler.add(seq)
         return request_id
 
@@ -237,7 +246,7 @@ class LLMEngine:
             if not outputs and not self.scheduler.running and self.adapters.loading():
                 self.adapters.wait_any(timeout=0.05)     # only loads are pending: wait for one, do not spin
             return outputs + self._unstick()
-        result = self.runner.run(sched)
+        result = self._run(sched)
         self.last_step = StepInfo(decode=all(s.num_new_tokens == 1 for s in sched.scheduled),
                                   num_seqs=len(sched.scheduled),
                                   num_tokens=sum(s.num_new_tokens for s in sched.scheduled))
@@ -247,6 +256,39 @@ class LLMEngine:
         updated = self.scheduler.postprocess(sched, dict(zip(result.request_ids, samples)))
         self.num_steps += 1
         return outputs + [seq.output() for seq in updated]
+
+    def _run(self, sched: SchedulerOutput) -> RunnerOutput:
+        """The forward pass. If a batch of several sequences raises, each runs alone once (the same KV slots are
+        rewritten, nothing was committed): the sequences that fail alone while another succeeds are the culprits and
+        finish with an error (their blocks freed); a failure that no sequence escapes is engine-wide and raises
+        (the caller marks the engine dead). A lone request that breaks the forward cannot be told from a broken
+        engine: it raises too (limitation)."""
+        try:
+            return self.runner.run(sched)
+        except Exception as e:
+            if len(sched.scheduled) < 2:
+                raise
+            log.exception(f"a batched forward of {len(sched.scheduled)} sequences failed; running each alone once")
+            first = e
+        good: list[tuple[ScheduledSeq, RunnerOutput]] = []
+        bad: list[tuple[ScheduledSeq, Exception]] = []
+        for s in sched.scheduled:
+            try:
+                good.append((s, self.runner.run(SchedulerOutput(scheduled=[s], num_batched_tokens=s.num_new_tokens))))
+            except Exception as e:
+                bad.append((s, e))
+        if not good:
+            raise first
+        for s, e in bad:
+            log.error(f"request {s.seq.request_id} fails the forward pass alone: {type(e).__name__}: {e}")
+            s.seq.finish("error", f"the model failed on this request ({type(e).__name__}: {e}); the other requests "
+                                  f"are unaffected")
+            self._failed.append(s.seq.output())
+            self.scheduler._retire(s.seq)
+        sched.scheduled = [s for s, _ in good]
+        outs = [r for _, r in good]
+        return RunnerOutput(logits=torch.cat([r.logits for r in outs]),
+                            request_ids=[rid for r in outs for rid in r.request_ids])
 
     def _unstick(self) -> list[RequestOutput]:
         """Nothing could be scheduled although requests wait: fail the head one if it can never fit."""

@@ -10,6 +10,7 @@ What it does not do: run the model or sample (the runner and sampler do; `postpr
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from openlora.inference.adapters import AdapterManager
 from openlora.inference.kv_cache import BlockPool
 from openlora.inference.sampling import SampleResult
 from openlora.inference.sequence import Sequence, Status
+
+log = logging.getLogger("openlora.engine")
 
 
 @dataclass
@@ -156,19 +159,32 @@ class Scheduler:
 
     # ---- after the model ran ----
     def postprocess(self, out: SchedulerOutput, samples: dict[str, SampleResult]) -> list[Sequence]:
-        """Advance computed counts, append sampled tokens, retire finished sequences. Returns the updated ones."""
+        """Advance computed counts, append sampled tokens, retire finished sequences. Returns the updated ones.
+
+        Per sequence: a sample with an `error`, or anything raised while applying it (detokenizing, stop strings),
+        finishes that sequence with finish_reason "error" and frees its blocks; the others go on."""
         updated = []
         for s in out.scheduled:
             seq = s.seq
             if seq.finished:       # aborted while the step ran
                 continue
-            seq.num_computed += s.num_new_tokens
-            self.blocks.register_full_blocks(seq.blocks, seq.tokens, seq.num_computed, seq.adapter_identity)
-            if s.sample:
-                seq.append(samples[seq.request_id])
+            try:
+                seq.num_computed += s.num_new_tokens
+                self.blocks.register_full_blocks(seq.blocks, seq.tokens, seq.num_computed, seq.adapter_identity)
+                if s.sample:
+                    sample = samples[seq.request_id]
+                    if sample.error is not None:
+                        seq.finish("error", sample.error)
+                    else:
+                        seq.append(sample)
+            except Exception as e:
+                log.exception(f"request {seq.request_id} failed while its step was applied")
+                seq.finish("error", f"internal error while generating this request ({type(e).__name__}: {e}); "
+                                    f"the other requests are unaffected, retry it")
+            if s.sample or seq.finished:
                 updated.append(seq)
-                if seq.finished:
-                    self._retire(seq)
+            if seq.finished:
+                self._retire(seq)
         return updated
 
     def _retire(self, seq: Sequence) -> None:
