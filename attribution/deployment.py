@@ -9,8 +9,6 @@ What it does not do: deploy anything (devnet.deploy does) or decide whether the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 
 from openlora.attribution import artifacts
+from openlora.fsutil import atomic_write
 from openlora.safejson import loads as safe_loads
 
 DEPLOYMENT_VERSION = 1
@@ -68,15 +67,7 @@ class Deployment:
 
     def write(self, path: Path) -> None:
         """Atomic write (a reader never sees half a file)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, self.to_json())
 
 
 def read_deployment(path: Path) -> Deployment:

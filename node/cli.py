@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from openlora.fsutil import atomic_write
 from openlora.node import __version__
 from openlora.node.errors import NodeError
 
@@ -126,7 +127,7 @@ def init(obj: Context, password_file: Path | None) -> None:
         address = create_keystore(ks_path, password)
         click.echo(f"keystore: {ks_path} (created, encrypted)")
     if not cfg_path.exists():
-        _atomic_write(cfg_path, DEFAULT_CONFIG_TOML)
+        atomic_write(cfg_path, DEFAULT_CONFIG_TOML)
         click.echo(f"config:   {cfg_path} (created)")
     click.echo(f"address:  {address}")
 
@@ -172,20 +173,6 @@ def _load_config(obj: Context):
     cfg = load_config(obj.home)
     logs.configure(obj.log_level or cfg.node.log_level, obj.log_format or cfg.node.log_format)
     return cfg
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    import os
-    import tempfile
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from openlora.fsutil import atomic_write
 from openlora.node.errors import KeystoreError
 
 MIN_PASSWORD_LEN = 8
@@ -61,18 +61,7 @@ def create_keystore(path: Path, password: str) -> str:
         raise KeystoreError(f"{path} already exists; refusing to overwrite an existing key")
     acct = Account.create()
     blob = Account.encrypt(acct.key, password)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".keystore-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(blob), mode=0o600)
     return acct.address
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 import threading
 import time
 import urllib.error
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from openlora.fsutil import atomic_write
 
 LEDGER_ENV = "OPENLORA_SDK_DIR"
 DEFAULT_DIR = "~/.openlora/sdk"
@@ -132,22 +133,7 @@ class VoucherLedger:
             return rec
 
     def _write(self, path: Path, rec: LaneRecord) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(rec.to_json(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(path, json.dumps(rec.to_json()), mode=0o600)
 
 
 def _rpc(url: str, method: str, params: list, timeout: float) -> str:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ from openlora.attribution.deployment import Deployment
 from openlora.attribution.eip712 import Domain, Voucher, is_signed_by
 from openlora.attribution.receipts import checksum, dumps, receipt_hash
 from openlora.attribution.split import batch_credits, merge, split_exact
+from openlora.fsutil import atomic_write
 from openlora.node.errors import NodeError
 from openlora.node.storage import Store
 
@@ -257,7 +256,7 @@ class SettlementLoop:
         path = self.publish_dir / f"{bid}.json"
         text = dumps(chosen, batch_id=bid, node=self.node, receipts_root="0x" + probe.receipts_root.hex(),
                      chain_id=self.dep.chain_id, settlement=self.dep.address("Settlement"))
-        self._publish(path, text)
+        atomic_write(path, text)
         uri = self._publish_ipfs(text, bid) if self.ipfs is not None else path.resolve().as_uri()
         self.store.create_batch(bid, [r.request_id for r in chosen], "0x" + probe.receipts_root.hex(), uri,
                                 [{"requester": d.requester, "cap": str(d.cumulative_cap), "amount": str(d.amount),
@@ -279,19 +278,6 @@ class SettlementLoop:
                 log.warning("receipts of batch %s: DHT provide failed (%s); peers can still fetch them from this "
                             "node", batch_id, e)
         return f"ipfs://{entry.cid}"
-
-    def _publish(self, path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def _rebuild(self, b: dict) -> Batch:
         receipts = self.store.batch_receipts(b["batch_id"])

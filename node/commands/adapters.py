@@ -156,15 +156,11 @@ def _pull_host(obj, store, bootstrap: tuple[str, ...], timeout: float):
 @click.pass_obj
 def export_car(obj, cid: str, out: Path) -> None:
     """Write the DAG of CID from the local blockstore as a CARv1 file."""
+    from openlora.fsutil import atomic_writer
     from openlora.node.ipfs.car import write_car
     store = _store(obj)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            n = write_car(cid, store.blocks.get, f)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_writer(out) as f:
+        n = write_car(cid, store.blocks.get, f)
     click.echo(f"{out}: {n} blocks")
 
 
