@@ -330,22 +330,107 @@ async def metrics(request: web.Request) -> web.Response:
 def _admin(request: web.Request) -> NodeService:
     svc: NodeService = request.app["svc"]
     if svc.admin_token:
-        if request.headers.get("Authorization", "") != f"Bearer {svc.admin_token}":
+        import hmac
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                   f"Bearer {svc.admin_token}".encode()):
             raise ApiError(401, "admin_token_required", "admin endpoints need 'Authorization: Bearer <admin_token>'")
     elif request.remote not in ("127.0.0.1", "::1"):
         raise ApiError(403, "admin_localhost_only", "admin endpoints are served to localhost only (no admin_token)")
     return svc
 
 
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _host_port(value: str, default_port: int) -> tuple[str, int] | None:
+    """('host', port) of a Host header or an Origin's authority; None if malformed."""
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit("//" + value)
+        host = parts.hostname
+        port = parts.port or default_port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return ("[" + host + "]" if ":" in host else host).lower(), port
+
+
+@web.middleware
+async def admin_guard_middleware(request: web.Request, handler):
+    """For /admin/ only, before the token check: no browser page may drive the admin API. A foreign `Origin` is
+    403 (CSRF); on a loopback socket the `Host` must be a loopback name or IP with this port, else 403 (a DNS
+    rebinding page's Host is its own name); a POST must say `Content-Type: application/json`, else 415 (so a
+    cross-site form or no-cors fetch, which cannot set it, is never a valid admin call)."""
+    if not request.path.startswith("/admin/") and request.path != "/admin":
+        return await handler(request)
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    local_ip, port = (sock[0], sock[1]) if isinstance(sock, tuple) and len(sock) >= 2 else ("", 0)
+    from openlora.node.config import is_loopback
+    on_loopback = is_loopback(local_ip)
+    allowed = {(n, port) for n in _LOOPBACK_NAMES}
+    if local_ip:
+        allowed.add(_host_port(local_ip if ":" not in local_ip else f"[{local_ip}]", port))
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        scheme, _, authority = origin.partition("://")
+        hp = _host_port(authority, 443 if scheme == "https" else 80) if scheme in ("http", "https") else None
+        own = _host_port(request.host, port) if not on_loopback else None
+        if hp is None or not (hp in allowed or (own is not None and hp == own)):
+            raise ApiError(403, "foreign_origin", f"admin endpoints refuse requests from web pages (Origin "
+                                                  f"{origin[:100]!r}); call them from the command line")
+    if on_loopback and _host_port(request.headers.get("Host", ""), 80) not in allowed:
+        raise ApiError(403, "bad_host", f"Host {request.headers.get('Host', '')[:100]!r} is not this node's loopback "
+                                        f"address (127.0.0.1:{port}, localhost:{port}); admin refused")
+    if request.method == "POST" and request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "admin POST bodies must be sent as Content-Type: "
+                                                      "application/json")
+    return await handler(request)
+
+
+def _import_local(svc: NodeService, path: str) -> str | None:
+    """Import a local adapter directory into the node's blockstore, validated by the engine's own loader for this
+    node's base model (no symlinks followed); returns its CID, or None when the engine reads plain directories
+    (no blockstore: tests and the inference-only LLM)."""
+    from openlora.node.ipfs.adapters import engine_validator
+    store = getattr(getattr(svc.engine.adapters.disk, "source", None), "store", None)
+    if store is None or not hasattr(store, "add"):
+        return None
+    mgr = svc.engine.adapters
+    cid, _ = store.add(path, validate=engine_validator(svc.engine.spec, max_rank=mgr.max_rank,
+                                                       max_bytes=mgr.max_bytes))
+    return str(cid)
+
+
 async def admin_load(request: web.Request) -> web.Response:
+    """{name, path}: a local directory is imported into the blockstore (checked as the engine checks it) and
+    loaded under its CID; {name, cid}: an adapter fetched by CID. A failed load leaves `name` as it was."""
+    from openlora.node.ipfs.errors import IpfsError
     svc = _admin(request)
     body = await _read_json(request)
     name, path, cid = body.get("name"), body.get("path"), body.get("cid")
-    if not isinstance(name, str) or not name or not (isinstance(path, str) or isinstance(cid, str)):
-        raise ApiError(400, "invalid_adapter", "give {name, path} or {name, cid}")
+    if not isinstance(name, str) or not name or not (isinstance(path, str) or isinstance(cid, str)) or \
+            (path is not None and cid is not None):
+        raise ApiError(400, "invalid_adapter", "give {name, path} or {name, cid} (one of path, cid)")
+    if name == svc.base_model:
+        raise ApiError(400, "invalid_adapter", f"{name!r} is the base model's name; choose another adapter name")
+    mgr = svc.engine.adapters
+    prev = next((i for i in mgr.list() if i.name == name), None)
+    ref = cid
     try:
-        await asyncio.to_thread(svc.engine.load_adapter, name, path or cid, cid)
-    except AdapterError as e:
+        if path is not None:
+            cid = await asyncio.to_thread(_import_local, svc, path)
+            ref = cid or path
+        await asyncio.to_thread(svc.engine.load_adapter, name, ref, cid)
+    except (AdapterError, IpfsError) as e:
+        if name in mgr and (prev is None or mgr.status(name) == "failed"):
+            try:
+                mgr.unregister(name)                  # a failed load never leaves the name registered
+            except AdapterError:
+                pass
+            if prev is not None:                      # the adapter that had this name keeps it
+                svc.engine.register_adapter(name, prev.ref, prev.identity)
+                mgr.pin(name, prev.pinned)
         raise ApiError(422, "invalid_adapter", str(e)) from None
     svc.catalog[name] = cid
     return web.json_response({"loaded": name, "cid": cid})
@@ -373,7 +458,7 @@ async def admin_pin(request: web.Request) -> web.Response:
 
 
 def build_app(svc: NodeService) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_middleware, admin_guard_middleware], client_max_size=MAX_BODY)
     app["svc"] = svc
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -145,6 +145,20 @@ class ApiSection:
         _check_range("api.port", self.port, 1, 65535)
         if not self.host:
             raise ConfigError("api.host = '': give an address to bind, e.g. '127.0.0.1'")
+        if not self.admin_token and not is_loopback(self.host):
+            raise ConfigError(f"api.host = {self.host!r} listens beyond this machine, so api.admin_token is required "
+                              f"(set a long random token, or bind 127.0.0.1)")
+
+
+def is_loopback(host: str) -> bool:
+    """True for a name or address that only this machine reaches: localhost, 127.0.0.0/8, ::1."""
+    import ipaddress
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False      # any other name may resolve off-machine (and 0.0.0.0 / :: bind every interface)
 
 
 @dataclass(frozen=True)
@@ -435,7 +449,7 @@ pinned = []                     # adapter CIDs never evicted
 [api]
 port = 8000                     # required
 host = "127.0.0.1"
-admin_token = ""                # empty: admin endpoints only from localhost
+admin_token = ""                # required unless host is loopback; empty: admin only from localhost
 free_local_mode = false         # true: accept unsigned requests (local development only)
 
 [chain]

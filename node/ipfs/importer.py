@@ -227,9 +227,9 @@ def add_path(path: Path, sink: Sink | None = None, params: ImportParams = Import
 def copy_regular_files(src: Path, dest: Path, names: tuple[str, ...]) -> list[str]:
     """Copy the files `names` of directory `src` into the existing directory `dest`, never following a symlink:
     `src` itself is opened O_NOFOLLOW, each file through that descriptor, checked regular by fstat and copied from
-    the same descriptor. Every other non-hidden entry of `src` must be a regular file or a directory (a symlink,
-    FIFO, socket or device is refused even when unused). Returns every non-hidden name in `src`; names absent
-    from `src` are simply not copied."""
+    the same descriptor (a symlink, FIFO, socket, device or directory under one of `names` is refused). Other
+    entries are neither read nor copied. Returns every non-hidden name in `src`; names absent from `src` are
+    simply not copied."""
     src = Path(src)
     if not os.path.lexists(src):
         raise IpfsError(f"{src}: no such directory")
@@ -238,23 +238,14 @@ def copy_regular_files(src: Path, dest: Path, names: tuple[str, ...]) -> list[st
         if not stat.S_ISDIR(st.st_mode):
             raise IpfsError(f"{src}: not a directory")
         listed = _names(dir_fd, src, ImportParams())
-        for name in listed:
-            try:
-                mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-            except OSError as e:
-                raise IpfsError(f"{src / name}: cannot stat ({e.strerror})") from None
-            if stat.S_ISLNK(mode):
-                raise IpfsError(f"{src / name}: is a symbolic link; symlinks are never imported (copy the file "
-                                f"instead)")
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise IpfsError(f"{src / name}: not a regular file or directory")
         for name in names:
             if name not in listed:
                 continue
             fd, fst = open_entry(name, dir_fd, src / name)
+            if not stat.S_ISREG(fst.st_mode):
+                os.close(fd)
+                raise IpfsError(f"{src / name}: not a regular file")
             with open(fd, "rb", buffering=0) as f:
-                if not stat.S_ISREG(fst.st_mode):
-                    raise IpfsError(f"{src / name}: not a regular file")
                 out = os.open(dest / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 with open(out, "wb") as g:
                     while chunk := f.read(1 << 20):

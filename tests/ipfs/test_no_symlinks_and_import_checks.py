@@ -100,22 +100,29 @@ def test_adapter_with_symlinked_weights_is_refused_and_nothing_stored(adapter, s
     assert not any(SECRET in p.read_bytes() for p in (tmp_path / "ipfs").rglob("*") if p.is_file())
 
 
-def test_adapter_dir_that_is_a_symlink_or_holds_a_fifo_is_refused(adapter, tmp_path):
+def test_adapter_dir_that_is_a_symlink_or_a_special_adapter_file_is_refused(adapter, tmp_path):
     store = AdapterStore(tmp_path / "ipfs")
+    clean, _ = store.add(adapter)
     link = tmp_path / "link"
     link.symlink_to(adapter, target_is_directory=True)
     with pytest.raises(AdapterError, match="symbolic link"):
         store.add(link)
-    os.mkfifo(adapter / "notes.fifo")
-    with pytest.raises(AdapterError, match="notes.fifo: not a regular file or directory"):
+    shutil.copy(adapter / CONFIG, tmp_path / "cfg")
+    (adapter / CONFIG).unlink()
+    os.mkfifo(adapter / CONFIG)                          # would block a plain open() forever
+    with pytest.raises(AdapterError, match=f"{CONFIG}: not a regular file or directory"):
         store.add(adapter)
-    os.unlink(adapter / "notes.fifo")
-    (adapter / "notes").symlink_to("/etc/hostname")
-    with pytest.raises(AdapterError, match="notes: is a symbolic link"):
-        store.add(adapter)                               # even an entry the import would not read
-    os.unlink(adapter / "notes")
-    cid, _ = store.add(adapter)
-    assert str(cid) in store.list()
+    os.unlink(adapter / CONFIG)
+    (adapter / CONFIG).mkdir()
+    with pytest.raises(AdapterError, match=f"{CONFIG}: not a regular file"):
+        store.add(adapter)
+    (adapter / CONFIG).rmdir()
+    shutil.copy(tmp_path / "cfg", adapter / CONFIG)
+    # entries that are not adapter files are never read nor imported, whatever they are
+    os.mkfifo(adapter / "notes.fifo")
+    (adapter / "notes").symlink_to(tmp_path / "cfg")
+    assert store.add(adapter)[0] == clean
+    assert list(store.list()) == [str(clean)]
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
