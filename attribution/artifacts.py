@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from openlora.attribution.errors import AttributionError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS_DIR = REPO_ROOT / "contracts"
 # A source checkout reads contracts/artifacts/; an installed wheel carries the same files as openlora/_contracts/
@@ -34,7 +36,7 @@ CONTRACTS: dict[str, str] = {
 }
 
 
-class ArtifactError(Exception):
+class ArtifactError(AttributionError):
     """An artifact is missing, malformed or cannot be exported."""
 
 

@@ -15,9 +15,10 @@ from eth_utils import keccak, to_checksum_address
 from openlora.attribution.eip712 import Domain, Voucher, sign, to_compact
 from openlora.attribution.merkle import CreditTree, receipts_root
 from openlora.attribution.split import protocol_fee
+from openlora.attribution.errors import AttributionError
 
 
-class BatchError(ValueError):
+class BatchError(AttributionError, ValueError):
     """A batch the contract would reject: empty, credits that do not sum to the debits, a wrong protocol share."""
 
 

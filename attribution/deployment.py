@@ -18,11 +18,12 @@ from eth_utils import to_checksum_address
 from openlora.attribution import artifacts
 from openlora.fsutil import atomic_write
 from openlora.safejson import loads as safe_loads
+from openlora.attribution.errors import AttributionError
 
 DEPLOYMENT_VERSION = 1
 
 
-class DeploymentError(ValueError):
+class DeploymentError(AttributionError, ValueError):
     """The deployment file is missing, malformed, or names a contract it does not hold."""
 
 

@@ -19,6 +19,8 @@ from eth_keys import keys
 from eth_keys.exceptions import BadSignature
 from eth_utils import keccak, to_checksum_address
 
+from openlora.attribution.errors import AttributionError
+
 Address = NewType("Address", str)  # checksummed 0x address
 Bytes32 = NewType("Bytes32", bytes)
 
@@ -29,7 +31,7 @@ _HALF_N = _N // 2
 _DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 
 
-class Eip712Error(ValueError):
+class Eip712Error(AttributionError, ValueError):
     """A typed-data value is malformed or a signature does not recover."""
 
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 from eth_utils import keccak, to_checksum_address
 
+from openlora.attribution.errors import AttributionError
+
 MAX_CREDIT = 2**96 - 1
 
 
-class MerkleError(ValueError):
+class MerkleError(AttributionError, ValueError):
     """Bad input to a tree: no leaves, an index out of range, an amount that does not fit a credit."""
 
 

@@ -24,13 +24,14 @@ from eth_utils import to_checksum_address
 
 from openlora.attribution.deployment import Deployment
 from openlora.attribution.eip712 import adapter_id
+from openlora.attribution.errors import AttributionError
 
 BPS = 10_000
 _MAX_EXACT_SCALE = 2**64  # above this common denominator, contributor weights are floored at 1e-18 precision
 _FLOOR_SCALE = 10**18
 
 
-class PricingError(ValueError):
+class PricingError(AttributionError, ValueError):
     """The adapter is unknown or retired, or the shares are not a split of 10,000 bps."""
 
 

@@ -25,6 +25,8 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
 
+from openlora.attribution.errors import AttributionError
+
 RECEIPT_TYPE = ("Receipt(string requestId,bytes32 requestDigest,address requester,address node,string adapterCid,"
                 "uint256 promptTokens,uint256 completionTokens,uint256 price,bytes32 attributionHash,"
                 "uint256 createdAt)")
@@ -37,7 +39,7 @@ def checksum(address: str) -> str:
     return to_checksum_address(address)
 
 
-class ReceiptError(ValueError):
+class ReceiptError(AttributionError, ValueError):
     """A receipt field is malformed (not an address, not 32 bytes, a negative count or weight)."""
 
 

@@ -13,10 +13,12 @@ from collections.abc import Mapping
 
 from eth_utils import to_checksum_address
 
+from openlora.attribution.errors import AttributionError
+
 BPS = 10_000
 
 
-class SplitError(ValueError):
+class SplitError(AttributionError, ValueError):
     """Weights or amounts that cannot be split (negative, all zero, bps out of range)."""
 
 

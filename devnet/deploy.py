@@ -10,12 +10,14 @@ What it does not do: start the chain (devnet.chain) or create demo data (devnet.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from eth_account import Account
 from web3 import Web3
 
 from openlora.attribution import artifacts
+from openlora.attribution.chain import ChainError, send_and_wait
 from openlora.attribution.deployment import Deployment
 from openlora.devnet.chain import DEFAULT_MNEMONIC, DevnetError
 
@@ -40,8 +42,20 @@ def dev_accounts(n: int = 10, mnemonic: str = DEFAULT_MNEMONIC) -> list[DevAccou
     return out
 
 
+@lru_cache(maxsize=1)
+def _dev_keys() -> dict[str, bytes]:
+    return {a.address.lower(): a.key for a in dev_accounts()}
+
+
 def send(w3: Web3, fn: Any, sender: str, what: str) -> Any:
-    """Send a contract call from an unlocked dev account and wait for it; a revert is a DevnetError."""
+    """Send a contract call from a devnet account and wait for it; a revert is a DevnetError. Well-known accounts
+    sign locally through attribution.chain (the node's own send path); any other sender must be unlocked."""
+    key = _dev_keys().get(sender.lower())
+    if key is not None:
+        try:
+            return send_and_wait(w3, fn, Account.from_key(key), what, timeout=30)
+        except ChainError as e:
+            raise DevnetError(str(e)) from None
     try:
         tx = fn.transact({"from": sender})
     except Exception as e:  # web3 raises ContractLogicError & co. on a failed estimate

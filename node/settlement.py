@@ -26,15 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from eth_utils import to_checksum_address
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.exceptions import ContractLogicError, TransactionNotFound
 
 from openlora.attribution.batch import Batch, Debit
 from openlora.attribution.deployment import Deployment
 from openlora.attribution.eip712 import Domain, Voucher, is_signed_by
 from openlora.attribution.receipts import checksum, dumps, receipt_hash
+from openlora.attribution.chain import redact, send_raw, sign_call
 from openlora.attribution.split import batch_credits, merge, split_exact
 from openlora.fsutil import atomic_write
-from openlora.node.errors import NodeError
+from openlora.node.errors import ChainUnavailable, NodeError
 from openlora.node.storage import Store
 
 log = logging.getLogger("openlora.settlement")
@@ -43,10 +44,6 @@ ZERO32 = bytes(32)
 
 class SettlementError(NodeError):
     """A batch could not be settled (rejected by the contract, not mined in time)."""
-
-
-class ChainUnavailable(SettlementError):
-    """The RPC endpoint does not answer."""
 
 
 PENDING = object()            # _wait_receipt: the transaction is still in the pool
@@ -61,22 +58,8 @@ def _is_connection_error(e: BaseException) -> bool:
 
 
 def rpc_url(w3: Any) -> str:
-    return str(getattr(w3.provider, "endpoint_uri", None) or w3.provider)
-
-
-def send_signed(w3: Any, fn: Any, account: Any, nonce: int | None = None) -> tuple[bytes, int]:
-    """Estimate, sign locally with `account` and send a contract call; returns (tx hash, nonce). A revert in
-    the estimate raises web3's ContractLogicError."""
-    if nonce is None:
-        nonce = w3.eth.get_transaction_count(account.address, "pending")
-    tx = fn.build_transaction({"from": account.address, "nonce": nonce, "chainId": w3.eth.chain_id})
-    signed = account.sign_transaction(tx)
-    try:
-        w3.eth.send_raw_transaction(signed.raw_transaction)
-    except (ValueError, Web3RPCError) as e:  # "already known": the same signed tx is in the pool: what we want
-        if "already known" not in str(e).lower():
-            raise
-    return bytes(signed.hash), nonce
+    """The chain's RPC URL for messages: scheme, host and port only (a path or query may carry an API key)."""
+    return redact(str(getattr(w3.provider, "endpoint_uri", None) or w3.provider))
 
 
 def batch_credit_map(receipts: list, total: int, fee_bps: int, protocol: str, operator: str) -> dict[str, int]:
@@ -201,7 +184,7 @@ class SettlementLoop:
             except Exception as e:
                 err: Exception = e
                 if _is_connection_error(e):
-                    err = ChainUnavailable(f"chain not reachable at {rpc_url(self.w3)}: {type(e).__name__}: {e}")
+                    err = ChainUnavailable(f"chain not reachable at {rpc_url(self.w3)}: {type(e).__name__}")
                 elif not isinstance(e, SettlementError):
                     err = SettlementError(f"settlement failed: {type(e).__name__}: {e}")
                 self.metrics["chain_errors"] += 1
@@ -326,18 +309,12 @@ class SettlementLoop:
             nonce = int(b["tx_nonce"])
         else:
             nonce = self.w3.eth.get_transaction_count(self.node, "pending")
-        tx = fn.build_transaction({"from": self.node, "nonce": nonce, "chainId": self.w3.eth.chain_id,
-                                   **self._fees(stuck)})
-        signed = self.account.sign_transaction(tx)
+        signed, nonce, tx = sign_call(self.w3, fn, self.account, nonce, self._fees(stuck))
         tx_hash = "0x" + bytes(signed.hash).hex()
         self.store.set_batch(b["batch_id"], state="submitted", tx_hash=tx_hash, tx_nonce=nonce, error=None)
-        try:
-            self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        except (ValueError, Web3RPCError) as e:
-            # "already known": in the pool already. Anything else ("nonce too low": the key sent something else
-            # meanwhile) propagates; the retry finds this hash unknown to the chain and sends with a fresh nonce.
-            if "already known" not in str(e).lower():
-                raise
+        # "already known" (in the pool already) counts as sent. Anything else ("nonce too low": the key sent
+        # something else meanwhile) propagates; the retry finds this hash unknown to the chain and sends anew.
+        send_raw(self.w3, signed)
         if replace:
             self.metrics["replacements"] += 1
             log.warning("batch %s: tx %s still pending after %.0fs; replaced by %s (nonce %d, maxFeePerGas %d -> %d "

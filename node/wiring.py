@@ -55,22 +55,24 @@ class Chain:
 
 
 def connect_chain(cfg: NodeConfig) -> Chain | None:
+    from openlora.attribution.chain import connect, redact
     from openlora.attribution.deployment import DeploymentError, read_deployment
-    from web3 import HTTPProvider, Web3
     try:
         dep = read_deployment(cfg.path(cfg.chain.deployment_file))
     except DeploymentError as e:
         log.warning(f"chain: {e}; serving in free local mode only" if cfg.api.free_local_mode
                     else f"chain: {e}; signed requests will be refused until a deployment exists")
         return None
-    chain = Chain(Web3(HTTPProvider(cfg.chain.rpc_url, request_kwargs={"timeout": 10})), dep)
+    chain = Chain(connect(cfg.chain.rpc_url), dep)
     try:
         chain_id = chain.w3.eth.chain_id
     except Exception as e:  # any transport error: the node still starts, /readyz says the chain is down
-        log.warning(f"chain: {cfg.chain.rpc_url} is not reachable ({type(e).__name__}); settlement waits for it")
+        log.warning(f"chain: {redact(cfg.chain.rpc_url)} is not reachable ({type(e).__name__}); settlement waits "
+                    "for it")
         return chain
     if chain_id != dep.chain_id:
-        log.warning(f"chain: {cfg.chain.rpc_url} has chain id {chain_id}, the deployment file says {dep.chain_id}")
+        log.warning(f"chain: {redact(cfg.chain.rpc_url)} has chain id {chain_id}, the deployment file says "
+                    f"{dep.chain_id}")
     else:
         log.info("chain reachable", extra={"fields": {"chain_id": chain_id, "settlement": dep.address("Settlement")}})
     return chain

@@ -49,8 +49,8 @@ def _signer(cfg: Any, key_file: Path | None, password_file: Path | None) -> Any:
 def command(obj: Any, address: str | None, key_file: Path | None, password_file: Path | None,
             as_json: bool) -> None:
     """Claim everything an address can claim from settled batches."""
+    from openlora.attribution.chain import send_signed
     from openlora.attribution.payouts import claim_items, payouts_of
-    from openlora.node.settlement import send_signed
     cfg, w3, dep = chain_context(obj)
     signer = _signer(cfg, key_file, password_file)
     who = resolve_address(cfg, address or signer.address)

@@ -35,8 +35,7 @@ def fmt(wei: int) -> str:
 
 def chain_context(obj: Any) -> tuple[Any, Any, Any]:
     """(cfg, w3, deployment) for the node home, or a one-line error: no config, no deployment, chain down."""
-    from web3 import HTTPProvider, Web3
-
+    from openlora.attribution.chain import connect, redact
     from openlora.attribution.deployment import DeploymentError, read_deployment
     from openlora.node.config import load_config
     cfg = load_config(obj.home)
@@ -44,13 +43,14 @@ def chain_context(obj: Any) -> tuple[Any, Any, Any]:
         dep = read_deployment(cfg.path(cfg.chain.deployment_file))
     except DeploymentError as e:
         raise PayoutsError(str(e)) from None
-    w3 = Web3(HTTPProvider(cfg.chain.rpc_url, request_kwargs={"timeout": 10}, exception_retry_configuration=None))
+    w3 = connect(cfg.chain.rpc_url)
     try:
         chain_id = w3.eth.chain_id
     except Exception as e:  # noqa: BLE001 - any transport error
-        raise PayoutsError(f"chain not reachable at {cfg.chain.rpc_url}: {type(e).__name__}") from None
+        raise PayoutsError(f"chain not reachable at {redact(cfg.chain.rpc_url)}: {type(e).__name__}") from None
     if chain_id != dep.chain_id:
-        raise PayoutsError(f"{cfg.chain.rpc_url} has chain id {chain_id}, the deployment file says {dep.chain_id}")
+        raise PayoutsError(f"{redact(cfg.chain.rpc_url)} has chain id {chain_id}, the deployment file says "
+                           f"{dep.chain_id}")
     return cfg, w3, dep
 
 
