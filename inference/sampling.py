@@ -125,21 +125,21 @@ class Sampler:
             return []
         need_lp = any(p.logprobs is not None for p in params)
         logprobs = torch.log_softmax(logits, dim=-1) if need_lp else None    # [B, V]
-        tokens = logits.argmax(dim=-1)                                        # [B]
-        # amax propagates NaN: a row is unusable when its max is NaN, +inf, or -inf (every token masked)
-        finite = torch.isfinite(logits.amax(dim=-1)).tolist()                # [B]
+        # amax propagates NaN: a row is unusable when its max is NaN, +inf, or -inf (every token masked).
+        # Greedy tokens and the row checks come to the host in one transfer (one sync per step, as before).
+        finite = torch.isfinite(logits.amax(dim=-1))                          # [B]
+        tok_list, ok = torch.stack((logits.argmax(dim=-1), finite.long())).tolist()
         out: list[SampleResult | None] = [None] * B
         for i, p in enumerate(params):
-            if not finite[i]:
+            if not ok[i]:
                 out[i] = SampleResult(-1, None, None, "the model produced non-finite logits (NaN or inf) for this "
                                                       "request; its adapter may be broken")
             elif not p.greedy:
                 try:
-                    tokens[i] = self._sample_row(logits[i], p, generators[i])
+                    tok_list[i] = self._sample_row(logits[i], p, generators[i])
                 except Exception as e:  # one row's failure fails its request only
                     log.exception("sampling failed for one request")
                     out[i] = SampleResult(-1, None, None, f"sampling failed: {type(e).__name__}: {e}")
-        tok_list = tokens.tolist()
         for i, p in enumerate(params):
             if out[i] is not None:
                 continue
