@@ -184,7 +184,8 @@ class LLMEngine:
         except Exception as e:    # e.g. the tokenizer raising on this prompt: this request fails, not the engine
             log.exception(f"request {request_id} could not be queued")
             self._failed.append(self._failed_output(request_id, text, [], adapter,
-                                                    f"the request could not be queued: {type(e).__name__}: {e}"))
+                                                    f"the request could not be queued (internal error; reference "
+                                                    f"{request_id} in the node's log)"))
             return request_id
         self.scheduler.add(seq)
         return request_id
@@ -280,9 +281,9 @@ class LLMEngine:
         if not good:
             raise first
         for s, e in bad:
-            log.error(f"request {s.seq.request_id} fails the forward pass alone: {type(e).__name__}: {e}")
-            s.seq.finish("error", f"the model failed on this request ({type(e).__name__}: {e}); the other requests "
-                                  f"are unaffected")
+            log.error(f"request {s.seq.request_id} fails the forward pass alone", exc_info=e)
+            s.seq.finish("error", f"the model failed on this request alone (internal error; reference "
+                                  f"{s.seq.request_id} in the node's log); the other requests are unaffected")
             self._failed.append(s.seq.output())
             self.scheduler._retire(s.seq)
         sched.scheduled = [s for s, _ in good]

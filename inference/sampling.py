@@ -139,7 +139,8 @@ class Sampler:
                     tok_list[i] = self._sample_row(logits[i], p, generators[i])
                 except Exception as e:  # one row's failure fails its request only
                     log.exception("sampling failed for one request")
-                    out[i] = SampleResult(-1, None, None, f"sampling failed: {type(e).__name__}: {e}")
+                    out[i] = SampleResult(-1, None, None, "sampling this request failed (internal error, in the "
+                                                          "node's log)")
         for i, p in enumerate(params):
             if out[i] is not None:
                 continue

@@ -179,8 +179,8 @@ class Scheduler:
                         seq.append(sample)
             except Exception as e:
                 log.exception(f"request {seq.request_id} failed while its step was applied")
-                seq.finish("error", f"internal error while generating this request ({type(e).__name__}: {e}); "
-                                    f"the other requests are unaffected, retry it")
+                seq.finish("error", f"internal error while generating this request (reference {seq.request_id} in "
+                                    f"the node's log); the other requests are unaffected")
             if s.sample or seq.finished:
                 updated.append(seq)
             if seq.finished:

@@ -304,11 +304,12 @@ async def receipt(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: 503 {"status": "engine_dead"} once the engine loop stopped on an engine-wide error (it never
-    recovers in-process: a supervisor must restart the node); else 200 {"status": "ok"}."""
+    recovers in-process: a supervisor must restart the node); else 200 {"status": "ok"}. The error's type only: its
+    text is in the node's log."""
     svc: NodeService = request.app["svc"]
     dead = getattr(svc.client, "dead", None)
     if dead is not None:
-        return web.json_response({"status": "engine_dead", "error": dead,
+        return web.json_response({"status": "engine_dead", "error": dead.split(":", 1)[0],
                                   "action": "restart the node (the engine cannot serve any request)"}, status=503)
     return web.json_response({"status": "ok"})
 
