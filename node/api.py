@@ -316,14 +316,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     svc: NodeService = request.app["svc"]
-    checks = {"model": svc.engine is not None and getattr(svc.client, "dead", None) is None, **svc.readiness()}
+    readiness = await asyncio.to_thread(svc.readiness)      # may read the chain: never on the event loop
+    checks = {"model": svc.engine is not None and getattr(svc.client, "dead", None) is None, **readiness}
     ready = all(v is True or v == "disabled" for v in checks.values())
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
     svc: NodeService = request.app["svc"]
-    counts = svc.store.counts() if svc.store is not None else {}
+    counts = await asyncio.to_thread(svc.store.counts) if svc.store is not None else {}
     body = svc.metrics.render(svc.engine, counts, svc.settlement.metrics if svc.settlement is not None else {})
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
