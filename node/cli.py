@@ -22,17 +22,15 @@ from openlora.node.errors import NodeError
 
 log = logging.getLogger("openlora.cli")
 
-# Command groups mounted from node/commands/<module>.py. A group whose module is not there yet is listed by
-# `openlora-node --help` under "Not yet available" so that users see what is coming instead of an unknown command.
+# Command groups mounted lazily from node/commands/<module>.py (each exports `command`); only what exists is listed
+# (tests/node/test_cli.py checks that every name here loads).
 GROUPS: dict[str, str] = {
     "adapters": "Import, fetch, list and pin LoRA adapters (content-addressed by CID).",
     "cid": "Print the IPFS CID (Kubo-identical) of a file or directory.",
     "devnet": "Start, stop and inspect the local Anvil devnet with the contracts deployed.",
-    "datanet": "Create Datanets and contribute data.",
     "payouts": "Show what an address has earned, settled and can claim.",
     "claim": "Claim settled payouts.",
     "request": "Send a signed inference request to a node.",
-    "bench": "Run the benchmarks in bench/.",
 }
 
 
@@ -45,33 +43,18 @@ class Context:
 
 
 class OpenLoRACLI(click.Group):
-    def _load(self, name: str) -> click.Command | None:
-        try:
-            mod = importlib.import_module(f"openlora.node.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name in (f"openlora.node.commands.{name}", "openlora.node.commands"):
-                return None
-            raise
-        return getattr(mod, "command")
+    """Imports a command group's module only when that group runs (or --help lists it): `--version` stays fast."""
+
+    @staticmethod
+    def _load(name: str) -> click.Command:
+        return getattr(importlib.import_module(f"openlora.node.commands.{name}"), "command")
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        extra = [g for g in GROUPS if self._load(g) is not None]
-        return sorted(set(super().list_commands(ctx)) | set(extra))
+        return sorted(set(super().list_commands(ctx)) | set(GROUPS))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         cmd = super().get_command(ctx, name)
-        if cmd is None and name in GROUPS:
-            cmd = self._load(name)
-            if cmd is None:
-                raise click.UsageError(f"`{name}` is not available in this version yet ({GROUPS[name]})")
-        return cmd
-
-    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        missing = [(g, h) for g, h in GROUPS.items() if self._load(g) is None]
-        if missing:
-            with formatter.section("Not yet available in this version"):
-                formatter.write_dl(missing)
-        super().format_epilog(ctx, formatter)
+        return self._load(name) if cmd is None and name in GROUPS else cmd
 
 
 @click.group(cls=OpenLoRACLI, context_settings={"help_option_names": ["-h", "--help"]},

@@ -137,10 +137,19 @@ def test_start_runs_and_stops_cleanly_on_ctrl_c(home):
         json.loads(line)  # --log-format json: every line is one JSON object
 
 
-def test_help_lists_commands_and_coming_groups():
+def test_help_lists_commands_and_every_group_loads():
+    from click.testing import CliRunner
+
+    from openlora.node.cli import GROUPS, cli
     r = run("--help")
     assert r.returncode == 0
-    for cmd in ("init", "start", "account", "version"):
+    for cmd in ("init", "start", "account", "version", *GROUPS):
         assert cmd in r.stdout
+    assert "not yet" not in r.stdout.lower()          # nothing is advertised that does not exist
+    for group in GROUPS:                               # each listed group imports and has its own help
+        out = CliRunner().invoke(cli, [group, "--help"])
+        assert out.exit_code == 0 and "Usage:" in out.output, (group, out.output)
+    bad = run("nosuchgroup")
+    assert bad.returncode == 2 and "No such command 'nosuchgroup'" in bad.stderr
     r = run("version")
     assert "openlora-node 0.1.0" in r.stdout and "torch 2.13.0" in r.stdout
