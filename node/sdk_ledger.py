@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Iterator
 
 from openlora.fsutil import atomic_write
+from openlora.safejson import loads as safe_loads
 
 LEDGER_ENV = "OPENLORA_SDK_DIR"
 DEFAULT_DIR = "~/.openlora/sdk"
+MAX_RPC_RESPONSE = 4 << 20          # bytes of one JSON-RPC answer the SDK parses (safejson: depth too)
 MAX_RECENT = 64                     # max prices kept per lane (the file stays small)
 MAX_MODEL_LEN = 1 << 20             # a node's model.max_model_len can never pass this (node/config.py)
 
@@ -141,7 +143,7 @@ def _rpc(url: str, method: str, params: list, timeout: float) -> str:
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            out = json.loads(r.read())
+            out = safe_loads(r.read(MAX_RPC_RESPONSE + 1), max_bytes=MAX_RPC_RESPONSE)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise SpendRefused(f"cannot read the chain at the RPC URL given to the SDK ({type(e).__name__}); "
                            f"nothing was signed") from None

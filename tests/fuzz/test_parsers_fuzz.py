@@ -294,7 +294,7 @@ def test_deep_and_self_amplifying_dags_are_refused(tmp_path):
         blocks[cid] = data
         return cid
 
-    # a file whose DAG is a 100,000-long chain: the readers recurse once a level
+    # a file whose DAG is a chain deeper than MAX_DEPTH: the readers recurse once a level
     cid = put(PBNode((), encode_unixfs(UnixFSData(T_FILE, b"x", 1))))
     for i in range(1, MAX_DEPTH + 50):
         cid = put(PBNode((Link(cid, "", 0),), encode_unixfs(UnixFSData(T_FILE, b"", i, (i,)))))
