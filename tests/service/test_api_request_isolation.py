@@ -5,6 +5,7 @@ engine-wide failure turns /healthz and /readyz to 503 so that a supervisor resta
 from __future__ import annotations
 
 import json
+import math
 import threading
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ import pytest
 from openlora.inference import LLM, SamplingParams
 from openlora.inference.client import AsyncEngine
 from openlora.inference.sequence import Sequence
-from openlora.node.api import NodeService, build_app
+from openlora.node.api import ApiError, NodeService, _sampling, build_app
 from tests.service.server_util import ServerThread
 
 
@@ -151,3 +152,19 @@ def test_an_engine_wide_failure_makes_healthz_and_readyz_503(tiny, monkeypatch):
             assert status >= 500 and js["error"]["message"]       # refused at once: never hangs on a dead engine
     finally:
         client.shutdown()
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_sampling_refuses_non_finite_values_even_if_the_json_reader_let_them_through(value):
+    """The body reader refuses NaN/Infinity already; _sampling does not rely on it (each field is type-checked)."""
+    fields = ["temperature", "top_p", "top_k", "seed", "max_tokens", "max_completion_tokens", "logprobs", "n",
+              "stream", "ignore_eos", "stop"]
+    for name in fields:
+        for v in (value, [value]):
+            with pytest.raises(ApiError) as e:
+                _sampling({name: v}, chat=False)
+            assert (e.value.status, e.value.code) == (400, "invalid_parameter")
+    for body in ({"logprobs": value}, {"logprobs": True, "top_logprobs": value}):
+        with pytest.raises(ApiError) as e:
+            _sampling(body, chat=True)
+        assert (e.value.status, e.value.code) == (400, "invalid_parameter")
