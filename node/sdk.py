@@ -138,7 +138,7 @@ class OpenLoRAClient:
         """The voucher cap: what the node may have charged so far (its report, bounded by the SDK's own ledger
         and the chain) plus this request's maxPrice. Raises OpenLoRAError when the node asks for more."""
         try:
-            reported = sum(int(standing.get(k, 0) or 0) for k in ("debited", "pending", "reserved"))
+            reported = int(standing.get("debited", 0) or 0) + int(standing.get("pending", 0) or 0)  # + reservations
         except (TypeError, ValueError):
             raise self._refuse(f"the node reported a malformed standing {standing!r}") from None
         try:
