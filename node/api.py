@@ -265,7 +265,8 @@ async def node_info(request: web.Request) -> web.Response:
     """What a client needs to sign: the node's address and domain, prices, and (given ?requester=) its standing."""
     svc: NodeService = request.app["svc"]
     info: dict[str, Any] = {
-        "address": svc.node_address, "base_model": svc.base_model, "free_local_mode": svc.free_local_mode,
+        "name": svc.name, "address": svc.node_address, "base_model": svc.base_model,
+        "free_local_mode": svc.free_local_mode,
         "max_model_len": svc.engine.max_model_len,
         "chain_id": svc.domain.chain_id if svc.domain else None,
         "settlement": svc.domain.verifying_contract if svc.domain else None,

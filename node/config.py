@@ -412,6 +412,38 @@ def load_config(home: Path, environ: dict[str, str] | None = None) -> NodeConfig
     return parse_config(text, home, environ, source=str(path))
 
 
+def set_config_values(home: Path, section: str, values: dict[str, Any]) -> list[str]:
+    """Set `[section] key = value` in <home>/config.toml, keeping every other line and comment as it is (a key's
+    trailing comment too); a missing key is added under its section header, a missing section at the end. The new
+    text must still be a valid config (else ConfigError and nothing is written). Returns the keys that changed."""
+    import tomli_w
+
+    from openlora.fsutil import atomic_write
+    path = home / CONFIG_FILENAME
+    lines = path.read_text(encoding="utf-8").splitlines()
+    current = tomllib.loads("\n".join(lines)).get(section, {})
+    changed = [k for k, v in values.items() if current.get(k) != v]
+    header = next((i for i, ln in enumerate(lines) if ln.strip() == f"[{section}]"), None)
+    if header is None:
+        lines += ["", f"[{section}]"]
+        header = len(lines) - 1
+    end = next((i for i in range(header + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    for key in changed:
+        rendered = tomli_w.dumps({key: values[key]}).strip()
+        at = next((i for i in range(header + 1, end) if re.match(rf"\s*{re.escape(key)}\s*=", lines[i])), None)
+        if at is None:
+            lines.insert(header + 1, rendered)
+            end += 1
+        else:
+            comment = re.search(r"\s+#.*$", lines[at].split("=", 1)[1])
+            lines[at] = rendered + (comment.group(0) if comment and '"' not in comment.group(0) else "")
+    if changed:
+        text = "\n".join(lines) + "\n"
+        parse_config(text, home, environ={}, source=str(path))      # never write a config the node cannot read
+        atomic_write(path, text)
+    return changed
+
+
 DEFAULT_CONFIG_TOML = f"""\
 # openlora-node configuration. Every key can be overridden by an environment variable
 # OPENLORA_<SECTION>_<KEY>, e.g. OPENLORA_API_PORT=8001. Paths are relative to this file's directory.

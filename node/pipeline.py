@@ -64,6 +64,7 @@ class NodeService:
     readiness: Callable[[], dict[str, bool | str]] = lambda: {}
     settlement: Any = None                       # node.settlement.SettlementLoop, when a chain is configured
     metrics: Metrics = field(default_factory=Metrics)
+    name: str = "openlora-node"                  # node.name: how the operator calls this node (GET /v1/node)
 
     def resolve(self, model: Any) -> tuple[str | None, str | None]:
         """(engine adapter name or None for the base model, adapter CID or None)."""

@@ -49,6 +49,17 @@ def engine_config(cfg: NodeConfig, model_dir: Path):
         max_lora_rank=cfg.adapters.max_rank, max_adapter_bytes=int(cfg.adapters.max_adapter_bytes))
 
 
+def pin_configured(engine, catalog: dict[str, str | None], pinned: tuple[str, ...]) -> None:
+    """adapters.pinned: those CIDs are registered (fetched on first use) and never evicted from any tier."""
+    for cid in pinned:
+        if cid not in catalog:
+            engine.register_adapter(cid, cid, identity=cid)
+            catalog[cid] = cid
+        engine.adapters.pin(cid, True)
+    if pinned:
+        log.info(f"{len(pinned)} adapter(s) pinned by adapters.pinned")
+
+
 async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
     from aiohttp import web
 
@@ -66,8 +77,8 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     model_dir = resolve_model_dir(cfg)
-    log.info("node starting", extra={"fields": {"address": account.address, "home": str(cfg.home),
-                                                "model": str(model_dir)}})
+    log.info("node starting", extra={"fields": {"name": cfg.node.name, "address": account.address,
+                                                "home": str(cfg.home), "model": str(model_dir)}})
     spec = read_model_spec(model_dir)
     net = await asyncio.to_thread(start_network, cfg, account, spec.model_id)
     engine = await asyncio.to_thread(LLMEngine, engine_config(cfg, model_dir), net.source)
@@ -86,6 +97,7 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
         chain = await asyncio.to_thread(connect_chain, cfg)
         svc = build_service(cfg, account, engine, client, store, net.register_all(engine), chain,
                             p2p_ready=net.ready)
+        pin_configured(engine, svc.catalog, cfg.adapters.pinned)
         net.follow_announcements(engine, svc.catalog)
         http = web.AppRunner(build_app(svc), access_log=None)
         await http.setup()

@@ -59,6 +59,9 @@ def connect_chain(cfg: NodeConfig) -> Chain | None:
     from openlora.attribution.deployment import DeploymentError, read_deployment
     try:
         dep = read_deployment(cfg.path(cfg.chain.deployment_file))
+        if dep.chain_id != cfg.chain.chain_id:
+            raise DeploymentError(f"{cfg.chain.deployment_file} is a deployment on chain {dep.chain_id}, but "
+                                  f"chain.chain_id is {cfg.chain.chain_id}: fix the config or the deployment file")
     except DeploymentError as e:
         log.warning(f"chain: {e}; serving in free local mode only" if cfg.api.free_local_mode
                     else f"chain: {e}; signed requests will be refused until a deployment exists")
@@ -70,6 +73,9 @@ def connect_chain(cfg: NodeConfig) -> Chain | None:
         log.warning(f"chain: {redact(cfg.chain.rpc_url)} is not reachable ({type(e).__name__}); settlement waits "
                     "for it")
         return chain
+    if chain_id != cfg.chain.chain_id:
+        log.warning(f"chain: {redact(cfg.chain.rpc_url)} has chain id {chain_id}; the config's chain.chain_id is "
+                    f"{cfg.chain.chain_id}")
     if chain_id != dep.chain_id:
         log.warning(f"chain: {redact(cfg.chain.rpc_url)} has chain id {chain_id}, the deployment file says "
                     f"{dep.chain_id}")
@@ -219,5 +225,6 @@ def build_service(cfg: NodeConfig, account, engine, client, store, catalog: dict
         engine=engine, client=client, node_address=node, base_model=engine.spec.model_id,
         free_local_mode=cfg.api.free_local_mode, admin_token=cfg.api.admin_token, store=store, domain=domain,
         lane_of=(lambda requester: chain.lane_of(requester, node)) if chain is not None else None,
-        price_per_token=pricer.price_per_token, write_receipt=write_receipt, catalog=catalog, readiness=readiness)
+        price_per_token=pricer.price_per_token, write_receipt=write_receipt, catalog=catalog, readiness=readiness,
+        name=cfg.node.name)
 

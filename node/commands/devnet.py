@@ -61,9 +61,21 @@ def up(obj, devnet_dir: str | None, host: str, port: int, chain_id: int) -> None
                         node_deployment_file=_node_deployment_file(obj.home), progress=click.echo)
     except (DevnetError, DeploymentError, ArtifactError) as e:
         raise DevnetCommandError(str(e)) from None
+    _point_node_at(obj.home, res)
     _fund_home_node(obj.home, res)
     click.echo(f"devnet ready: {res.anvil.url} chain id {res.deployment.chain_id}, "
                f"Settlement {res.deployment.address('Settlement')}")
+
+
+def _point_node_at(home: Path, res) -> None:
+    """A node initialised in this home reads the chain that `up` started: chain.rpc_url and chain.chain_id in its
+    config.toml follow --host/--port/--chain-id (other lines and comments are kept)."""
+    from openlora.node.config import CONFIG_FILENAME, set_config_values
+    if not (home / CONFIG_FILENAME).is_file():
+        return
+    changed = set_config_values(home, "chain", {"rpc_url": res.anvil.url, "chain_id": res.deployment.chain_id})
+    if changed:
+        click.echo(f"config.toml: chain.{', chain.'.join(changed)} now point at this devnet ({res.anvil.url})")
 
 
 def _fund_home_node(home: Path, res) -> None:

@@ -98,3 +98,9 @@ def test_up_funds_a_lane_to_the_homes_node_for_the_demo_requester(home):
     again = _cli(home, "up", "--port", port)               # idempotent: no second deposit
     assert "already has a deposit" in again.stdout
     assert dep.contract(w3, "Settlement").functions.balanceOf(requester, node).call() == 10_000 * 10**18
+    # the node in this home now reads the chain on --port, and says so once
+    from openlora.node.config import load_config
+    cfg = load_config(home, environ={})
+    assert cfg.chain.rpc_url == f"http://127.0.0.1:{port}" and cfg.chain.chain_id == dep.chain_id
+    assert "chain.rpc_url" in res.stdout and "chain.rpc_url" not in again.stdout
+    assert "# openlora-node configuration" in (home / "config.toml").read_text()   # comments kept

@@ -79,3 +79,28 @@ def test_config_is_frozen():
     cfg = parse(DEFAULT_CONFIG_TOML)
     with pytest.raises(AttributeError):
         cfg.api.port = 1  # type: ignore[misc]
+
+
+def test_set_config_values_keeps_comments_and_refuses_an_invalid_config(tmp_path):
+    from openlora.node.config import DEFAULT_CONFIG_TOML, load_config, set_config_values
+    (tmp_path / "config.toml").write_text(DEFAULT_CONFIG_TOML)
+    assert set_config_values(tmp_path, "chain", {"rpc_url": "http://127.0.0.1:9999", "chain_id": 31337}) == ["rpc_url"]
+    text = (tmp_path / "config.toml").read_text()
+    assert 'rpc_url = "http://127.0.0.1:9999"' in text and text.count("[chain]") == 1
+    assert text.startswith("# openlora-node configuration") and "# this node's price per token" in text
+    assert load_config(tmp_path, environ={}).chain.rpc_url == "http://127.0.0.1:9999"
+    assert set_config_values(tmp_path, "chain", {"rpc_url": "http://127.0.0.1:9999"}) == []     # nothing to change
+    with pytest.raises(ConfigError, match="chain.rpc_url"):
+        set_config_values(tmp_path, "chain", {"rpc_url": "ftp://nope"})
+    assert (tmp_path / "config.toml").read_text() == text                                        # nothing written
+
+
+def test_pinned_adapters_are_registered_and_pinned(tiny):
+    from openlora.inference import LLM
+    from openlora.node.runner import pin_configured
+    llm = LLM(tiny.model("llama"), dtype="float32", device="cpu")
+    catalog: dict = {}
+    cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+    pin_configured(llm.engine, catalog, (cid,))
+    assert catalog == {cid: cid}
+    assert {i.name: i.pinned for i in llm.engine.adapters.list()} == {cid: True}
