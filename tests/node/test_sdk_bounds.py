@@ -150,3 +150,22 @@ def test_damaged_ledger_refuses_to_sign(node, tmp_path):
     path.write_text(json.dumps({"cap": "not a number"}))
     with pytest.raises(OpenLoRAError, match="damaged ledger"):
         sdk.authorize({"model": "base", "prompt": [1], "max_tokens": 1})
+
+
+def test_request_command_passes_limits_and_refuses_in_one_line(node, tmp_path):
+    from click.testing import CliRunner
+
+    from openlora.node.cli import cli
+    me = Account.create()
+    key = tmp_path / "key"
+    key.write_text(me.key.hex())
+    args = ["request", "--url", node.url, "--model", "base", "--key-file", str(key), "--ledger-dir",
+            str(tmp_path / "ledger"), "--no-stream", "--json", "Hi"]
+    out = CliRunner().invoke(cli, args + ["--budget", "100"])
+    assert out.exit_code != 0 and "above your budget 100" in str(out.exception) and not node.received
+    out = CliRunner().invoke(cli, args + ["--max-price-per-token", "9"])
+    assert out.exit_code != 0 and "max_price_per_token 9" in str(out.exception) and not node.received
+    out = CliRunner().invoke(cli, args + ["--max-spend", "50"])
+    assert out.exit_code == 0, out.output
+    assert node.received[0]["openlora"]["maxPrice"] == "50"
+    assert VoucherLedger(tmp_path / "ledger").read(lane_of(me)).cap == 50
