@@ -38,8 +38,10 @@ __all__ = ["UnsafeJSONError", "loads", "load_file", "read_regular_file", "DEFAUL
 
 DEFAULT_MAX_DEPTH = 64
 
-# A complete JSON string (unrolled loop: linear, no backtracking blow-up); brackets as b"(" / b")", all else dropped.
-_STRING = re.compile(r'"[^"\\]*(?:\\[\s\S][^"\\]*)*"')
+# A JSON string: from a quote to the next unescaped quote, or to the end of the text when unterminated (the parser
+# stops there, so nothing after it counts). Every match attempt at a quote succeeds, in one forward pass: a pattern
+# that could fail at a quote would be retried at every later quote (quadratic on '"\\"\\"\\...').
+_STRING = re.compile(r'"[^"\\]*(?:\\(?:[\s\S]|\Z)[^"\\]*)*(?:"|\Z)')
 _PARENS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 _DELTA = [0] * 256

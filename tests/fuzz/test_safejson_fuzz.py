@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given
@@ -70,6 +72,16 @@ def test_regressions(text, why):
             loads(text, max_bytes=1 << 20)
 
 
+def test_the_depth_scan_is_linear_on_unterminated_strings():
+    """An earlier scanner retried its string pattern at every quote: '"\\"\\"\\...' took hours for 4 MiB."""
+    for text in ('["' + '"\\' * 2_000_000, '["' + '"\\' * 2_000_000 + "\\", "[" * 60 + '"' + '\\"' * 2_000_000):
+        t0 = time.monotonic()
+        with pytest.raises(UnsafeJSONError, match="not valid JSON"):
+            loads(text, max_bytes=8 << 20)
+        assert time.monotonic() - t0 < 10, "the depth scan is not linear"
+    assert nesting_depth('["a\\"[[') == 1 and nesting_depth('["a\\\\"[[') == 3
+
+
 def test_size_utf8_and_types():
     with pytest.raises(UnsafeJSONError, match="exceeds"):
         loads(b"[" + b"1," * 100 + b"1]", max_bytes=100)
@@ -113,3 +125,16 @@ def test_load_file_refuses_links_fifos_devices_directories_and_big_files(tmp_pat
         load_file(deep, 1 << 20)
     with pytest.raises(FileNotFoundError):
         load_file(tmp_path / "missing.json", 100)
+
+
+def test_node_start_restores_a_sane_recursion_limit():
+    """py_ecc raises the limit to 100,000 on import; `openlora-node start` (run_node) calls bound_recursion first."""
+    code = ("import sys, py_ecc; assert sys.getrecursionlimit() == 100_000\n"
+            "from openlora.node.runner import RECURSION_LIMIT, bound_recursion\n"
+            "bound_recursion()\n"
+            "import web3, eth_account, openlora.node.wiring, openlora.node.p2p.host\n"
+            "print(sys.getrecursionlimit(), RECURSION_LIMIT)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["4000", "4000"]
