@@ -52,3 +52,12 @@ class TinyFactory:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> TinyFactory:
     return TinyFactory(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sdk_ledger_outside_home(tmp_path_factory):
+    """The SDK's voucher ledger (node/sdk_ledger.py) of every test lives in a temporary directory, never in the
+    user's ~/.openlora/sdk (a test module may still point it elsewhere for itself)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENLORA_SDK_DIR", str(tmp_path_factory.mktemp("sdk-ledger")))
+        yield
