@@ -182,7 +182,7 @@ def bench_gossip(nodes: int, n: int, spacing: float) -> dict:
     _quiet()
     from eth_account import Account
     from openlora.node.ipfs.adapters import AdapterStore
-    from openlora.node.ipfs.cid import RAW, CID
+    from openlora.content.cid import RAW, CID
     from openlora.node.p2p import gossip
     from openlora.node.p2p.host import P2PSettings
     from openlora.node.p2p.service import P2PService

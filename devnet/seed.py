@@ -9,14 +9,13 @@ What it does not do: register adapters (they need real adapter CIDs from the ada
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 from typing import Any
 
 from web3 import Web3
 
 from openlora.attribution.deployment import Deployment
+from openlora.content.importer import add_bytes
 from openlora.devnet.deploy import dev_accounts, send
 
 TOKEN = 10**18  # the devnet token has 18 decimals
@@ -35,9 +34,9 @@ DEMO_CONTRIBUTIONS = [
 
 
 def raw_cid(data: bytes) -> str:
-    """CIDv1, raw codec, sha2-256, base32 (what `ipfs add --cid-version=1 --raw-leaves` gives for < 256 KiB)."""
-    mh = bytes([0x12, 0x20]) + hashlib.sha256(data).digest()
-    return "b" + base64.b32encode(bytes([0x01, 0x55]) + mh).decode().lower().rstrip("=")
+    """The CID `ipfs add --cid-version=1 --raw-leaves` gives `data` (openlora.content: a raw CID below 256 KiB,
+    a balanced UnixFS file above)."""
+    return str(add_bytes(data).cid)
 
 
 def seed(w3: Web3, dep: Deployment, progress: Any = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from openlora.inference import AdapterError, RequestError, SamplingParams
+from openlora.inference.errors import EngineDeadError
 from openlora.node import pipeline
 from openlora.node.errors import RequestRejected
 from openlora.node.metrics import Metrics  # noqa: F401  (re-exported for callers that build a NodeService)
@@ -221,6 +222,9 @@ async def errors_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         return error_response(e.status, e.code, str(e), e.type)
+    except EngineDeadError:  # the engine stopped on an engine-wide error: /healthz says so, a restart is needed
+        return error_response(503, "engine_unavailable", "the engine stopped; this node must be restarted "
+                                                         "(GET /healthz)", "server_error")
     except web.HTTPException:
         raise
     except (ConnectionResetError, asyncio.CancelledError):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from openlora.content.errors import ContentError
 from openlora.fsutil import atomic_write
 from openlora.node import __version__
 from openlora.node.errors import NodeError
@@ -161,7 +162,7 @@ def _load_config(obj: Context):
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="openlora-node", standalone_mode=False)
-    except NodeError as e:
+    except (NodeError, ContentError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:

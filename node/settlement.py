@@ -250,7 +250,7 @@ class SettlementLoop:
     def _publish_ipfs(self, text: str, batch_id: str) -> str:
         """Add the published receipts file to the node's blockstore (Kubo-identical CID: CIDv1, raw leaves) and
         provide it; returns its ipfs:// URI (what goes on chain as the batch's receiptsUri)."""
-        from openlora.node.ipfs.importer import add_bytes
+        from openlora.content.importer import add_bytes
 
         entry = add_bytes(text.encode("utf-8"), sink=self.ipfs.put_trusted)
         self.ipfs.add_root(entry.cid, {"kind": "receipts", "batch_id": batch_id})

@@ -140,7 +140,7 @@ class Network:
         from openlora.node.ipfs.adapters import AdapterStore
         from openlora.node.ipfs.fetchers import fetchers_from_config
         from openlora.node.ipfs.source import IpfsAdapterSource
-        self.store = AdapterStore(cfg.home / "ipfs")
+        self.store = AdapterStore(cfg.home / "ipfs", max_adapter_bytes=int(cfg.adapters.max_adapter_bytes))
         self.p2p = None
         fetchers: list = []
         if cfg.p2p.enabled:

@@ -157,7 +157,7 @@ def _pull_host(obj, store, bootstrap: tuple[str, ...], timeout: float):
 def export_car(obj, cid: str, out: Path) -> None:
     """Write the DAG of CID from the local blockstore as a CARv1 file."""
     from openlora.fsutil import atomic_writer
-    from openlora.node.ipfs.car import write_car
+    from openlora.content.car import write_car
     store = _store(obj)
     with atomic_writer(out) as f:
         n = write_car(cid, store.blocks.get, f)
@@ -170,8 +170,8 @@ def export_car(obj, cid: str, out: Path) -> None:
 def import_car_cmd(obj, car: Path) -> None:
     """Import a CAR file (every block verified) and print its root CIDs; complete adapter roots are recorded."""
     from openlora.node.ipfs.adapters import AdapterError
-    from openlora.node.ipfs.car import import_car
-    from openlora.node.ipfs.dag import missing_blocks
+    from openlora.content.car import import_car
+    from openlora.content.dag import missing_blocks
     store = _store(obj)
     with open(car, "rb") as f:
         roots, n = import_car(f, store.blocks)

@@ -12,5 +12,5 @@ import click
 @click.option("--hidden", is_flag=True, help="Include names starting with '.' (Kubo's --hidden).")
 def command(path: Path, hidden: bool) -> None:
     """Print the IPFS CID (CIDv1, raw leaves, Kubo-identical) of a file or directory. Stores nothing."""
-    from openlora.node.ipfs.importer import ImportParams, add_path
+    from openlora.content.importer import ImportParams, add_path
     click.echo(str(add_path(path, params=ImportParams(include_hidden=hidden)).cid))

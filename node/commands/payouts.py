@@ -79,9 +79,9 @@ def read_published(uri: str, cfg: Any = None) -> str:
     parsed = urlparse(uri)
     if parsed.scheme != "ipfs":
         return (Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)).read_text()
-    from openlora.node.ipfs.blockstore import Blockstore
-    from openlora.node.ipfs.cid import as_cid
-    from openlora.node.ipfs.dag import cat, missing_blocks
+    from openlora.content.blockstore import Blockstore
+    from openlora.content.cid import as_cid
+    from openlora.content.dag import cat, missing_blocks
     from openlora.node.ipfs.errors import FetchError
     from openlora.node.ipfs.fetchers import fetch_from_any, fetchers_from_config
 

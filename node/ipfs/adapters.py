@@ -23,12 +23,13 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from openlora.node.ipfs.blockstore import Blockstore
-from openlora.node.ipfs.cid import CID, as_cid
-from openlora.node.ipfs.dag import cat, export, missing_blocks
+from openlora.content.blockstore import Blockstore
+from openlora.content.cid import CID, as_cid
+from openlora.content.dag import cat, export, missing_blocks
+from openlora.content.importer import add_tree, copy_regular_files
+from openlora.content.unixfs import T_DIRECTORY, decode_node, decode_unixfs
+from openlora.node.errors import NodeError
 from openlora.node.ipfs.errors import IpfsError
-from openlora.node.ipfs.importer import add_tree, copy_regular_files
-from openlora.node.ipfs.unixfs import T_DIRECTORY, decode_node, decode_unixfs
 from openlora.safejson import load_file, loads, read_regular_file
 
 SCHEMA = "openlora.adapter/1"
@@ -37,7 +38,7 @@ FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_JSON = 1 << 20  # adapter_config.json and manifest.json: a few hundred bytes in practice
 
 
-class AdapterError(IpfsError, ValueError):
+class AdapterError(IpfsError, NodeError, ValueError):
     """An adapter directory is incomplete, unsafe, or its manifest does not match its files."""
 
 
@@ -100,7 +101,7 @@ def add_adapter(adapter_dir: Path, store: Blockstore, author: str = "", base_mod
     """Import an adapter directory into `store`; returns (CID, manifest). Writes nothing into `adapter_dir`.
 
     Its files are first copied into a private scratch directory beside the blockstore, never following a symlink
-    (node/ipfs/importer.py); everything is checked and imported from that copy, so what `validate(copy, manifest)`
+    (content/importer.py); everything is checked and imported from that copy, so what `validate(copy, manifest)`
     (e.g. `engine_validator`, the engine's own loader) accepted is exactly what gets the CID."""
     adapter_dir = Path(adapter_dir)
     scratch = Path(tempfile.mkdtemp(prefix=".import-", dir=store.root))
@@ -194,8 +195,9 @@ def engine_validator(spec, *, max_rank: int = 256, max_bytes: int | None = None)
 class AdapterStore:
     """The node's adapters on disk: a blockstore plus exported directories ready for the engine."""
 
-    def __init__(self, ipfs_root: Path):
+    def __init__(self, ipfs_root: Path, max_adapter_bytes: int | None = None):
         self.root = Path(ipfs_root)
+        self.max_adapter_bytes = max_adapter_bytes  # bounds what an export may write (the weights file's limit)
         self.blocks = Blockstore(self.root)
         self.exported = self.root / "adapters"
 
@@ -215,6 +217,18 @@ class AdapterStore:
         self.blocks.add_root(cid, {"kind": "adapter", "manifest": manifest})
         return manifest
 
+    def _export_budget(self, cid: CID, manifest: dict) -> int:
+        """The bytes an export of `cid` may write: what its manifest declares for its files (their sha256 is checked
+        after), capped by max_adapter_bytes; a DAG that expands past it (one block linked many times) is refused."""
+        files = manifest.get("files")
+        try:
+            declared = sum(int(files[n]["size"]) for n in (CONFIG, WEIGHTS))
+        except (KeyError, TypeError, ValueError):
+            raise AdapterError(f"{cid}: manifest.json does not give the sizes of {CONFIG} and {WEIGHTS}") from None
+        if self.max_adapter_bytes is not None:
+            declared = min(declared, self.max_adapter_bytes + MAX_JSON)
+        return max(0, declared) + MAX_JSON  # + manifest.json itself
+
     def materialize(self, cid: CID | str) -> Path:
         """A directory holding the adapter's files, exported from verified blocks and sha256-checked."""
         cid = as_cid(cid)
@@ -226,7 +240,7 @@ class AdapterStore:
             raise AdapterError(f"adapter {cid} is not complete locally: block {missing[0]} is missing")
         manifest = read_manifest(cid, self.blocks.get)
         try:
-            export(cid, dest, self.blocks.get)
+            export(cid, dest, self.blocks.get, max_bytes=self._export_budget(cid, manifest))
         except FileExistsError:
             return dest  # another thread exported it meanwhile
         try:

@@ -1,44 +1,17 @@
-"""Errors of the content-addressing layer. Each names the CID it is about and says what to do.
+"""Errors of the node's IPFS layer (fetching, adapter store) on top of openlora.content's.
 
-What it does: one root (`IpfsError`, a `NodeError`) and a few subclasses callers can tell apart.
-What it does not do: logging or retries (fetchers decide that).
+`IpfsError` is content's root (`ContentError`), so one `except IpfsError` still catches a bad CID, a missing or
+corrupt block and a failed fetch alike; the CLI prints every one of them as one line.
 """
 
 from __future__ import annotations
 
+from openlora.content.errors import (BlockError, BlockNotFoundError, BlockVerificationError, CidError,  # noqa: F401
+                                     ContentError, DagError)
 from openlora.node.errors import NodeError
 
-
-class IpfsError(NodeError):
-    """Root of every content-addressing error."""
+IpfsError = ContentError
 
 
-class CidError(IpfsError, ValueError):
-    """A string or byte sequence is not a CID this node can use."""
-
-
-class BlockError(IpfsError):
-    """A problem with one block; `cid` names it."""
-
-    def __init__(self, cid, message: str):
-        super().__init__(message)
-        self.cid = cid
-
-
-class BlockNotFoundError(BlockError, KeyError):
-    """A block is in no store or from no provider that was asked."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return self.args[0]
-
-
-class BlockVerificationError(BlockError, ValueError):
-    """A block's bytes do not hash to its CID (corrupt or malicious data); nothing was stored."""
-
-
-class DagError(BlockError, ValueError):
-    """A block decodes to something that is not valid UnixFS, or its sizes disagree with its children."""
-
-
-class FetchError(IpfsError):
+class FetchError(ContentError, NodeError):
     """No source could deliver a DAG; the message lists what each source said."""

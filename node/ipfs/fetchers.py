@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from typing import Iterable, Protocol
 
-from openlora.node.ipfs.car import CarError, import_car
-from openlora.node.ipfs.cid import CID, as_cid
-from openlora.node.ipfs.dag import fetch_dag, missing_blocks
+from openlora.content.car import CarError, import_car
+from openlora.content.cid import CID, as_cid
+from openlora.content.dag import fetch_dag, missing_blocks
 from openlora.node.ipfs.errors import BlockNotFoundError, FetchError, IpfsError
 
 log = logging.getLogger("openlora.ipfs")

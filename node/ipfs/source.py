@@ -15,7 +15,7 @@ from pathlib import Path
 
 from openlora.inference.sources import AdapterSourceError
 from openlora.node.ipfs.adapters import AdapterStore
-from openlora.node.ipfs.cid import CID
+from openlora.content.cid import CID
 from openlora.node.ipfs.errors import FetchError, IpfsError
 from openlora.node.ipfs.fetchers import fetch_from_any
 

@@ -25,8 +25,8 @@ from typing import Awaitable, Callable
 
 import trio
 
-from openlora.node.ipfs.cid import CID, DAG_PB, encode_varint, verify_block
-from openlora.node.ipfs.dag import children
+from openlora.content.cid import CID, DAG_PB, encode_varint, verify_block
+from openlora.content.dag import children
 from openlora.node.ipfs.errors import BlockNotFoundError, BlockVerificationError, FetchError, IpfsError
 from openlora.node.p2p.wire import ByteQueue
 

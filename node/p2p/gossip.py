@@ -25,7 +25,7 @@ from typing import Any, Callable
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from openlora.node.ipfs.cid import CID
+from openlora.content.cid import CID
 from openlora.node.ipfs.errors import CidError
 from openlora.safejson import loads as safe_loads
 

@@ -32,7 +32,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.tools.anyio_service.context import background_trio_service
 
-from openlora.node.ipfs.cid import CID
+from openlora.content.cid import CID
 from openlora.node.p2p import gossip
 from openlora.node.p2p.exchange import PROTOCOL as BLOCKS_PROTOCOL
 from openlora.node.p2p.exchange import BlockServer, fetch_with_failover

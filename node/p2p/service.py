@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from openlora.node.ipfs.adapters import AdapterStore
-from openlora.node.ipfs.cid import as_cid
+from openlora.content.cid import as_cid
 from openlora.node.ipfs.errors import FetchError
 from openlora.node.p2p.bridge import TrioBridge
 from openlora.node.p2p.exchange import BlockServer

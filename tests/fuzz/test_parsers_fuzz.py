@@ -22,12 +22,12 @@ from openlora.inference.lora import read_peft_adapter
 from openlora.inference.model_config import read_model_spec
 from openlora.node.auth import AuthError, Authorized, body_prompt, signed_params, verify
 from openlora.node.ipfs.adapters import read_manifest
-from openlora.node.ipfs.blockstore import Blockstore
-from openlora.node.ipfs.car import encode_header, import_car, read_car
-from openlora.node.ipfs.cid import CID, DAG_PB, RAW, encode_varint, verify_block
-from openlora.node.ipfs.dag import MAX_DEPTH, cat, export, missing_blocks, walk
+from openlora.content.blockstore import Blockstore
+from openlora.content.car import encode_header, import_car, read_car
+from openlora.content.cid import CID, DAG_PB, RAW, encode_varint, verify_block
+from openlora.content.dag import MAX_DEPTH, cat, export, missing_blocks, walk
 from openlora.node.ipfs.errors import BlockNotFoundError, DagError, IpfsError
-from openlora.node.ipfs.unixfs import (T_FILE, Link, PBNode, UnixFSData, decode_node, decode_unixfs, encode_node,
+from openlora.content.unixfs import (T_FILE, Link, PBNode, UnixFSData, decode_node, decode_unixfs, encode_node,
                                        encode_unixfs)
 from openlora.node.p2p import gossip
 from openlora.node.p2p.gossip import GossipValidator
@@ -313,6 +313,36 @@ def test_deep_and_self_amplifying_dags_are_refused(tmp_path):
     with pytest.raises(DagError, match="more than the 4096 bytes"):
         cat(cid, blocks.__getitem__, io.BytesIO(), max_bytes=4096)
     del walk_list
+
+
+def test_an_adapter_dag_that_expands_past_its_limit_is_not_exported(tmp_path):
+    """A peer's adapter whose weights file is 30 blocks each linking the one below twice (2**30 bytes from 31
+    blocks): materialize stops at the node's max_adapter_bytes instead of filling the disk."""
+    from openlora.node.ipfs.adapters import AdapterStore
+    store = AdapterStore(tmp_path / "ipfs", max_adapter_bytes=1 << 20)
+
+    def put(codec: int, data: bytes) -> CID:
+        cid = CID.of(codec, data)
+        store.blocks.put(cid, data)
+        return cid
+
+    weights, size = put(RAW, b"w"), 1
+    for _ in range(30):
+        weights = put(DAG_PB, encode_node(PBNode((Link(weights, "", size), Link(weights, "", size)),
+                                                 encode_unixfs(UnixFSData(T_FILE, b"", 2 * size, (size, size))))))
+        size *= 2
+    config = put(RAW, b'{"r": 8}')
+    manifest = json.dumps({"schema": "openlora.adapter/1", "files": {
+        "adapter_config.json": {"size": 8, "sha256": "0" * 64},
+        "adapter_model.safetensors": {"size": size, "sha256": "0" * 64}}}).encode()
+    mcid = put(RAW, manifest)
+    links = (Link(config, "adapter_config.json", 8), Link(weights, "adapter_model.safetensors", size),
+             Link(mcid, "manifest.json", len(manifest)))
+    root = put(DAG_PB, encode_node(PBNode(links, encode_unixfs(UnixFSData(1)))))
+    with pytest.raises(IpfsError, match="more than the"):
+        store.materialize(root)
+    assert not (store.exported / str(root)).exists()
+    assert sum(f.stat().st_size for f in store.exported.rglob("*") if f.is_file()) == 0
 
 
 # ---- adapter directories: the engine's loader (inference/lora.py) ---------------------------------------------------

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from openlora.node.cli import main
 from openlora.node.ipfs.adapters import MANIFEST, AdapterStore
-from openlora.node.ipfs.car import read_car
+from openlora.content.car import read_car
 from openlora.node.ipfs.fetchers import GatewayFetcher, KuboRpcFetcher
 from openlora.node.ipfs.source import IpfsAdapterSource
 from openlora.inference.sources import AdapterSource, AdapterSourceError

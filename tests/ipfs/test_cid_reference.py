@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from openlora.node.ipfs.cid import CID
-from openlora.node.ipfs.importer import CHUNK_SIZE, ImportParams, add_bytes, add_path
+from openlora.content.cid import CID
+from openlora.content.importer import CHUNK_SIZE, ImportParams, add_bytes, add_path
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "vectors.json").read_text())
 EMPTY_FILE = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"

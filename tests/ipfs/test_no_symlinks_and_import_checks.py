@@ -22,7 +22,7 @@ from openlora.inference.sources import AdapterSourceError, LocalDirSource, check
 from openlora.node.errors import NodeError
 from openlora.node.ipfs.adapters import AdapterError, AdapterStore, engine_validator
 from openlora.node.ipfs.errors import IpfsError
-from openlora.node.ipfs.importer import add_path
+from openlora.content.importer import add_path
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 SECRET = b"root:x:0:0:secret line that must never be imported\n"

@@ -8,13 +8,13 @@ import os
 
 import pytest
 
-from openlora.node.ipfs.blockstore import Blockstore
-from openlora.node.ipfs.car import CarError, import_car, read_car, write_car
-from openlora.node.ipfs.cid import CID, DAG_PB, RAW
-from openlora.node.ipfs.dag import export, fetch_dag, missing_blocks, walk
+from openlora.content.blockstore import Blockstore
+from openlora.content.car import CarError, import_car, read_car, write_car
+from openlora.content.cid import CID, DAG_PB, RAW
+from openlora.content.dag import export, fetch_dag, missing_blocks, walk
 from openlora.node.ipfs.errors import BlockNotFoundError, BlockVerificationError, DagError
-from openlora.node.ipfs.importer import CHUNK_SIZE, add_bytes, add_path
-from openlora.node.ipfs.unixfs import Link, file_node
+from openlora.content.importer import CHUNK_SIZE, add_bytes, add_path
+from openlora.content.unixfs import Link, file_node
 
 
 @pytest.fixture

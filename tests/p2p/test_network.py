@@ -12,8 +12,8 @@ import trio
 from eth_account import Account
 
 from openlora.inference.sources import AdapterSourceError
-from openlora.node.ipfs.cid import CID
-from openlora.node.ipfs.dag import walk
+from openlora.content.cid import CID
+from openlora.content.dag import walk
 from openlora.node.ipfs.errors import FetchError
 from openlora.node.ipfs.source import IpfsAdapterSource
 from openlora.node.p2p import gossip

@@ -17,8 +17,8 @@ from libp2p.security.secure_session import SecureSession
 from noise.connection import Keypair, NoiseConnection
 
 from openlora.node.ipfs.adapters import AdapterStore
-from openlora.node.ipfs.blockstore import Blockstore
-from openlora.node.ipfs.cid import CID
+from openlora.content.blockstore import Blockstore
+from openlora.content.cid import CID
 from openlora.node.p2p import wire
 from openlora.node.p2p.exchange import PROTOCOL as BLOCKS_PROTOCOL
 from openlora.node.p2p.exchange import BlockServer, fetch_dag_from_peer
@@ -316,7 +316,7 @@ def _muxed_conn_of(svc, peer: str):
 
 
 def _all_blocks(blocks: Blockstore, root) -> list[CID]:
-    from openlora.node.ipfs.dag import walk
+    from openlora.content.dag import walk
     return [c for c, _ in walk(str(root), blocks.get)]
 
 
@@ -385,7 +385,7 @@ class _Store:
 
 
 def _answers(blocks: list[bytes], status: dict[int, bytes] | None = None) -> bytes:
-    from openlora.node.ipfs.cid import encode_varint
+    from openlora.content.cid import encode_varint
     out = bytearray()
     for i, b in enumerate(blocks):
         out += (status or {}).get(i) or (b"\x00" + encode_varint(len(b)) + b)
@@ -393,7 +393,7 @@ def _answers(blocks: list[bytes], status: dict[int, bytes] | None = None) -> byt
 
 
 def test_block_answers_cut_anywhere_are_verified_and_written():
-    from openlora.node.ipfs.cid import RAW
+    from openlora.content.cid import RAW
     from openlora.node.p2p.exchange import _BlockWriter, _read_blocks, _Reader
 
     blocks = [os.urandom(n) for n in (262_144, 1, 0, 1000, 262_144, 70_000)]
@@ -412,7 +412,7 @@ def test_block_answers_cut_anywhere_are_verified_and_written():
 
 
 def test_block_answers_corrupt_missing_truncated_or_malformed_fail_clearly():
-    from openlora.node.ipfs.cid import RAW
+    from openlora.content.cid import RAW
     from openlora.node.ipfs.errors import BlockNotFoundError, BlockVerificationError
     from openlora.node.p2p.exchange import ExchangeError, _BlockWriter, _read_blocks, _Reader
 
@@ -446,7 +446,7 @@ def test_block_answers_corrupt_missing_truncated_or_malformed_fail_clearly():
 
 
 def test_a_disk_write_error_reaches_the_fetch():
-    from openlora.node.ipfs.cid import RAW
+    from openlora.content.cid import RAW
     from openlora.node.p2p.exchange import _BlockWriter, _read_blocks, _Reader
 
     blocks = [os.urandom(1000) for _ in range(20)]

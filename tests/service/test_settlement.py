@@ -304,7 +304,7 @@ def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_accoun
             store.add_receipt(r)
         net = None
         if publish == "ipfs":
-            from openlora.node.ipfs.blockstore import Blockstore
+            from openlora.content.blockstore import Blockstore
             provided.clear()
             net = SimpleNamespace(store=SimpleNamespace(blocks=Blockstore(home / "ipfs")),
                                   p2p=SimpleNamespace(provide=provided.append))
@@ -322,7 +322,7 @@ def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_accoun
     published = next((home / "receipts").glob("0x*.json")).read_text()
     if publish == "ipfs":
         from openlora.node.commands.payouts import read_published
-        from openlora.node.ipfs.importer import add_bytes
+        from openlora.content.importer import add_bytes
         cid = str(add_bytes(published.encode()).cid)
         assert uri == f"ipfs://{cid}" and provided == [cid], "the receipts file is on chain and in the DHT by CID"
         assert read_published(uri, cfg) == published

@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
-from openlora.node.ipfs.cid import CID, DAG_PB, RAW, as_cid
-from openlora.node.ipfs.errors import BlockNotFoundError, DagError
-from openlora.node.ipfs.unixfs import T_DIRECTORY, T_FILE, T_RAW, PBNode, decode_node, decode_unixfs
+from openlora.content.cid import CID, DAG_PB, RAW, as_cid
+from openlora.content.errors import BlockNotFoundError, DagError
+from openlora.content.unixfs import T_DIRECTORY, T_FILE, T_RAW, PBNode, decode_node, decode_unixfs
 
 GetBlock = Callable[[CID], bytes]
 # Kubo's balanced layout is 3 levels deep for a terabyte (174 links a node); deeper DAGs are refused (the readers
@@ -163,7 +163,7 @@ def _safe_name(name: str, cid: CID) -> str:
     return name
 
 
-def _export(cid: CID, dest: Path, get: GetBlock, depth: int = 0) -> None:
+def _export(cid: CID, dest: Path, get: GetBlock, depth: int = 0, budget: list[int] | None = None) -> None:
     if depth > MAX_DEPTH:
         raise DagError(cid, f"directory {cid}: nested deeper than {MAX_DEPTH} levels")
     data = get(cid)
@@ -173,16 +173,18 @@ def _export(cid: CID, dest: Path, get: GetBlock, depth: int = 0) -> None:
         if fs.type == T_DIRECTORY:
             dest.mkdir()
             for link in node.links:
-                _export(link.cid, dest / _safe_name(link.name, cid), get, depth + 1)
+                _export(link.cid, dest / _safe_name(link.name, cid), get, depth + 1, budget)
             return
         if fs.type not in (T_FILE, T_RAW):
             raise DagError(cid, f"block {cid}: UnixFS type {fs.type} is not supported (only files and directories)")
     with open(dest, "wb") as out:
-        _write_file(cid, get, out, None)
+        _write_file(cid, get, out, None, depth, budget)
 
 
-def export(root: CID | str, dest: Path, get: GetBlock) -> Path:
-    """Write the file or directory `root` to `dest` (must not exist); all-or-nothing."""
+def export(root: CID | str, dest: Path, get: GetBlock, max_bytes: int | None = None) -> Path:
+    """Write the file or directory `root` to `dest` (must not exist); all-or-nothing. With `max_bytes`, a DAG whose
+    files hold more than that in total raises DagError once that many bytes are written (a DAG may link one block
+    many times: a few small blocks can expand to any size)."""
     root = as_cid(root)
     dest = Path(dest)
     if dest.exists():
@@ -192,7 +194,7 @@ def export(root: CID | str, dest: Path, get: GetBlock) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     try:
-        _export(root, tmp, get)
+        _export(root, tmp, get, budget=None if max_bytes is None else [max_bytes, max_bytes])
         os.replace(tmp, dest)
     except BaseException:
         if tmp.is_dir():

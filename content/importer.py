@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping, Union
 
-from openlora.node.ipfs.cid import CID, DAG_PB, RAW
-from openlora.node.ipfs.errors import IpfsError
-from openlora.node.ipfs.unixfs import Link, directory_node, file_node
+from openlora.content.cid import CID, DAG_PB, RAW
+from openlora.content.errors import ContentError
+from openlora.content.unixfs import Link, directory_node, file_node
 
 Sink = Callable[[CID, bytes], None]
 # A virtual directory: name -> a path on disk (file or directory), bytes, or a nested mapping.
@@ -130,7 +130,7 @@ def add_file(path: Path, sink: Sink | None = None, params: ImportParams = Import
     fd, st = open_entry(path)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise IpfsError(f"{path}: not a regular file")
+        raise ContentError(f"{path}: not a regular file")
     with open(fd, "rb", buffering=0) as f:
         return add_stream(f, sink, params)
 
@@ -147,15 +147,15 @@ def open_entry(name: str | Path, dir_fd: int | None = None, shown: str | Path | 
         fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise IpfsError(f"{shown}: is a symbolic link; symlinks are never imported (copy the file instead)"
+            raise ContentError(f"{shown}: is a symbolic link; symlinks are never imported (copy the file instead)"
                             ) from None
         if e.errno in (errno.ENXIO, errno.EOPNOTSUPP):           # a socket
-            raise IpfsError(f"{shown}: not a regular file or directory") from None
-        raise IpfsError(f"{shown}: cannot open ({e.strerror})") from None
+            raise ContentError(f"{shown}: not a regular file or directory") from None
+        raise ContentError(f"{shown}: cannot open ({e.strerror})") from None
     st = os.fstat(fd)
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         os.close(fd)
-        raise IpfsError(f"{shown}: not a regular file or directory (FIFOs, sockets and devices are never imported)")
+        raise ContentError(f"{shown}: not a regular file or directory (FIFOs, sockets and devices are never imported)")
     if stat.S_ISREG(st.st_mode):
         os.set_blocking(fd, True)
     return fd, st
@@ -173,7 +173,7 @@ def _names(dir_fd: int, shown: Path, params: ImportParams) -> list[str]:
     try:
         names = sorted(os.listdir(dir_fd))
     except OSError as e:
-        raise IpfsError(f"{shown}: cannot list ({e.strerror})") from None
+        raise ContentError(f"{shown}: cannot list ({e.strerror})") from None
     return [n for n in names if params.include_hidden or not n.startswith(".")]
 
 
@@ -195,7 +195,7 @@ def add_tree(tree: Mapping[str, TreeEntry], sink: Sink | None = None,
     links = []
     for name, value in tree.items():
         if not name or "/" in name:
-            raise IpfsError(f"invalid entry name {name!r} in a directory")
+            raise ContentError(f"invalid entry name {name!r} in a directory")
         if isinstance(value, bytes):
             e = add_bytes(value, sink, params)
         elif isinstance(value, _Child):
@@ -207,7 +207,7 @@ def add_tree(tree: Mapping[str, TreeEntry], sink: Sink | None = None,
         links.append(Link(e.cid, name, e.tsize))
     estimate = sum(len(ln.name.encode()) + len(ln.cid.to_bytes()) for ln in links)
     if estimate > _SHARD_THRESHOLD:
-        raise IpfsError(f"a directory with {len(links)} entries would be HAMT-sharded by Kubo; "
+        raise ContentError(f"a directory with {len(links)} entries would be HAMT-sharded by Kubo; "
                         f"sharded directories are not supported (split it into subdirectories)")
     block = directory_node(links)
     cid = CID.of(DAG_PB, block)
@@ -220,7 +220,7 @@ def add_path(path: Path, sink: Sink | None = None, params: ImportParams = Import
     PATH itself must not be a symlink; nothing below it is followed either."""
     path = Path(path)
     if not os.path.lexists(path):
-        raise IpfsError(f"{path}: no such file or directory")
+        raise ContentError(f"{path}: no such file or directory")
     return _add_opened(*open_entry(path), path, sink or _discard, params)
 
 
@@ -232,11 +232,11 @@ def copy_regular_files(src: Path, dest: Path, names: tuple[str, ...]) -> list[st
     simply not copied."""
     src = Path(src)
     if not os.path.lexists(src):
-        raise IpfsError(f"{src}: no such directory")
+        raise ContentError(f"{src}: no such directory")
     dir_fd, st = open_entry(src)
     try:
         if not stat.S_ISDIR(st.st_mode):
-            raise IpfsError(f"{src}: not a directory")
+            raise ContentError(f"{src}: not a directory")
         listed = _names(dir_fd, src, ImportParams())
         for name in names:
             if name not in listed:
@@ -244,7 +244,7 @@ def copy_regular_files(src: Path, dest: Path, names: tuple[str, ...]) -> list[st
             fd, fst = open_entry(name, dir_fd, src / name)
             if not stat.S_ISREG(fst.st_mode):
                 os.close(fd)
-                raise IpfsError(f"{src / name}: not a regular file")
+                raise ContentError(f"{src / name}: not a regular file")
             with open(fd, "rb", buffering=0) as f:
                 out = os.open(dest / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 with open(out, "wb") as g:

@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from openlora.node.ipfs.cid import CID, as_cid, verify_block
-from openlora.node.ipfs.errors import BlockNotFoundError, BlockVerificationError
+from openlora.content.cid import CID, as_cid, verify_block
+from openlora.content.errors import BlockNotFoundError, BlockVerificationError
 
 
 class Blockstore:

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import NewType
 
-from openlora.node.ipfs.errors import BlockVerificationError, CidError
+from openlora.content.errors import BlockVerificationError, CidError
 
 CidStr = NewType("CidStr", str)
 

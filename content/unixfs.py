@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from openlora.node.ipfs.cid import CID, decode_varint, encode_varint
-from openlora.node.ipfs.errors import DagError
+from openlora.content.cid import CID, decode_varint, encode_varint
+from openlora.content.errors import DagError
 
 # UnixFS Data.DataType
 T_RAW, T_DIRECTORY, T_FILE, T_METADATA, T_SYMLINK, T_HAMT = 0, 1, 2, 3, 4, 5

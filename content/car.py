@@ -12,16 +12,16 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO, Iterator
 
-from openlora.node.ipfs.cid import CID, as_cid, decode_varint, encode_varint
-from openlora.node.ipfs.dag import GetBlock, walk
-from openlora.node.ipfs.errors import IpfsError
+from openlora.content.cid import CID, as_cid, decode_varint, encode_varint
+from openlora.content.dag import GetBlock, walk
+from openlora.content.errors import ContentError
 
 _CARV2_PRAGMA = bytes.fromhex("0aa16776657273696f6e02")
 MAX_SECTION = 8 << 20  # no legitimate UnixFS block is anywhere near this
 MAX_HEADER_DEPTH = 8  # a CAR header is {roots: [tag 42 bytes], version}: 3 levels
 
 
-class CarError(IpfsError, ValueError):
+class CarError(ContentError, ValueError):
     """A CAR stream is malformed or truncated."""
 
 
