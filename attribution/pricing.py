@@ -2,7 +2,7 @@
 
 What it does: `adapter_terms(w3, dep, cid)` reads an adapter's author, price per token and Datanet weights from
 AdapterRegistry (the base model, cid None, has no author and no Datanets); `contributor_weights(w3, dep, id)`
-reads a Datanet's accepted contributions as {contributor: weight}; `price_of` prices a request
+reads a Datanet's weights as {contributor: weight} (its latest published version's, else declared sizes); `price_of` prices a request
 ((adapter price + node price) x tokens); `attribution_vector` turns the terms, the contributors and the configured
 `Shares` (author / operator / contributors, in bps) into integer (recipient, weight) pairs that split a price
 exactly as intended. Reads use a sync web3 `Web3` (call them from a thread in asyncio code).
@@ -80,12 +80,20 @@ def adapter_terms(w3: Any, dep: Deployment, cid: str | None) -> AdapterTerms:
 
 
 def contributor_weights(w3: Any, dep: Deployment, datanet_id: int) -> dict[str, int]:
-    """{contributor: summed weight of its accepted contributions} of one Datanet (pending/rejected weigh 0)."""
+    """{contributor: summed weight} of one Datanet: the weights of its latest published version (derived from
+    content, docs/datanets.md); a Datanet that never published a version falls back to the accepted
+    contributions' declared sizes (pending/rejected weigh 0)."""
     reg = dep.contract(w3, "DatanetRegistry")
-    count = int(reg.functions.getDatanet(datanet_id).call()[2])
     out: dict[str, int] = {}
-    for cid_id in range(1, count + 1):
-        w = int(reg.functions.weightOf(datanet_id, cid_id).call())
+    latest = int(reg.functions.versionCount(datanet_id).call())
+    if latest:
+        # (manifestCid, publishedAt, totalWeight, contributionIds, weights)
+        version = reg.functions.getVersion(datanet_id, latest).call()
+        pairs = [(int(i), int(w)) for i, w in zip(version[3], version[4])]
+    else:
+        count = int(reg.functions.getDatanet(datanet_id).call()[2])
+        pairs = [(i, int(reg.functions.weightOf(datanet_id, i).call())) for i in range(1, count + 1)]
+    for cid_id, w in pairs:
         if w:
             who = to_checksum_address(reg.functions.getContribution(datanet_id, cid_id).call()[0])
             out[who] = out.get(who, 0) + w

@@ -126,6 +126,204 @@ contract DatanetRegistryTest is Test {
     }
 }
 
+contract DatanetVersionTest is Test {
+    DatanetRegistry reg;
+    address curator = address(0xC0);
+    address alice = address(0xA1);
+    uint256 id;
+
+    function setUp() public {
+        reg = new DatanetRegistry();
+        vm.prank(curator);
+        id = reg.createDatanet("bafymeta");
+        vm.startPrank(alice);
+        for (uint256 i; i < 4; ++i) {
+            reg.contribute(id, "bafydata", 10);
+        }
+        vm.stopPrank();
+        vm.startPrank(curator);
+        reg.accept(id, 1);
+        reg.accept(id, 2);
+        reg.reject(id, 3); // 4 stays pending
+        vm.stopPrank();
+    }
+
+    function _ids(uint256 a, uint256 b) internal pure returns (uint256[] memory ids) {
+        ids = new uint256[](2);
+        ids[0] = a;
+        ids[1] = b;
+    }
+
+    function test_publishVersion() public {
+        assertEq(reg.versionCount(id), 0, "no version yet");
+        vm.prank(curator);
+        vm.expectEmit();
+        emit DatanetRegistry.VersionPublished(id, 1, "bafyv1", 30, _ids(1, 2), _ids(12, 18));
+        reg.publishVersion(id, 1, "bafyv1", 30, _ids(1, 2), _ids(12, 18));
+        vm.prank(curator);
+        reg.publishVersion(id, 2, "bafyv2", 7, _ids(1, 2), _ids(7, 0)); // a fully duplicate contribution weighs 0
+        assertEq(reg.versionCount(id), 2, "two versions");
+        DatanetRegistry.Version memory v = reg.getVersion(id, 1);
+        assertEq(v.manifestCid, "bafyv1", "manifest");
+        assertEq(v.totalWeight, 30, "total");
+        assertEq(v.contributionIds[1], 2, "ids");
+        assertEq(v.weights[1], 18, "weights");
+        assertEq(reg.getVersion(id, 2).totalWeight, 7, "latest");
+        assertEq(reg.weightOf(id, 1), 10, "declared size untouched");
+    }
+
+    function test_publishVersion_onlyCurator() public {
+        vm.prank(alice);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotCurator.selector, id, alice));
+        reg.publishVersion(id, 1, "bafyv1", 30, _ids(1, 2), _ids(12, 18));
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownDatanet.selector, 9));
+        reg.publishVersion(9, 1, "bafyv1", 30, _ids(1, 2), _ids(12, 18));
+    }
+
+    function test_publishVersion_monotonicNumbers() public {
+        vm.startPrank(curator);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.VersionOutOfOrder.selector, id, 1, 2));
+        reg.publishVersion(id, 2, "bafyv", 30, _ids(1, 2), _ids(12, 18));
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.VersionOutOfOrder.selector, id, 1, 0));
+        reg.publishVersion(id, 0, "bafyv", 30, _ids(1, 2), _ids(12, 18));
+        reg.publishVersion(id, 1, "bafyv", 30, _ids(1, 2), _ids(12, 18));
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.VersionOutOfOrder.selector, id, 2, 1));
+        reg.publishVersion(id, 1, "bafyv", 30, _ids(1, 2), _ids(12, 18)); // a replayed publish
+        vm.stopPrank();
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownVersion.selector, id, 2));
+        reg.getVersion(id, 2);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownVersion.selector, id, 0));
+        reg.getVersion(id, 0);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.UnknownDatanet.selector, 5));
+        reg.versionCount(5);
+    }
+
+    function test_publishVersion_reverts() public {
+        vm.startPrank(curator);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.WeightsDoNotSum.selector, 30, 31));
+        reg.publishVersion(id, 1, "bafyv", 31, _ids(1, 2), _ids(12, 18));
+        vm.expectRevert(DatanetRegistry.EmptyCid.selector);
+        reg.publishVersion(id, 1, "", 30, _ids(1, 2), _ids(12, 18));
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.LengthMismatch.selector, 2, 1));
+        reg.publishVersion(id, 1, "bafyv", 30, _ids(1, 2), new uint256[](1));
+        vm.expectRevert(DatanetRegistry.EmptyVersion.selector);
+        reg.publishVersion(id, 1, "bafyv", 0, new uint256[](0), new uint256[](0));
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.ContributionsNotSorted.selector, 1));
+        reg.publishVersion(id, 1, "bafyv", 30, _ids(2, 1), _ids(12, 18));
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.ContributionsNotSorted.selector, 1));
+        reg.publishVersion(id, 1, "bafyv", 30, _ids(1, 1), _ids(12, 18));
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotAccepted.selector, id, 3)); // rejected
+        reg.publishVersion(id, 1, "bafyv", 30, _ids(1, 3), _ids(12, 18));
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotAccepted.selector, id, 4)); // pending
+        reg.publishVersion(id, 1, "bafyv", 30, _ids(1, 4), _ids(12, 18));
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotAccepted.selector, id, 9)); // unknown
+        reg.publishVersion(id, 1, "bafyv", 30, _ids(1, 9), _ids(12, 18));
+        vm.stopPrank();
+    }
+
+    /// Any weights are accepted exactly when the total is their sum; what is stored is what was given.
+    function testFuzz_publishVersion_weightsSumToTotal(uint128 a, uint128 b, uint256 delta) public {
+        uint256 sum = uint256(a) + uint256(b);
+        delta = bound(delta, 1, type(uint128).max);
+        vm.startPrank(curator);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.WeightsDoNotSum.selector, sum, sum + delta));
+        reg.publishVersion(id, 1, "bafyv", sum + delta, _ids(1, 2), _ids(a, b));
+        reg.publishVersion(id, 1, "bafyv", sum, _ids(1, 2), _ids(a, b));
+        vm.stopPrank();
+        DatanetRegistry.Version memory v = reg.getVersion(id, 1);
+        assertEq(v.totalWeight, v.weights[0] + v.weights[1], "total = sum of weights");
+        assertEq(v.weights[0], a, "weight a");
+    }
+}
+
+/// Drives DatanetRegistry with random contributions, reviews and publishes (valid and not), for the invariants.
+contract DatanetHandler is Test {
+    DatanetRegistry public immutable reg;
+    address public constant CURATOR = address(0xC0);
+    uint256 public immutable id;
+    uint256 public published;
+    bool public badPublishAccepted;
+
+    constructor(DatanetRegistry reg_) {
+        reg = reg_;
+        vm.prank(CURATOR);
+        id = reg.createDatanet("bafymeta");
+    }
+
+    function contribute(uint64 size) external {
+        vm.prank(address(0xA1));
+        reg.contribute(id, "bafydata", uint64(bound(size, 1, 1e12)));
+    }
+
+    function review(uint256 which, bool ok) external {
+        uint256 n = reg.getDatanet(id).contributionCount;
+        if (n == 0) return;
+        which = bound(which, 1, n);
+        if (reg.getContribution(id, which).status != DatanetRegistry.Status.Pending) return;
+        vm.prank(CURATOR);
+        if (ok) reg.accept(id, which);
+        else reg.reject(id, which);
+    }
+
+    /// Publish every accepted contribution with pseudo-random weights; `skew` != 0 makes the total wrong.
+    function publish(uint256 seed, uint8 skew, bool asStranger) external {
+        uint256 n = reg.getDatanet(id).contributionCount;
+        uint256 k;
+        for (uint256 i = 1; i <= n; ++i) {
+            if (reg.getContribution(id, i).status == DatanetRegistry.Status.Accepted) ++k;
+        }
+        uint256[] memory ids = new uint256[](k);
+        uint256[] memory weights = new uint256[](k);
+        uint256 total;
+        k = 0;
+        for (uint256 i = 1; i <= n; ++i) {
+            if (reg.getContribution(id, i).status != DatanetRegistry.Status.Accepted) continue;
+            ids[k] = i;
+            weights[k] = uint256(keccak256(abi.encode(seed, i))) % 1e9;
+            total += weights[k];
+            ++k;
+        }
+        bool valid = k > 0 && skew == 0 && !asStranger;
+        vm.prank(asStranger ? address(0xBAD) : CURATOR);
+        try reg.publishVersion(id, published + 1, "bafyv", total + skew, ids, weights) {
+            if (!valid) badPublishAccepted = true;
+            ++published;
+        } catch {}
+    }
+}
+
+contract DatanetInvariantTest is Test {
+    DatanetRegistry reg;
+    DatanetHandler handler;
+
+    function setUp() public {
+        reg = new DatanetRegistry();
+        handler = new DatanetHandler(reg);
+    }
+
+    function targetContracts() public view returns (address[] memory out) {
+        out = new address[](1);
+        out[0] = address(handler);
+    }
+
+    function invariant_versionsAreConsistent() public view {
+        uint256 id = handler.id();
+        assertEq(reg.versionCount(id), handler.published(), "versions = successful publishes, numbered 1..n");
+        assertFalse(handler.badPublishAccepted(), "a wrong total, an empty version or a stranger's publish");
+        for (uint256 v = 1; v <= handler.published(); ++v) {
+            DatanetRegistry.Version memory ver = reg.getVersion(id, v);
+            uint256 sum;
+            for (uint256 i; i < ver.weights.length; ++i) {
+                sum += ver.weights[i];
+                assertTrue(reg.getContribution(id, ver.contributionIds[i]).status == DatanetRegistry.Status.Accepted,
+                    "only accepted contributions");
+                assertTrue(i == 0 || ver.contributionIds[i] > ver.contributionIds[i - 1], "ids increasing");
+            }
+            assertEq(sum, ver.totalWeight, "weights sum to the total");
+        }
+    }
+}
+
 contract AdapterRegistryTest is Test {
     DatanetRegistry datanets;
     AdapterRegistry reg;
