@@ -44,11 +44,12 @@ class Accepted:
 
 def build(datanet_id: int, version: int, accepted: list[Accepted], get: Callable, *, chain_id: int = 0,
           registry: str = "", tokenizer: str = WORDS_V1, dedup: DedupParams = DedupParams(),
-          limits: Limits = Limits()) -> dict[str, Any]:
+          limits: Limits = Limits(), keep_order: bool = False) -> dict[str, Any]:
+    """The manifest of `accepted` (in contribution-id order unless keep_order). See the module docstring."""
     check_tokenizer(tokenizer)
     index = DedupIndex(dedup)
     entries = []
-    for a in sorted(accepted, key=lambda x: x.id):
+    for a in (accepted if keep_order else sorted(accepted, key=lambda x: x.id)):
         loaded = load(a.cid, get, limits)
         rows, weight = [], 0
         for n, r in enumerate(loaded.prepared.rows):

@@ -32,6 +32,7 @@ GROUPS: dict[str, str] = {
     "payouts": "Show what an address has earned, settled and can claim.",
     "claim": "Claim settled payouts.",
     "request": "Send a signed inference request to a node.",
+    "datanet": "Contribute data to Datanets, review it, publish and verify content-addressed versions.",
 }
 
 

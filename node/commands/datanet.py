@@ -1,0 +1,326 @@
+"""`openlora-node datanet create | contribute | pending | review | publish | show | list | verify`.
+
+What it does: the contributor -> curator -> version loop of docs/datanets.md from the command line. Files are
+validated and imported into the home's blockstore (<home>/ipfs) before anything is sent; the chain calls are signed
+locally with the node's keystore or --key-file (a JSON keystore or a hex private key, as for `claim`). Review
+reasons are kept in <home>/datanets/reviews.json (the chain records the decision, not the reason). Every error is
+one line (a non-curator reviewing, an unknown Datanet, a wrong network, an account without gas, a refused file);
+`--json` gives machine-readable output on every command. Weights are token counts under the named tokenizer.
+What it does not do: fetch contributions or versions from other nodes (a later `datanet pull`): `pending`, `publish`
+and `verify` read the blocks from this home's blockstore.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from openlora.node.errors import NodeError
+
+key_file_option = click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                               help="Key that signs (JSON keystore or hex private key). Default: the node's keystore.")
+password_file_option = click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+                                    help="Keystore password file (else $OPENLORA_PASSWORD_FILE, $OPENLORA_PASSWORD, "
+                                         "or a prompt).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+class DatanetCommandError(NodeError):
+    """A Datanet command cannot go on; one line says why."""
+
+
+def _one_line(fn: Callable) -> Callable:
+    """Datanet, chain and content errors become one line (NodeError), never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from openlora.attribution.errors import AttributionError
+        from openlora.datanets.errors import DatanetError
+        try:
+            return fn(*args, **kwargs)
+        except (DatanetError, AttributionError) as e:
+            raise DatanetCommandError(str(e)) from None
+    return wrapper
+
+
+class _Ctx:
+    def __init__(self, obj: Any):
+        from openlora.content.blockstore import Blockstore
+        from openlora.datanets.registry import Registry
+        from openlora.node.commands.payouts import PayoutsError, chain_context
+        try:
+            self.cfg, self.w3, self.dep = chain_context(obj)
+        except PayoutsError as e:
+            raise DatanetCommandError(str(e)) from None
+        self.reg = Registry(self.w3, self.dep)
+        self.blocks = Blockstore(self.cfg.home / "ipfs")
+
+    def signer(self, key_file: Path | None, password_file: Path | None) -> Any:
+        from openlora.node.commands.claim import _signer
+        return _signer(self.cfg, key_file, password_file)
+
+    def reviews_path(self) -> Path:
+        return self.cfg.home / "datanets" / "reviews.json"
+
+    def reviews(self) -> dict[str, Any]:
+        from openlora.safejson import UnsafeJSONError, load_file
+        path = self.reviews_path()
+        if not path.exists():
+            return {}
+        try:
+            return load_file(path, max_bytes=64 << 20)
+        except (OSError, UnsafeJSONError) as e:
+            raise DatanetCommandError(f"cannot read {path}: {e}") from None
+
+    def review_key(self, datanet_id: int, contribution_id: int) -> str:
+        return f"{self.w3.eth.chain_id}:{self.reg.c.address}:{datanet_id}:{contribution_id}"
+
+
+def _emit(as_json: bool, data: Any, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def _tokens(n: int, tokenizer: str = "words-v1") -> str:
+    return f"{n:,} tokens ({tokenizer})"
+
+
+@click.group("datanet")
+def command() -> None:
+    """Contribute data to Datanets, review contributions, publish and verify content-addressed versions."""
+
+
+@command.command("create")
+@click.option("--name", required=True, help="Datanet name.")
+@click.option("--description", default="", help="What the Datanet is for.")
+@click.option("--license", "license_", default="CC-BY-4.0", show_default=True, help="Default license (SPDX id).")
+@key_file_option
+@password_file_option
+@json_option
+@click.pass_obj
+@_one_line
+def create(obj: Any, name: str, description: str, license_: str, key_file: Path | None,
+           password_file: Path | None, as_json: bool) -> None:
+    """Create a Datanet curated by the signer (its metadata is stored as content; the chain holds its CID)."""
+    from openlora.content.importer import add_bytes
+    from openlora.datanets.contribution import canonical_json
+    ctx = _Ctx(obj)
+    account = ctx.signer(key_file, password_file)
+    meta = canonical_json({"name": name, "description": description, "license": license_})
+    meta_cid = str(add_bytes(meta, ctx.blocks.put_trusted).cid)
+    sent = ctx.reg.create(account, meta_cid)
+    _emit(as_json, {"datanet_id": sent.value, "curator": account.address, "metadata_cid": meta_cid, "tx": sent.tx,
+                    "gas_used": sent.gas_used},
+          [f"created Datanet {sent.value} ({name}) curated by {account.address}", f"metadata: {meta_cid}",
+           f"tx: {sent.tx} (gas {sent.gas_used:,})"])
+
+
+@command.command("contribute")
+@click.argument("datanet_id", type=int)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--license", "license_", default="CC-BY-4.0", show_default=True, help="License of the data (SPDX).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "markdown", "text"]), default=None,
+              help="File format (default: from the extension: .jsonl, .md, else text).")
+@click.option("--max-bytes", type=int, default=None, help="Largest file accepted (default 64 MiB).")
+@click.option("--max-rows", type=int, default=None, help="Most rows accepted (default 1,000,000).")
+@key_file_option
+@password_file_option
+@json_option
+@click.pass_obj
+@_one_line
+def contribute(obj: Any, datanet_id: int, file: Path, license_: str, fmt: str | None, max_bytes: int | None,
+               max_rows: int | None, key_file: Path | None, password_file: Path | None, as_json: bool) -> None:
+    """Validate FILE, import it (rows and all) into the blockstore and submit its CID to Datanet DATANET_ID."""
+    from openlora.datanets import contribution as contrib
+    from openlora.datanets.tokenize import count_tokens
+    defaults = contrib.Limits()
+    limits = contrib.Limits(max_bytes=max_bytes or defaults.max_bytes, max_rows=max_rows or defaults.max_rows)
+    try:
+        data = file.read_bytes()[: limits.max_bytes + 1]
+    except OSError as e:
+        raise DatanetCommandError(f"cannot read {file}: {e.strerror}") from None
+    prepared = contrib.prepare(data, file.name, limits, fmt)   # refusals happen here, before any chain call
+    ctx = _Ctx(obj)
+    ctx.reg.datanet(datanet_id)
+    account = ctx.signer(key_file, password_file)
+    cid = contrib.store(prepared, ctx.blocks, license_)
+    sent = ctx.reg.contribute(account, datanet_id, cid, len(prepared.data))
+    tokens = sum(count_tokens("words-v1", r.text) for r in prepared.rows)
+    _emit(as_json, {"datanet_id": datanet_id, "contribution_id": sent.value, "cid": cid, "data_cid": prepared.cid,
+                    "format": prepared.format, "rows": len(prepared.rows), "bytes": len(prepared.data),
+                    "tokens": tokens, "tokenizer": "words-v1", "tx": sent.tx, "gas_used": sent.gas_used},
+          [f"contribution {sent.value} to Datanet {datanet_id}: {cid}",
+           f"{len(prepared.rows):,} rows, {len(prepared.data):,} bytes, {_tokens(tokens)} ({prepared.format})",
+           f"pending until the curator reviews it; tx {sent.tx} (gas {sent.gas_used:,})"])
+
+
+def _assessment(ctx: _Ctx, datanet_id: int, c: Any) -> dict[str, Any]:
+    from openlora.datanets.errors import DatanetError
+    try:
+        entry = ctx.reg.assess(datanet_id, c.id, ctx.blocks.get)
+    except DatanetError as e:
+        return {"readable": False, "why": str(e)}
+    rows = entry["rows"]
+    return {"readable": True, "rows": len(rows), "tokens": sum(r["tokens"] for r in rows),
+            "exact_duplicates": sum(r.get("duplicate") == "exact" for r in rows),
+            "near_duplicates": sum(r.get("duplicate") == "near" for r in rows), "weight": entry["weight"],
+            "license": entry["license"]}
+
+
+@command.command("pending")
+@click.argument("datanet_id", type=int)
+@json_option
+@click.pass_obj
+@_one_line
+def pending(obj: Any, datanet_id: int, as_json: bool) -> None:
+    """List the contributions waiting for review, with their duplicates of accepted rows."""
+    ctx = _Ctx(obj)
+    out, lines = [], []
+    for c in ctx.reg.contributions(datanet_id, "pending"):
+        a = _assessment(ctx, datanet_id, c)
+        out.append({"id": c.id, "contributor": c.contributor, "cid": c.cid, "size": c.size, **a})
+        if a["readable"]:
+            flag = f"  FLAGGED: {a['exact_duplicates']} exact, {a['near_duplicates']} near duplicate row(s)" if (
+                a["exact_duplicates"] or a["near_duplicates"]) else ""
+            lines.append(f"#{c.id} {c.contributor} {c.cid}: {a['rows']:,} rows, weight if accepted "
+                         f"{_tokens(a['weight'])} of {a['tokens']:,}, license {a['license']}{flag}")
+        else:
+            lines.append(f"#{c.id} {c.contributor} {c.cid}: not readable here ({a['why']})")
+    _emit(as_json, {"datanet_id": datanet_id, "pending": out},
+          lines or [f"Datanet {datanet_id} has no pending contribution"])
+
+
+@command.command("review")
+@click.argument("datanet_id", type=int)
+@click.argument("contribution_id", type=int)
+@click.option("--accept/--reject", "accept", default=None, help="The decision.")
+@click.option("--reason", required=True, help="Why (kept in <home>/datanets/reviews.json).")
+@key_file_option
+@password_file_option
+@json_option
+@click.pass_obj
+@_one_line
+def review(obj: Any, datanet_id: int, contribution_id: int, accept: bool | None, reason: str,
+           key_file: Path | None, password_file: Path | None, as_json: bool) -> None:
+    """Accept or reject a pending contribution (curator only)."""
+    from openlora.fsutil import atomic_write
+    if accept is None:
+        raise DatanetCommandError("say --accept or --reject")
+    ctx = _Ctx(obj)
+    account = ctx.signer(key_file, password_file)
+    sent = ctx.reg.review(account, datanet_id, contribution_id, accept)
+    decision = "accepted" if accept else "rejected"
+    reviews = ctx.reviews()
+    reviews[ctx.review_key(datanet_id, contribution_id)] = {"decision": decision, "reason": reason,
+                                                             "by": account.address, "tx": sent.tx,
+                                                             "at": int(time.time())}
+    atomic_write(ctx.reviews_path(), json.dumps(reviews, indent=1, sort_keys=True) + "\n")
+    _emit(as_json, {"datanet_id": datanet_id, "contribution_id": contribution_id, "decision": decision,
+                    "reason": reason, "tx": sent.tx, "gas_used": sent.gas_used},
+          [f"{decision} contribution {contribution_id} of Datanet {datanet_id}: {reason}",
+           f"tx {sent.tx} (gas {sent.gas_used:,})"])
+
+
+@command.command("publish")
+@click.argument("datanet_id", type=int)
+@key_file_option
+@password_file_option
+@json_option
+@click.pass_obj
+@_one_line
+def publish(obj: Any, datanet_id: int, key_file: Path | None, password_file: Path | None, as_json: bool) -> None:
+    """Publish the next version: a manifest of the accepted contributions, weights from content (curator only)."""
+    ctx = _Ctx(obj)
+    account = ctx.signer(key_file, password_file)
+    sent, cid, m = ctx.reg.publish(account, datanet_id, ctx.blocks)
+    per = [{"id": c["id"], "contributor": c["contributor"], "weight": c["weight"], "rows": len(c["rows"]),
+            "duplicates": sum("duplicate" in r for r in c["rows"])} for c in m["contributions"]]
+    _emit(as_json, {"datanet_id": datanet_id, "version": sent.value, "manifest_cid": cid,
+                    "total_weight": m["total_weight"], "tokenizer": m["tokenizer"], "contributions": per,
+                    "tx": sent.tx, "gas_used": sent.gas_used},
+          [f"published version {sent.value} of Datanet {datanet_id}: {cid}",
+           f"total weight {_tokens(m['total_weight'], m['tokenizer'])}"]
+          + [f"  #{p['id']} {p['contributor']}: weight {p['weight']:,} ({p['rows']:,} rows, "
+             f"{p['duplicates']} duplicate)" for p in per]
+          + [f"tx {sent.tx} (gas {sent.gas_used:,})"])
+
+
+@command.command("show")
+@click.argument("datanet_id", type=int)
+@click.option("--contribution", "contribution_id", type=int, default=None, help="Show one contribution's rows.")
+@click.option("--rows", "max_rows", type=int, default=20, show_default=True, help="Rows shown with --contribution.")
+@json_option
+@click.pass_obj
+@_one_line
+def show(obj: Any, datanet_id: int, contribution_id: int | None, max_rows: int, as_json: bool) -> None:
+    """A Datanet: curator, contributions and versions; or one contribution's rows (--contribution N)."""
+    ctx = _Ctx(obj)
+    info = ctx.reg.datanet(datanet_id)
+    reviews = ctx.reviews()
+    if contribution_id is not None:
+        from openlora.datanets.contribution import load
+        c = ctx.reg.contribution(datanet_id, contribution_id)
+        loaded = load(c.cid, ctx.blocks.get)
+        rows = [{"cid": r.cid, "text": r.text} for r in loaded.prepared.rows]
+        note = reviews.get(ctx.review_key(datanet_id, c.id), {})
+        _emit(as_json, {"id": c.id, "contributor": c.contributor, "cid": c.cid, "status": c.status,
+                        "license": loaded.license, "format": loaded.prepared.format, "rows": rows,
+                        "reason": note.get("reason")},
+              [f"contribution {c.id} of Datanet {datanet_id} by {c.contributor}: {c.status}"
+               + (f" ({note['reason']})" if note else ""),
+               f"{c.cid} ({loaded.prepared.format}, {loaded.license}, {len(rows):,} rows)"]
+              + [f"  [{i}] {r['text'][:100]!r}" for i, r in enumerate(rows[:max_rows])]
+              + ([f"  ... {len(rows) - max_rows:,} more"] if len(rows) > max_rows else []))
+        return
+    contribs = ctx.reg.contributions(datanet_id)
+    versions = [ctx.reg.version(datanet_id, v) for v in range(1, info.versions + 1)]
+    data = {"datanet_id": info.id, "curator": info.curator, "metadata_cid": info.metadata_cid,
+            "contributions": [{**c.__dict__, "reason": reviews.get(ctx.review_key(datanet_id, c.id), {})
+                              .get("reason")} for c in contribs],
+            "versions": [{"version": v.version, "manifest_cid": v.manifest_cid, "total_weight": v.total_weight,
+                          "weights": {str(k): w for k, w in v.weights.items()}} for v in versions]}
+    lines = [f"Datanet {info.id}: curator {info.curator}, metadata {info.metadata_cid}",
+             f"{len(contribs)} contribution(s), {len(versions)} version(s)"]
+    lines += [f"  #{c['id']} {c['contributor']} {c['status']} {c['cid']}"
+              + (f" ({c['reason']})" if c["reason"] else "") for c in data["contributions"]]
+    lines += [f"  version {v.version}: {v.manifest_cid}, total weight {v.total_weight:,}" for v in versions]
+    _emit(as_json, data, lines)
+
+
+@command.command("list")
+@json_option
+@click.pass_obj
+@_one_line
+def list_(obj: Any, as_json: bool) -> None:
+    """Every Datanet on this chain's DatanetRegistry."""
+    ctx = _Ctx(obj)
+    ds = ctx.reg.datanets()
+    _emit(as_json, {"datanets": [d.__dict__ for d in ds]},
+          [f"{d.id}: curator {d.curator}, {d.contribution_count} contribution(s), {d.versions} version(s), "
+           f"metadata {d.metadata_cid}" for d in ds] or ["no Datanet on this chain yet"])
+
+
+@command.command("verify")
+@click.argument("datanet_id", type=int)
+@click.option("--version", "version", type=int, default=None, help="Version to verify (default: the latest).")
+@json_option
+@click.pass_obj
+@_one_line
+def verify(obj: Any, datanet_id: int, version: int | None, as_json: bool) -> None:
+    """Refetch every row of a version, check every CID, recompute every weight, compare with the chain."""
+    ctx = _Ctx(obj)
+    t0 = time.perf_counter()
+    r = ctx.reg.verify(datanet_id, version, ctx.blocks.get)
+    r["seconds"] = round(time.perf_counter() - t0, 3)
+    _emit(as_json, {"ok": True, **{k: v for k, v in r.items() if k != "seconds"}, "ms": int(r["seconds"] * 1000)},
+          [f"version {r['version']} of Datanet {datanet_id} verified: {r['manifest_cid']}",
+           f"{r['contributions']} contribution(s), {r['rows']:,} rows, total weight "
+           f"{_tokens(r['total_weight'], r['tokenizer'])}, every CID and weight recomputed "
+           f"({r['seconds']:.2f} s)"])
