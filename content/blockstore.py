@@ -4,8 +4,8 @@ What it does: `put` verifies a block against its CID before anything is written,
 file + rename, so a crash never leaves a partial block under a CID's name); `get` re-verifies on read, so a block
 corrupted on disk is an error naming the CID, never silently served. Roots (adapters) are recorded under
 `<home>/ipfs/roots/<cid>.json` with their metadata.
-What it does not do: garbage collection or byte budgets (the adapter manager decides what to evict), nor any DAG
-logic (`node.ipfs.dag`).
+What it does not do: decide what to delete, nor any DAG logic (`content.dag`); the node's disk tier
+(node/ipfs/disk_tier.py) bounds the store by bytes and deletes through `delete` and `remove_root`.
 """
 
 from __future__ import annotations
@@ -98,9 +98,32 @@ class Blockstore:
     def add_root(self, cid: CID | str, meta: dict) -> None:
         cid = as_cid(cid)
         path = self.roots_dir / f"{cid}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        tmp = self.roots_dir / f".{cid}.{os.getpid()}.{threading.get_ident()}.tmp"   # unique per writer
+        try:
+            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def root_meta(self, cid: CID | str) -> dict | None:
+        """The metadata recorded for root `cid`, or None when it is not a root."""
+        try:
+            return json.loads((self.roots_dir / f"{as_cid(cid)}.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def update_root(self, cid: CID | str, **fields) -> None:
+        """Merge `fields` into the metadata of an existing root (no-op when `cid` is not a root)."""
+        meta = self.root_meta(cid)
+        if meta is not None:
+            self.add_root(cid, {**meta, **fields})
+
+    def remove_root(self, cid: CID | str) -> None:
+        """Forget root `cid` (its blocks stay until deleted). One unlink: a crash leaves it recorded or not."""
+        (self.roots_dir / f"{as_cid(cid)}.json").unlink(missing_ok=True)
 
     def roots(self) -> dict[str, dict]:
         out = {}

@@ -82,6 +82,9 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
     spec = read_model_spec(model_dir)
     net = await asyncio.to_thread(start_network, cfg, account, spec.model_id)
     engine = await asyncio.to_thread(LLMEngine, engine_config(cfg, model_dir), net.source)
+    from openlora.node.ipfs.disk_tier import engine_usage
+    net.store.bound(int(cfg.adapters.disk_store_bytes), cfg.adapters.pinned, engine_usage(engine.adapters))
+    await asyncio.to_thread(net.store.tier.enforce)     # a lowered budget; an interrupted eviction's journal
     client = AsyncEngine(engine)
     store = http = settlement = None
     try:

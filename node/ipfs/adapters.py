@@ -9,7 +9,9 @@ An adapter directory holds exactly three files:
 The adapter's CID is the Kubo CID of that directory (manifest included), so the manifest is covered by it.
 
 What it does: build and check manifests, import a directory (`add_adapter`), list roots, read a manifest out of
-the DAG, and export a held adapter to `<home>/ipfs/adapters/<cid>/` checking the sha256 of every file.
+the DAG, and export a held adapter to `<home>/ipfs/adapters/<cid>/` checking the sha256 of every file. With a
+budget (adapters.disk_store_bytes), `AdapterStore.add` refuses an adapter larger than it and evicts LRU adapters
+after each add (node/ipfs/disk_tier.py).
 What it does not do: fetch from the network (`node.ipfs.source`), or load weights (the engine does).
 """
 
@@ -29,6 +31,7 @@ from openlora.content.dag import cat, export, missing_blocks
 from openlora.content.importer import add_tree, copy_regular_files
 from openlora.content.unixfs import T_DIRECTORY, decode_node, decode_unixfs
 from openlora.node.errors import NodeError
+from openlora.node.ipfs.disk_tier import DiskTier, Removal, Usage, normalize_cid
 from openlora.node.ipfs.errors import IpfsError
 from openlora.safejson import load_file, loads, read_regular_file
 
@@ -195,15 +198,51 @@ def engine_validator(spec, *, max_rank: int = 256, max_bytes: int | None = None)
 class AdapterStore:
     """The node's adapters on disk: a blockstore plus exported directories ready for the engine."""
 
-    def __init__(self, ipfs_root: Path, max_adapter_bytes: int | None = None):
+    def __init__(self, ipfs_root: Path, max_adapter_bytes: int | None = None, budget_bytes: int | None = None,
+                 pinned: tuple[str, ...] = (), usage: Usage | None = None):
         self.root = Path(ipfs_root)
         self.max_adapter_bytes = max_adapter_bytes  # bounds what an export may write (the weights file's limit)
         self.blocks = Blockstore(self.root)
         self.exported = self.root / "adapters"
+        self.tier = DiskTier(self.blocks, self.exported, budget_bytes, pinned, usage)
+
+    def bound(self, budget_bytes: int | None, pinned: tuple[str, ...] = (), usage: Usage | None = None) -> None:
+        """Bound the disk tier: adapters.disk_store_bytes, adapters.pinned, and the engine's view of what it holds
+        (`disk_tier.engine_usage(engine.adapters)`)."""
+        self.tier.budget, self.tier.usage_fn = budget_bytes, usage
+        self.tier.pinned = {normalize_cid(c) for c in pinned}
 
     def add(self, adapter_dir: Path, author: str = "", base_model: str | None = None,
             validate: Validator | None = None) -> tuple[CID, dict]:
-        return add_adapter(adapter_dir, self.blocks, author, base_model, validate)
+        """Import `adapter_dir` (see `add_adapter`); with a budget, refuse one larger than it and evict LRU
+        adapters beyond it afterwards (never the one just added)."""
+        budget = self.tier.budget
+        if budget is not None:
+            size = sum((Path(adapter_dir) / n).lstat().st_size for n in (CONFIG, WEIGHTS, MANIFEST)
+                       if (Path(adapter_dir) / n).is_file())
+            if size > budget:
+                raise AdapterError(f"{adapter_dir}: the adapter is {size} bytes, more than the whole disk tier "
+                                   f"(adapters.disk_store_bytes = {budget} bytes); raise it to hold this adapter")
+        with self.tier.lock.shared():
+            cid, manifest = add_adapter(adapter_dir, self.blocks, author, base_model, validate)
+            self.tier.touch(str(cid), added=True)
+        if budget is not None:
+            self.check_fits(cid)
+            self.tier.enforce(protect=(str(cid),))
+        return cid, manifest
+
+    def check_fits(self, cid: CID | str) -> None:
+        """Refuse (and remove) a stored adapter whose blocks alone exceed the budget."""
+        budget = self.tier.budget
+        size = self.tier.adapter_bytes(str(cid))
+        if budget is not None and size > budget:
+            self.tier.remove(str(cid), force=True)
+            raise AdapterError(f"adapter {cid} is {size} bytes, more than the whole disk tier "
+                               f"(adapters.disk_store_bytes = {budget} bytes); raise it to hold this adapter")
+
+    def remove(self, cid: CID | str, force: bool = False) -> Removal:
+        """Remove an adapter from the store (its export, record and the blocks no other root links)."""
+        return self.tier.remove(str(as_cid(cid)), force=force)
 
     def list(self) -> dict[str, dict]:
         return {c: m for c, m in self.blocks.roots().items() if m.get("kind") == "adapter"}
@@ -214,7 +253,9 @@ class AdapterStore:
     def record(self, cid: CID | str) -> dict:
         """After a fetch: read and record the manifest of a complete DAG; returns it."""
         manifest = read_manifest(cid, self.blocks.get)
-        self.blocks.add_root(cid, {"kind": "adapter", "manifest": manifest})
+        meta = self.blocks.root_meta(cid) or {}       # keeps its last use across re-records
+        self.blocks.add_root(cid, {**meta, "kind": "adapter", "manifest": manifest})
+        self.tier.touch(str(as_cid(cid)), added=True)
         return manifest
 
     def _export_budget(self, cid: CID, manifest: dict) -> int:
@@ -240,7 +281,8 @@ class AdapterStore:
             raise AdapterError(f"adapter {cid} is not complete locally: block {missing[0]} is missing")
         manifest = read_manifest(cid, self.blocks.get)
         try:
-            export(cid, dest, self.blocks.get, max_bytes=self._export_budget(cid, manifest))
+            with self.tier.lock.shared():     # an eviction pass deletes exports only under the exclusive lock
+                export(cid, dest, self.blocks.get, max_bytes=self._export_budget(cid, manifest))
         except FileExistsError:
             return dest  # another thread exported it meanwhile
         try:

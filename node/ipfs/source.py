@@ -3,7 +3,10 @@
 What it does: implements `inference.sources.AdapterSource`. `fetch(cid)` returns a local directory with the
 adapter's files; when the DAG is not complete locally it asks each configured fetcher in order (the p2p fetcher
 first when the node runs one), every block verified before it is stored, then exports the directory and checks
-the manifest's sha256 of each file. Concurrent requests for the same CID share one fetch.
+the manifest's sha256 of each file. Concurrent requests for the same CID share one fetch. Each call is a load
+by the engine, recorded as the adapter's last use (the disk tier's LRU order); after a fetch or an export the disk
+tier is brought back within adapters.disk_store_bytes (node/ipfs/disk_tier.py), and an adapter larger than the
+whole budget is refused (and removed again).
 What it does not do: check the adapter against the node's base model (the engine's loader does that).
 """
 
@@ -41,12 +44,20 @@ class IpfsAdapterSource:
         except IpfsError as e:
             raise AdapterSourceError(f"adapter {ref!r}: {e}") from None
         with self._lock(str(cid)):
-            if not self.store.complete(cid):
-                self._fetch_remote(cid)
             try:
-                if not self.store.blocks.has_root(cid):
-                    self.store.record(cid)
-                return self.store.materialize(cid)
+                with self.store.tier.lock.shared():      # no eviction pass deletes blocks while this writes
+                    wrote = not (self.store.exported / str(cid) / "manifest.json").is_file()
+                    if not self.store.complete(cid):
+                        self._fetch_remote(cid)
+                        wrote = True
+                    if not self.store.blocks.has_root(cid):
+                        self.store.record(cid)
+                    path = self.store.materialize(cid)
+                    self.store.tier.touch(str(cid))          # the engine is loading it: its last use
+                if wrote and self.store.tier.budget is not None:
+                    self.store.check_fits(cid)
+                    self.store.tier.enforce(protect=(str(cid),))
+                return path
             except IpfsError as e:
                 raise AdapterSourceError(f"adapter {cid}: {e}") from None
 
