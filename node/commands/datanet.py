@@ -143,7 +143,8 @@ def contribute(obj: Any, datanet_id: int, file: Path, license_: str, fmt: str | 
     defaults = contrib.Limits()
     limits = contrib.Limits(max_bytes=max_bytes or defaults.max_bytes, max_rows=max_rows or defaults.max_rows)
     try:
-        data = file.read_bytes()[: limits.max_bytes + 1]
+        with open(file, "rb") as f:
+            data = f.read(limits.max_bytes + 1)   # one byte more than allowed is enough to refuse it
     except OSError as e:
         raise DatanetCommandError(f"cannot read {file}: {e.strerror}") from None
     prepared = contrib.prepare(data, file.name, limits, fmt)   # refusals happen here, before any chain call
