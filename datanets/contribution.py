@@ -24,10 +24,10 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from openlora.content.cid import as_cid
+from openlora.content.cid import CID, RAW, as_cid
 from openlora.content.dag import cat
 from openlora.content.errors import ContentError
-from openlora.content.importer import add_bytes
+from openlora.content.importer import CHUNK_SIZE, add_bytes
 from openlora.datanets.errors import ContributionError, DatanetError
 from openlora.safejson import UnsafeJSONError, loads as safe_loads
 
@@ -172,11 +172,13 @@ def split_rows(text: str, fmt: str, name: str, limits: Limits) -> list[tuple[dic
 
 
 def _row(rec: dict[str, str], body: str, name: str, limits: Limits) -> Row:
-    data = canonical_json(rec)
+    # canonical JSON of a flat {str: str} record (what canonical_json gives, without its float scan)
+    data = json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if len(data) > limits.max_row_bytes:
         raise ContributionError(f"{name}: a row of {len(data):,} bytes is over the {limits.max_row_bytes:,}-byte "
                                 f"row limit ({body[:40]!r}...)")
-    return Row(str(add_bytes(data).cid), data, body)
+    cid = CID.of(RAW, data) if len(data) <= CHUNK_SIZE else add_bytes(data).cid  # one chunk: its raw leaf
+    return Row(str(cid), data, body)
 
 
 def prepare(data: bytes, name: str = "contribution", limits: Limits = Limits(), fmt: str | None = None) -> Prepared:
