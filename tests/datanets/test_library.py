@@ -167,3 +167,17 @@ def test_datanets_never_imports_torch():
             "'openlora.inference') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_minhash_is_pinned_and_distinct_rows_are_not_flagged():
+    # manifests are re-verified on other machines: the signature of a text must never change
+    from openlora.datanets.dedup import signature
+    sig = signature("Low-rank adapters let one base model serve many tasks.", DedupParams())
+    assert [int(x) for x in sig[:3]] == [128787465338534307, 1522737563504101109, 1947058256001928404]
+    import random
+    rnd = random.Random(3)
+    vocab = [f"w{i}" for i in range(3000)] + ["the", "a", "of", "and", "to", "model", "data"]
+    ix = DedupIndex()
+    flagged = [ix.check_and_add(f"r{i}", " ".join(rnd.choice(vocab) for _ in range(rnd.randint(8, 40))))
+               for i in range(1000)]
+    assert flagged.count(None) == 1000
