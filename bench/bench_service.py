@@ -119,20 +119,17 @@ def per_request_costs(tmp: Path, n: int, database_url: str | None = None, pendin
                                                                                                  req_acct.key).hex()}}
         bodies.append(body)
     verify_us = []
-    for body in bodies:
+    for i, body in enumerate(bodies):
         t = time.perf_counter()
         verify(body["openlora"], body, domain=domain, node=node.address, adapter_cid=None, max_tokens=16,
-               max_cost=10**15, ledger=store, lane_of=lambda r: (10**24, 0))
+               max_cost=10**15, ledger=store, lane_of=lambda r: (10**24, 0), request_id=f"bench-{i}")
         verify_us.append(1e6 * (time.perf_counter() - t))
 
     class _Cfg:  # the few config values build_service reads
         from openlora.node.config import DEFAULT_CONFIG_TOML, parse_config
         cfg = parse_config(DEFAULT_CONFIG_TOML, tmp, environ={})
 
-    class _Eng:
-        class spec:
-            model_id = "base"
-    svc = build_service(_Cfg.cfg, node, _Eng, None, store, {}, None)
+    svc = build_service(_Cfg.cfg, node, None, store, None)      # write_receipt needs no engine
     commit_us = []
     for i in range(n):
         s = ServedRequest(f"r{i}", req_acct.address, None, 20, 16, bytes(32), 10**18)
@@ -187,7 +184,7 @@ def main() -> None:
     cfg = parse_config(DEFAULT_CONFIG_TOML.replace("free_local_mode = false", "free_local_mode = true"), tmp,
                        environ={})
     store = Store(f"sqlite:///{tmp / 'node.db'}")
-    svc = build_service(cfg, Account.create(), llm.engine, client, store, {}, None)
+    svc = build_service(cfg, Account.create(), client, store, None)
     reqs = make_trace(args.requests, 0, 1.0, 1.0, (8, 64), (8, 32), BENCH_SPEC.vocab_size, seed=3)
     results = {"in_process": [], "http": []}
     with ServerThread(build_app(svc)) as server:

@@ -164,6 +164,17 @@ class AdapterManager:
         if e.error:
             raise AdapterError(e.error)
 
+    def find(self, model: str) -> tuple[str, str | None] | None:
+        """(name, identity) of the adapter registered as `model`, or whose identity (CID) is `model`; else None."""
+        with self._lock:
+            e = self._entries.get(model)
+            if e is not None:
+                return e.name, e.identity
+            for e in self._entries.values():
+                if e.identity == model:
+                    return e.name, e.identity
+        return None
+
     def identity(self, name: str) -> str | None:
         e = self._entries.get(name)
         return None if e is None else e.identity

@@ -93,8 +93,7 @@ def _prompt(svc: NodeService, body: dict, chat: bool) -> str | list[int] | list[
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in msgs):
             raise ApiError(400, "invalid_messages", "'messages' must be a non-empty list of {role, content} strings")
-        tok = svc.engine.tokenizer
-        if tok is None or not getattr(tok, "chat_template", None):
+        if not svc.client.info.has_chat_template:
             raise ApiError(400, "no_chat_template", "this base model has no chat template; use /v1/completions")
         return [{"role": m["role"], "content": m["content"]} for m in msgs]
     prompt = body.get("prompt")
@@ -108,17 +107,18 @@ def _prompt(svc: NodeService, body: dict, chat: bool) -> str | list[int] | list[
                                           "(one prompt per request)")
 
 
-def _logprobs_json(out, chat: bool, tok) -> Any:
+async def _logprobs_json(svc: NodeService, out, chat: bool) -> Any:
     if out.logprobs is None:
         return None
-    toks = [tok.decode([t]) if tok is not None else str(t) for t in out.token_ids]
+    alts = sorted({k for top in out.top_logprobs for k in top})
+    texts = await svc.client.decode_each(list(out.token_ids) + alts)       # off the event loop
+    toks, alt = texts[:len(out.token_ids)], dict(zip(alts, texts[len(out.token_ids):]))
     if chat:
         return {"content": [{"token": s, "logprob": lp, "top_logprobs": [
-            {"token": tok.decode([k]) if tok is not None else str(k), "logprob": v} for k, v in top.items()]}
+            {"token": alt[k], "logprob": v} for k, v in top.items()]}
             for s, lp, top in zip(toks, out.logprobs, out.top_logprobs)]}
     return {"tokens": toks, "token_logprobs": out.logprobs,
-            "top_logprobs": [{(tok.decode([k]) if tok is not None else str(k)): v for k, v in top.items()}
-                             for top in out.top_logprobs]}
+            "top_logprobs": [{alt[k]: v for k, v in top.items()} for top in out.top_logprobs]}
 
 
 async def _read_json(request: web.Request) -> dict:
@@ -158,7 +158,7 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
             async for out in gen:
                 adm.last_output = out
             tail = await pipeline.commit(svc, adm, adm.last_output)
-            return _final_response(svc, adm, adm.last_output, tail, chat)
+            return await _final_response(svc, adm, adm.last_output, tail, chat)
         return await _stream(request, svc, adm, gen, chat)
     finally:
         # the client went away, the engine failed, or anything else ended the response early: what was generated
@@ -166,15 +166,15 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
         await pipeline.close_partial(svc, adm)
 
 
-def _final_response(svc: NodeService, adm: pipeline.Admission, final, tail: dict, chat: bool) -> web.Response:
-    tok = svc.engine.tokenizer
+async def _final_response(svc: NodeService, adm: pipeline.Admission, final, tail: dict,
+                          chat: bool) -> web.Response:
     reason = final.finish_reason if final.finish_reason in ("stop", "length") else "stop"
+    logprobs = await _logprobs_json(svc, final, chat)
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": final.text},
-                  "logprobs": _logprobs_json(final, True, tok), "finish_reason": reason}
-    else:
-        choice = {"index": 0, "text": final.text, "logprobs": _logprobs_json(final, False, tok),
+        choice = {"index": 0, "message": {"role": "assistant", "content": final.text}, "logprobs": logprobs,
                   "finish_reason": reason}
+    else:
+        choice = {"index": 0, "text": final.text, "logprobs": logprobs, "finish_reason": reason}
     return web.json_response({"id": adm.request_id, "object": "chat.completion" if chat else "text_completion",
                               "created": int(time.time()), "model": adm.model, "choices": [choice], **tail})
 
@@ -246,18 +246,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     svc: NodeService = request.app["svc"]
-    tiers = {i.name: i.tier for i in svc.engine.adapters.list()}
     data = [{"id": svc.base_model, "object": "model", "owned_by": "openlora-node", "openlora": {"kind": "base"}}]
-    for name, cid in sorted(svc.catalog.items()):
-        data.append({"id": name, "object": "model", "owned_by": "openlora-node",
-                     "openlora": {"kind": "adapter", "cid": cid, "tier": tiers.get(name, "unknown")}})
+    for i in sorted(await svc.client.adapters(), key=lambda i: i.name):
+        data.append({"id": i.name, "object": "model", "owned_by": "openlora-node",
+                     "openlora": {"kind": "adapter", "cid": i.identity, "tier": i.tier, "pinned": i.pinned}})
     return web.json_response({"object": "list", "data": data})
 
 
-def _prices(svc: NodeService) -> dict[str, int | None]:
+def _prices(svc: NodeService, adapters: dict[str, str | None]) -> dict[str, int | None]:
     """Blocking (chain reads, cached): each model's price per token; None where it cannot be bought now."""
     out: dict[str, int | None] = {}
-    for name, cid in [(svc.base_model, None), *sorted(svc.catalog.items())]:
+    for name, cid in [(svc.base_model, None), *sorted(adapters.items())]:
         try:
             out[name] = svc.price_per_token(cid)
         except ApiError:
@@ -268,14 +267,15 @@ def _prices(svc: NodeService) -> dict[str, int | None]:
 async def node_info(request: web.Request) -> web.Response:
     """What a client needs to sign: the node's address and domain, prices, and (given ?requester=) its standing."""
     svc: NodeService = request.app["svc"]
+    adapters = {i.name: i.identity for i in sorted(await svc.client.adapters(), key=lambda i: i.name)}
     info: dict[str, Any] = {
         "name": svc.name, "address": svc.node_address, "base_model": svc.base_model,
         "free_local_mode": svc.free_local_mode,
-        "max_model_len": svc.engine.max_model_len,
+        "max_model_len": svc.client.info.max_model_len,
         "chain_id": svc.domain.chain_id if svc.domain else None,
         "settlement": svc.domain.verifying_contract if svc.domain else None,
-        "price_per_token": await asyncio.to_thread(_prices, svc),
-        "adapters": {name: cid for name, cid in sorted(svc.catalog.items())},
+        "price_per_token": await asyncio.to_thread(_prices, svc, adapters),
+        "adapters": adapters,
     }
     requester = request.query.get("requester")
     if requester and svc.store is not None and svc.lane_of is not None:
@@ -314,7 +314,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     svc: NodeService = request.app["svc"]
     readiness = await asyncio.to_thread(svc.readiness)      # may read the chain: never on the event loop
-    checks = {"model": svc.engine is not None and getattr(svc.client, "dead", None) is None, **readiness}
+    checks = {"model": svc.client.dead is None, **readiness}
     ready = all(v is True or v == "disabled" for v in checks.values())
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
@@ -322,7 +322,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     svc: NodeService = request.app["svc"]
     counts = await asyncio.to_thread(svc.store.counts) if svc.store is not None else {}
-    body = svc.metrics.render(svc.engine, counts, svc.settlement.metrics if svc.settlement is not None else {})
+    body = svc.metrics.render(svc.client.stats(), counts,
+                              svc.settlement.metrics if svc.settlement is not None else {})
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
@@ -387,20 +388,6 @@ async def admin_guard_middleware(request: web.Request, handler):
     return await handler(request)
 
 
-def _import_local(svc: NodeService, path: str) -> str | None:
-    """Import a local adapter directory into the node's blockstore, validated by the engine's own loader for this
-    node's base model (no symlinks followed); returns its CID, or None when the engine reads plain directories
-    (no blockstore: tests and the inference-only LLM)."""
-    from openlora.node.ipfs.adapters import engine_validator
-    store = getattr(getattr(svc.engine.adapters.disk, "source", None), "store", None)
-    if store is None or not hasattr(store, "add"):
-        return None
-    mgr = svc.engine.adapters
-    cid, _ = store.add(path, validate=engine_validator(svc.engine.spec, max_rank=mgr.max_rank,
-                                                       max_bytes=mgr.max_bytes))
-    return str(cid)
-
-
 async def admin_load(request: web.Request) -> web.Response:
     """{name, path}: a local directory is imported into the blockstore (checked as the engine checks it) and
     loaded under its CID; {name, cid}: an adapter fetched by CID. A failed load leaves `name` as it was."""
@@ -413,25 +400,26 @@ async def admin_load(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_adapter", "give {name, path} or {name, cid} (one of path, cid)")
     if name == svc.base_model:
         raise ApiError(400, "invalid_adapter", f"{name!r} is the base model's name; choose another adapter name")
-    mgr = svc.engine.adapters
-    prev = next((i for i in mgr.list() if i.name == name), None)
+    client = svc.client
+    _, prev = client.adapter_state(name)
     ref = cid
     try:
         if path is not None:
-            cid = await asyncio.to_thread(_import_local, svc, path)
+            # into the node's blockstore, checked as the engine checks it (no blockstore: tests, inference-only)
+            cid = await asyncio.to_thread(svc.import_adapter, path) if svc.import_adapter else None
             ref = cid or path
-        await asyncio.to_thread(svc.engine.load_adapter, name, ref, cid)
+        await client.load_adapter(name, ref, cid)
     except (AdapterError, IpfsError) as e:
-        if name in mgr and (prev is None or mgr.status(name) == "failed"):
+        status, _ = client.adapter_state(name)
+        if status != "unknown" and (prev is None or status == "failed"):
             try:
-                mgr.unregister(name)                  # a failed load never leaves the name registered
+                await client.unregister_adapter(name)      # a failed load never leaves the name registered
             except AdapterError:
                 pass
-            if prev is not None:                      # the adapter that had this name keeps it
-                svc.engine.register_adapter(name, prev.ref, prev.identity)
-                mgr.pin(name, prev.pinned)
+            if prev is not None:                           # the adapter that had this name keeps it
+                await client.register_adapter(name, prev.ref, prev.identity)
+                await client.pin_adapter(name, prev.pinned)
         raise ApiError(422, "invalid_adapter", str(e)) from None
-    svc.catalog[name] = cid
     return web.json_response({"loaded": name, "cid": cid})
 
 
@@ -439,10 +427,9 @@ async def admin_unload(request: web.Request) -> web.Response:
     svc = _admin(request)
     name = request.match_info["name"]
     try:
-        svc.engine.adapters.unregister(name)
+        await svc.client.unregister_adapter(name)
     except AdapterError as e:
         raise ApiError(409 if "in use" in str(e) else 404, "unload_failed", str(e)) from None
-    svc.catalog.pop(name, None)
     return web.json_response({"unloaded": name})
 
 
@@ -450,7 +437,7 @@ async def admin_pin(request: web.Request) -> web.Response:
     svc = _admin(request)
     body = await _read_json(request) if request.can_read_body else {}
     try:
-        svc.engine.adapters.pin(request.match_info["name"], bool(body.get("pinned", True)))
+        await svc.client.pin_adapter(request.match_info["name"], bool(body.get("pinned", True)))
     except AdapterError as e:
         raise ApiError(404, "unknown_adapter", str(e)) from None
     return web.json_response({"pinned": request.match_info["name"], "value": bool(body.get("pinned", True))})

@@ -23,7 +23,9 @@ CONFIG_FILENAME = "config.toml"
 DEFAULT_HOME = "~/.openlora"
 ENV_PREFIX = "OPENLORA_"
 # Environment variables with this prefix that are not config overrides.
-ENV_NOT_CONFIG = {"OPENLORA_HOME", "OPENLORA_PASSWORD", "OPENLORA_PASSWORD_FILE", "OPENLORA_LOG_FORMAT"}
+ENV_NOT_CONFIG = {"OPENLORA_HOME", "OPENLORA_PASSWORD", "OPENLORA_PASSWORD_FILE", "OPENLORA_LOG_FORMAT",
+                  "OPENLORA_SDK_DIR",          # the SDK's voucher ledger (node/sdk_ledger.py)
+                  "OPENLORA_FUZZ_EXAMPLES"}    # the length of the test suite's fuzz runs (tests/fuzz)
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

@@ -1,8 +1,8 @@
 """Prometheus metrics of a node (prometheus-client, one registry per node so tests can run several).
 
 What it does: request counts, latencies, TTFT and generated tokens by adapter; rejected requests by error code;
-receipts written; and, at scrape time, gauges read from the engine (queue depth, running sequences, KV blocks used
-and total, adapter tiers bytes/budgets, loads, evictions, hit ratio), from the receipt store (pending, submitted,
+receipts written; and, at scrape time, gauges from the engine's published statistics snapshot (queue depth,
+running sequences, KV blocks used and total, adapter tiers bytes/budgets, loads, evictions, hit ratio), from the receipt store (pending, submitted,
 settled) and from the settlement loop (chain errors).
 What it does not do: serve HTTP (node/api.py mounts `render` at GET /metrics).
 """
@@ -43,14 +43,14 @@ class Metrics:
         self.settlement = Gauge("openlora_settlement", "Settlement loop counters (batches_settled, "
                                 "receipts_settled, chain_errors)", ["counter"], registry=r)
 
-    def render(self, engine: Any, store_counts: dict[str, int], settlement: dict | None = None) -> bytes:
-        if engine is not None:
-            sch = engine.scheduler
-            self.queue.set(len(sch.waiting))
-            self.running.set(len(sch.running))
-            self.kv_used.set(engine.blocks.num_used)
-            self.kv_total.set(engine.blocks.num_blocks)
-            m = engine.adapters.metrics()
+    def render(self, stats: Any, store_counts: dict[str, int], settlement: dict | None = None) -> bytes:
+        """`stats`: the engine's latest published snapshot (inference.client.EngineStats), never its live queues."""
+        if stats is not None and stats.adapters:
+            self.queue.set(stats.waiting)
+            self.running.set(stats.running)
+            self.kv_used.set(stats.kv_blocks_used)
+            self.kv_total.set(stats.kv_blocks_total)
+            m = stats.adapters
             for tier, t in m["tiers"].items():
                 self.tier_bytes.labels(tier=tier).set(t["used_bytes"])
                 self.tier_budget.labels(tier=tier).set(t["budget_bytes"])

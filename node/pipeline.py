@@ -48,11 +48,10 @@ class ServedRequest:
 
 @dataclass
 class NodeService:
-    """Everything the request path uses; built by node/wiring.py or by tests."""
-    engine: Any                                  # inference.LLMEngine (read-only use: tokenizer, spec, adapters)
-    client: Any                                  # inference.client.AsyncEngine
+    """Everything the request path uses; built by node/wiring.py or by tests. The engine is reached only through
+    `client` (inference.client.EngineClient), so that it can live in another process."""
+    client: Any                                  # inference.client.EngineClient (AsyncEngine in-process)
     node_address: str
-    base_model: str
     free_local_mode: bool
     admin_token: str = ""
     store: Any = None                            # node.storage.Store (nonces, reservations, receipts)
@@ -60,27 +59,29 @@ class NodeService:
     lane_of: Callable[[str], tuple[int, int]] | None = None   # requester -> (spendable deposit, debited); blocking
     price_per_token: Callable[[str | None], int] = lambda cid: 0             # adapter cid (None: base) -> wei/token
     write_receipt: Callable[[ServedRequest], Any] | None = None              # commits; returns the receipt id
-    catalog: dict[str, str | None] = field(default_factory=dict)            # model name -> adapter CID (None: local)
     readiness: Callable[[], dict[str, bool | str]] = lambda: {}
     settlement: Any = None                       # node.settlement.SettlementLoop, when a chain is configured
     metrics: Metrics = field(default_factory=Metrics)
     name: str = "openlora-node"                  # node.name: how the operator calls this node (GET /v1/node)
+    import_adapter: Callable[[str], str] | None = None   # local dir -> CID in the node's blockstore (validated)
+
+    @property
+    def base_model(self) -> str:
+        return self.client.info.model_id
 
     def resolve(self, model: Any) -> tuple[str | None, str | None]:
-        """(engine adapter name or None for the base model, adapter CID or None)."""
+        """(engine adapter name or None for the base model, adapter CID or None). The engine's adapter manager is
+        the one registry of adapters: by name, or by CID (its identity)."""
         if not isinstance(model, str) or not model:
             raise RequestRejected(400, "invalid_model",
                                   "'model' must name the base model, an adapter name or an adapter CID")
         if model == self.base_model:
             return None, None
-        if model in self.catalog:
-            return model, self.catalog[model]
-        for name, cid in self.catalog.items():
-            if cid == model:
-                return name, cid
-        raise RequestRejected(404, "model_not_found", f"unknown model {model[:200]!r}: this node serves "
-                                                      f"{self.base_model!r} and {len(self.catalog)} adapter(s); "
-                                                      "see GET /v1/models")
+        found = self.client.find_adapter(model)
+        if found is None:
+            raise RequestRejected(404, "model_not_found", f"unknown model {model[:200]!r}: this node serves "
+                                                          f"{self.base_model!r} and its adapters; see GET /v1/models")
+        return found
 
 
 @dataclass
@@ -113,16 +114,10 @@ def bound_prompt(prompt: str | list[int] | list[dict], max_model_len: int) -> No
                                                       f"{max_model_len} tokens (at most {limit:,} characters)")
 
 
-def _tokenize(svc: NodeService, prompt: str | list[int] | list[dict], adapter: str | None) -> list[int]:
-    """Blocking: chat template, tokenizer, adapter check. Run in a thread."""
+async def _tokenize(svc: NodeService, prompt: str | list[int] | list[dict], adapter: str | None) -> list[int]:
+    """Chat template, tokenizer, adapter check: in the engine client's worker thread."""
     try:
-        if prompt and isinstance(prompt, list) and isinstance(prompt[0], dict):
-            tok = svc.engine.tokenizer
-            prompt = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        ids = svc.engine._prompt_ids(prompt)
-        if adapter is not None:
-            svc.engine.adapters.check(adapter)
-        return ids
+        return await svc.client.tokenize(prompt, adapter)
     except AdapterError as e:
         raise RequestRejected(424, "adapter_unavailable", str(e)) from None
     except RequestError as e:
@@ -134,7 +129,7 @@ async def admit(svc: NodeService, *, body: dict, prompt: str | list[int] | list[
     """Every check before compute, cheapest first. Raises RequestRejected (or ChainUnavailable)."""
     model = body.get("model")
     adapter, cid = svc.resolve(model)
-    bound_prompt(prompt, svc.engine.max_model_len)
+    bound_prompt(prompt, svc.client.info.max_model_len)
     signed = None
     if not (svc.free_local_mode and auth is None):
         if svc.domain is None or svc.store is None or svc.lane_of is None:
@@ -146,7 +141,7 @@ async def admit(svc: NodeService, *, body: dict, prompt: str | list[int] | list[
         except AuthError as e:
             svc.metrics.rejected.labels(code=e.code).inc()
             raise RequestRejected(e.status, e.code, str(e), "authorization_error") from None
-    prompt_ids = await asyncio.to_thread(_tokenize, svc, prompt, adapter)
+    prompt_ids = await _tokenize(svc, prompt, adapter)
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     authorized, reserved = None, 0
     if signed is not None:

@@ -49,13 +49,13 @@ def engine_config(cfg: NodeConfig, model_dir: Path):
         max_lora_rank=cfg.adapters.max_rank, max_adapter_bytes=int(cfg.adapters.max_adapter_bytes))
 
 
-def pin_configured(engine, catalog: dict[str, str | None], pinned: tuple[str, ...]) -> None:
+async def pin_configured(client, pinned: tuple[str, ...]) -> None:
     """adapters.pinned: those CIDs are registered (fetched on first use) and never evicted from any tier."""
     for cid in pinned:
-        if cid not in catalog:
-            engine.register_adapter(cid, cid, identity=cid)
-            catalog[cid] = cid
-        engine.adapters.pin(cid, True)
+        found = client.find_adapter(cid)
+        if found is None:
+            await client.register_adapter(cid, cid, identity=cid)
+        await client.pin_adapter(found[0] if found else cid, True)
     if pinned:
         log.info(f"{len(pinned)} adapter(s) pinned by adapters.pinned")
 
@@ -98,10 +98,11 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
         if released:  # requests admitted by the previous run that it never finished: nothing is owed for them
             log.info(f"released {released} reservation(s) of requests the previous run did not finish")
         chain = await asyncio.to_thread(connect_chain, cfg)
-        svc = build_service(cfg, account, engine, client, store, net.register_all(engine), chain,
-                            p2p_ready=net.ready)
-        pin_configured(engine, svc.catalog, cfg.adapters.pinned)
-        net.follow_announcements(engine, svc.catalog)
+        await net.register_all(client)
+        svc = build_service(cfg, account, client, store, chain, p2p_ready=net.ready,
+                            import_adapter=net.importer(engine))
+        await pin_configured(client, cfg.adapters.pinned)
+        net.follow_announcements(client)
         http = web.AppRunner(build_app(svc), access_log=None)
         await http.setup()
         try:

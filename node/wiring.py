@@ -9,11 +9,12 @@ What it does not do: run loops (node/runner.py starts the server and the settlem
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from eth_utils import to_checksum_address
 
@@ -154,31 +155,35 @@ class Network:
     def ready(self) -> bool | str:
         return "disabled" if self.p2p is None else True
 
-    def register_all(self, engine) -> dict[str, str | None]:
-        """Every adapter in the local blockstore, registered lazily under its CID. Returns the catalog."""
-        catalog: dict[str, str | None] = {}
-        for cid in self.store.list():
-            engine.register_adapter(str(cid), str(cid), identity=str(cid))
-            catalog[str(cid)] = str(cid)
-        if catalog:
-            log.info(f"{len(catalog)} adapter(s) in the local blockstore registered (loaded on first use)")
-        return catalog
+    async def register_all(self, client) -> int:
+        """Every adapter in the local blockstore, registered lazily under its CID (the engine's adapter manager is
+        the node's one registry of adapters). Returns how many."""
+        cids = [str(cid) for cid in await asyncio.to_thread(self.store.list)]
+        for cid in cids:
+            await client.register_adapter(cid, cid, identity=cid)
+        if cids:
+            log.info(f"{len(cids)} adapter(s) in the local blockstore registered (loaded on first use)")
+        return len(cids)
 
-    def follow_announcements(self, engine, catalog: dict[str, str | None]) -> None:
+    def importer(self, engine) -> Callable[[str], str]:
+        """path -> CID: a local adapter directory imported into the blockstore, validated by the engine's own
+        loader for this node's base model (what the admin API's {name, path} load uses)."""
+        from openlora.node.ipfs.adapters import engine_validator
+        validate = engine_validator(engine.spec, max_rank=engine.adapters.max_rank, max_bytes=engine.adapters.max_bytes)
+        return lambda path: str(self.store.add(path, validate=validate)[0])
+
+    def follow_announcements(self, client) -> None:
         """Adapters announced over gossip for this base model become servable by CID (fetched on first use)."""
         if self.p2p is None:
             return
-        import asyncio
-
         queue = self.p2p.bridge.subscribe_asyncio("announce")
 
         async def follow():
             while True:
                 ann = await queue.get()          # a validated announcement dict (node/p2p/gossip.py)
                 cid = str(ann.get("cid", "")) if isinstance(ann, dict) else ""
-                if cid and cid not in catalog:
-                    engine.register_adapter(cid, cid, identity=cid)
-                    catalog[cid] = cid
+                if cid and client.find_adapter(cid) is None:
+                    await client.register_adapter(cid, cid, identity=cid)
                     log.info("adapter announced by a peer; servable on demand", extra={"fields": {"cid": cid}})
         self._follow = asyncio.get_running_loop().create_task(follow(), name="p2p-announcements")
 
@@ -191,8 +196,8 @@ def start_network(cfg: NodeConfig, account, base_model: str) -> Network:
     return Network(cfg, account, base_model)
 
 
-def build_service(cfg: NodeConfig, account, engine, client, store, catalog: dict[str, str | None],
-                  chain: Chain | None, p2p_ready=lambda: "disabled") -> NodeService:
+def build_service(cfg: NodeConfig, account, client, store, chain: Chain | None, p2p_ready=lambda: "disabled",
+                  import_adapter: Callable[[str], str] | None = None) -> NodeService:
     node = to_checksum_address(account.address)
     s = cfg.settlement
     shares = pricing.Shares(author_bps=s.author_share_bps, operator_bps=s.operator_share_bps,
@@ -222,9 +227,9 @@ def build_service(cfg: NodeConfig, account, engine, client, store, catalog: dict
         return {"chain": chain.reachable() if chain is not None else "disabled", "p2p": p2p_ready()}
 
     return NodeService(
-        engine=engine, client=client, node_address=node, base_model=engine.spec.model_id,
-        free_local_mode=cfg.api.free_local_mode, admin_token=cfg.api.admin_token, store=store, domain=domain,
+        client=client, node_address=node, free_local_mode=cfg.api.free_local_mode, admin_token=cfg.api.admin_token,
+        store=store, domain=domain,
         lane_of=(lambda requester: chain.lane_of(requester, node)) if chain is not None else None,
-        price_per_token=pricer.price_per_token, write_receipt=write_receipt, catalog=catalog, readiness=readiness,
-        name=cfg.node.name)
+        price_per_token=pricer.price_per_token, write_receipt=write_receipt, readiness=readiness,
+        name=cfg.node.name, import_adapter=import_adapter)
 

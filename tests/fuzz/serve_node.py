@@ -23,8 +23,7 @@ async def main(model_dir: str) -> None:
 
     llm = LLM(model_dir, dtype="float32", device="cpu")
     client = AsyncEngine(llm.engine)
-    svc = NodeService(engine=llm.engine, client=client, node_address="0x" + "11" * 20,
-                      base_model=llm.engine.spec.model_id, free_local_mode=True)
+    svc = NodeService(client=client, node_address="0x" + "11" * 20, free_local_mode=True)
     runner = web.AppRunner(build_app(svc))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -41,8 +41,7 @@ def servers(tiny, tmp_path_factory):
     llm.load_adapter("law", tiny.adapter(model, rank=8, seed=11))
     client = AsyncEngine(llm.engine)
     store = Store(f"sqlite:///{tmp_path_factory.mktemp('http-fuzz')}/node.db")
-    common = dict(engine=llm.engine, client=client, node_address=NODE.address, base_model=llm.engine.spec.model_id,
-                  catalog={"law": None}, admin_token="fuzz-admin-token")
+    common = dict(client=client, node_address=NODE.address, admin_token="fuzz-admin-token")
     free = NodeService(free_local_mode=True, **common)
     signed = NodeService(free_local_mode=False, store=store, domain=DOMAIN, lane_of=lambda requester: (10**18, 0),
                          price_per_token=lambda cid: 1, **common)

@@ -96,11 +96,18 @@ def test_set_config_values_keeps_comments_and_refuses_an_invalid_config(tmp_path
 
 
 def test_pinned_adapters_are_registered_and_pinned(tiny):
+    import asyncio
+
     from openlora.inference import LLM
+    from openlora.inference.client import AsyncEngine
     from openlora.node.runner import pin_configured
     llm = LLM(tiny.model("llama"), dtype="float32", device="cpu")
-    catalog: dict = {}
-    cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
-    pin_configured(llm.engine, catalog, (cid,))
-    assert catalog == {cid: cid}
-    assert {i.name: i.pinned for i in llm.engine.adapters.list()} == {cid: True}
+    llm.load_adapter("law", tiny.adapter(tiny.model("llama"), rank=8, seed=3), identity="bafkreilaw")
+    client = AsyncEngine(llm.engine)
+    try:
+        cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+        asyncio.run(pin_configured(client, (cid, "bafkreilaw")))    # one new, one known by its CID
+        assert {i.name: (i.identity, i.pinned) for i in llm.engine.adapters.list()} == {
+            cid: (cid, True), "law": ("bafkreilaw", True)}
+    finally:
+        client.shutdown()

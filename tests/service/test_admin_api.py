@@ -17,7 +17,7 @@ from openlora.inference.client import AsyncEngine
 from openlora.node.api import NodeService, build_app
 from openlora.node.config import DEFAULT_CONFIG_TOML, parse_config
 from openlora.node.errors import ConfigError
-from openlora.node.ipfs.adapters import AdapterStore
+from openlora.node.ipfs.adapters import AdapterStore, engine_validator
 from openlora.node.ipfs.source import IpfsAdapterSource
 from tests.service.server_util import ServerThread
 
@@ -31,10 +31,11 @@ def node(tiny, tmp_path_factory):
     store = AdapterStore(home / "ipfs")
     engine = LLMEngine(EngineConfig(model=str(model), dtype="float32", device="cpu"), IpfsAdapterSource(store, []))
     client = AsyncEngine(engine)
-    svc = NodeService(engine=engine, client=client, node_address="0x" + "11" * 20, base_model=engine.spec.model_id,
-                      free_local_mode=True, catalog={})
+    validate = engine_validator(engine.spec, max_rank=engine.adapters.max_rank, max_bytes=engine.adapters.max_bytes)
+    svc = NodeService(client=client, node_address="0x" + "11" * 20, free_local_mode=True,
+                      import_adapter=lambda path: str(store.add(path, validate=validate)[0]))
     with ServerThread(build_app(svc)) as server:
-        yield {"svc": svc, "server": server, "store": store, "model": model, "home": home}
+        yield {"svc": svc, "server": server, "store": store, "model": model, "home": home, "engine": engine}
     client.shutdown()
 
 
@@ -64,7 +65,12 @@ def call(server, method: str, path: str, body=None, headers=None) -> tuple[int, 
 
 
 def registered(node) -> set[str]:
-    return {i.name for i in node["svc"].engine.adapters.list()}
+    return {i.name for i in node["engine"].adapters.list()}
+
+
+def catalog(node) -> dict[str, str | None]:
+    """What the node serves: name -> CID, from the engine's adapter manager (the node's one adapter registry)."""
+    return {i.name: i.identity for i in node["engine"].adapters.list()}
 
 
 @pytest.fixture
@@ -92,7 +98,7 @@ def test_browser_pages_cannot_drive_admin(node, adapter):
     assert status == 403
     status, js = call(s, "POST", "/admin/adapters/law/pin", b"", {"Origin": "http://evil.example"})
     assert status == 403
-    assert "evil" not in registered(node) and "evil" not in node["svc"].catalog
+    assert "evil" not in registered(node) and "evil" not in catalog(node)
     # the node's own loopback origins and names are fine
     status, js = call(s, "POST", "/admin/adapters/nothing/pin", {"pinned": True},
                       {"Origin": f"http://localhost:{s.port}", "Host": f"localhost:{s.port}"})
@@ -107,8 +113,8 @@ def test_path_load_imports_validates_and_serves_under_its_cid(node, adapter):
     status, js = call(s, "POST", "/admin/adapters", {"name": "law", "path": str(adapter)})
     assert status == 200, js
     cid = js["cid"]
-    assert cid.startswith("bafy") and cid in store.list() and node["svc"].catalog["law"] == cid
-    assert node["svc"].engine.adapters.status("law") == "ready"
+    assert cid.startswith("bafy") and cid in store.list() and catalog(node)["law"] == cid
+    assert node["engine"].adapters.status("law") == "ready"
     status, models = call(s, "GET", "/v1/models")
     assert {"law"} <= {m["id"] for m in models["data"]}
     status, out = call(s, "POST", "/v1/completions", {"model": "law", "prompt": [5, 6, 7], "max_tokens": 3,
@@ -137,7 +143,7 @@ def test_bad_loads_leave_nothing_registered(node, adapter, tmp_path):
     assert status == 422 and "symbolic link" in js["error"]["message"]
     status, js = call(s, "POST", "/admin/adapters", {"name": "nocid", "cid": "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"})
     assert status == 422
-    assert not {"dora", "etc", "leak", "nocid"} & (registered(node) | set(node["svc"].catalog))
+    assert not {"dora", "etc", "leak", "nocid"} & (registered(node) | set(catalog(node)))
     assert set(store.list()) == before
 
 
@@ -152,7 +158,7 @@ def test_failed_reload_keeps_the_adapter_that_had_the_name(node, adapter, tmp_pa
     (bad / "adapter_config.json").write_text(json.dumps({**cfg, "bias": "all"}))
     status, js = call(s, "POST", "/admin/adapters", {"name": "keep", "path": str(bad)})
     assert status == 422 and "bias" in js["error"]["message"]
-    assert node["svc"].catalog["keep"] == good and "keep" in registered(node)
+    assert catalog(node)["keep"] == good and "keep" in registered(node)
     status, out = call(s, "POST", "/v1/completions", {"model": "keep", "prompt": [5, 6], "max_tokens": 2})
     assert status == 200
 

@@ -24,8 +24,7 @@ def node(tiny):
     llm.reference = llm.generate([[5, 6, 7, 8]], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True),
                                  adapters=["law"])[0]
     client = AsyncEngine(llm.engine)
-    svc = NodeService(engine=llm.engine, client=client, node_address="0x" + "11" * 20,
-                      base_model=llm.engine.spec.model_id, free_local_mode=True, catalog={"law": None})
+    svc = NodeService(client=client, node_address="0x" + "11" * 20, free_local_mode=True)
     with ServerThread(build_app(svc)) as server:
         yield llm, server
     client.shutdown()

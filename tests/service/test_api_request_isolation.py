@@ -22,8 +22,7 @@ from tests.service.server_util import ServerThread
 def _serve(model):
     llm = LLM(model, dtype="float32", device="cpu")
     client = AsyncEngine(llm.engine)
-    svc = NodeService(engine=llm.engine, client=client, node_address="0x" + "11" * 20,
-                      base_model=llm.engine.spec.model_id, free_local_mode=True)
+    svc = NodeService(client=client, node_address="0x" + "11" * 20, free_local_mode=True)
     return llm, client, ServerThread(build_app(svc))
 
 

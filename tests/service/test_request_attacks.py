@@ -39,7 +39,7 @@ def node(tiny, tmp_path_factory, w3, deployment, node_account):
     llm = LLM(tiny.model("llama"), dtype="float32", device="cpu", max_model_len=256)
     client = AsyncEngine(llm.engine)
     store = Store(f"sqlite:///{tmp / 'node.db'}")
-    svc = build_service(cfg, node_account, llm.engine, client, store, {}, Chain(w3, deployment))
+    svc = build_service(cfg, node_account, client, store, Chain(w3, deployment))
     with ServerThread(build_app(svc)) as server:
         yield {"url": server.url, "store": store, "svc": svc, "llm": llm, "cfg": cfg}
     client.shutdown()
@@ -212,8 +212,8 @@ def test_chain_down_gives_503_without_the_rpc_url(tiny, tmp_path, deployment, no
     llm = LLM(tiny.model("llama"), dtype="float32", device="cpu", max_model_len=256)
     client = AsyncEngine(llm.engine)
     store = Store(f"sqlite:///{tmp_path / 'node.db'}")
-    svc = build_service(cfg, node_account, llm.engine, client, store, {"gone": "bafkreiexampleadapter"},
-                        Chain(dead, deployment))
+    llm.engine.register_adapter("gone", "bafkreiexampleadapter", identity="bafkreiexampleadapter")
+    svc = build_service(cfg, node_account, client, store, Chain(dead, deployment))
     requester = chain.requester(deposit=10**18)
     try:
         with ServerThread(build_app(svc)) as server:

@@ -62,7 +62,7 @@ def env(tiny, tmp_path_factory, request):
         store = Store(db)
         from eth_account import Account
         node_acct = Account.from_key(accts[ROLES["node"]].key)
-        svc = build_service(cfg, node_acct, llm.engine, client, store, {"law": cid}, Chain(w3, dep))
+        svc = build_service(cfg, node_acct, client, store, Chain(w3, dep))
         with ServerThread(build_app(svc)) as server:
             yield {"w3": w3, "dep": dep, "accts": accts, "server": server, "store": store, "cid": cid,
                    "author": author, "llm": llm, "node": node_acct.address, "extra": extra}

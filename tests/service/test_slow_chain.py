@@ -77,7 +77,7 @@ def slow_node(tiny, tmp_path_factory, anvil, deployment, node_account):
     llm = LLM(tiny.model("llama"), dtype="float32", device="cpu", max_model_len=2048)
     client = AsyncEngine(llm.engine)
     store = Store(f"sqlite:///{tmp / 'node.db'}")
-    svc = build_service(cfg, node_account, llm.engine, client, store, {}, Chain(w3, deployment))
+    svc = build_service(cfg, node_account, client, store, Chain(w3, deployment))
     assert svc.free_local_mode            # the stream below needs no chain; signed requests do
     with ServerThread(build_app(svc)) as server:
         yield server.url, svc
