@@ -114,6 +114,7 @@ def _write_file(cid: CID, get: GetBlock, out, expected: int | None, depth: int =
                 budget: list[int] | None = None) -> int:
     if depth > MAX_DEPTH:
         raise DagError(cid, f"block {cid}: the file's DAG is deeper than {MAX_DEPTH} levels")
+    _spend(budget, 0, cid)
     data = get(cid)
     if cid.codec == RAW:
         _spend(budget, len(data), cid)
@@ -138,17 +139,29 @@ def _write_file(cid: CID, get: GetBlock, out, expected: int | None, depth: int =
     return written
 
 
+def _budget(max_bytes: int | None) -> list[int] | None:
+    """[bytes left, bytes allowed, block reads left]: a DAG that links one block many times can expand far beyond
+    its blocks' total size, in bytes and in block reads (1-byte leaves); on average a read must bring 1 KiB."""
+    return None if max_bytes is None else [max_bytes, max_bytes, 1024 + max_bytes // 1024]
+
+
 def _spend(budget: list[int] | None, n: int, cid: CID) -> None:
-    if budget is not None:
-        budget[0] -= n
-        if budget[0] < 0:  # a DAG that links one block many times can expand far beyond its blocks' total size
-            raise DagError(cid, f"block {cid}: the file holds more than the {budget[1]} bytes accepted here")
+    """Count one block read (n == 0) or n bytes written against the budget."""
+    if budget is None:
+        return
+    if n == 0:
+        budget[2] -= 1
+        if budget[2] < 0:
+            raise DagError(cid, f"block {cid}: the DAG repeats small blocks past {budget[1]} bytes' worth of reads")
+    budget[0] -= n
+    if budget[0] < 0:
+        raise DagError(cid, f"block {cid}: the file holds more than the {budget[1]} bytes accepted here")
 
 
 def cat(cid: CID | str, get: GetBlock, out, max_bytes: int | None = None) -> int:
     """Write the file `cid` to the binary stream `out`, checking every declared size. Returns bytes written.
     With `max_bytes`, a file larger than that raises DagError once that many bytes are written."""
-    return _write_file(as_cid(cid), get, out, None, budget=None if max_bytes is None else [max_bytes, max_bytes])
+    return _write_file(as_cid(cid), get, out, None, budget=_budget(max_bytes))
 
 
 def _unixfs(node: PBNode, cid: CID):
@@ -194,7 +207,7 @@ def export(root: CID | str, dest: Path, get: GetBlock, max_bytes: int | None = N
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     try:
-        _export(root, tmp, get, budget=None if max_bytes is None else [max_bytes, max_bytes])
+        _export(root, tmp, get, budget=_budget(max_bytes))
         os.replace(tmp, dest)
     except BaseException:
         if tmp.is_dir():

@@ -310,7 +310,7 @@ def test_deep_and_self_amplifying_dags_are_refused(tmp_path):
                                                                                                (size, size)))))
         size *= 2
     assert len(walk_list := list(walk(cid, blocks.__getitem__))) == 41
-    with pytest.raises(DagError, match="more than the 4096 bytes"):
+    with pytest.raises(DagError, match="repeats small blocks|more than the 4096 bytes"):
         cat(cid, blocks.__getitem__, io.BytesIO(), max_bytes=4096)
     del walk_list
 
@@ -339,7 +339,7 @@ def test_an_adapter_dag_that_expands_past_its_limit_is_not_exported(tmp_path):
     links = (Link(config, "adapter_config.json", 8), Link(weights, "adapter_model.safetensors", size),
              Link(mcid, "manifest.json", len(manifest)))
     root = put(DAG_PB, encode_node(PBNode(links, encode_unixfs(UnixFSData(1)))))
-    with pytest.raises(IpfsError, match="more than the"):
+    with pytest.raises(IpfsError, match="repeats small blocks|more than the"):
         store.materialize(root)
     assert not (store.exported / str(root)).exists()
     assert sum(f.stat().st_size for f in store.exported.rglob("*") if f.is_file()) == 0
