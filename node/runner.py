@@ -1,8 +1,11 @@
-"""`openlora-node start`: the wiring that brings a node's parts up, in order, and down again on Ctrl-C/SIGTERM.
+"""`openlora-node start`: the process's lifecycle: brings a node's parts up, in order, and down again on
+Ctrl-C/SIGTERM.
 
-What it does: resolves the base model (generating the demo model on first use), starts each component that exists
-in this version, reports plainly the ones that do not exist yet, and waits for a stop signal.
-What it does not do: implement any component; each lives in its own module and is only connected here.
+What it does: resolves the base model (generating the demo model on first use), starts the network, the engine and
+its thread, the store, the chain connection, the HTTP server and the settlement loop, in that order, and stops
+them in reverse.
+What it does not do: decide how the parts connect (node/wiring.py builds the service they share) or implement any
+of them.
 """
 
 from __future__ import annotations
