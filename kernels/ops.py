@@ -3,36 +3,21 @@
 What it does: `get_backend("auto" | "torch" | "triton", device)` returns a `KernelBackend` whose functions have the
 signatures (and semantics) documented in kernels/reference.py. "auto" is Triton on CUDA and torch elsewhere;
 "triton" on a CPU device runs the kernels under TRITON_INTERPRET=1 (exact, slow: for tests).
-What it does not do: decide per call; the engine picks one backend at start-up and logs which.
+What it does not do: decide per call; the engine picks one backend at start-up and logs which. The engine
+reaches kernels/triton_ops.py only through here, lazily (a CPU install never imports triton); triton_ops.py takes
+the `KernelBackend` type from kernels/backend.py and never imports this module (an import-linter contract).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from openlora.kernels import reference, torch_ops
+from openlora.kernels.backend import KernelBackend, KernelUnavailable
 
-
-@dataclass(frozen=True)
-class KernelBackend:
-    name: str
-    sgmv_shrink: Callable[..., None]
-    sgmv_expand: Callable[..., None]
-    bgmv_shrink: Callable[..., None]
-    bgmv_expand: Callable[..., None]
-    store_kv: Callable[..., None]
-    paged_attention: Callable[..., torch.Tensor]
-    paged_attention_decode: Callable[..., None]
-    description: str = ""
-    # An all-decode step uses BGMV (per-token gather) when it has at least this many adapter segments, and SGMV
-    # (one matmul per segment) below it. GPU kernels gather per token cheaply (1). On CPU, gathering
-    # [tokens, rank, hidden] weight rows costs more than one matmul per segment even at 64 segments for 64 tokens
-    # (measured: 1.37 ms vs 0.87 ms per shrink, hidden 512, 1 thread), so the torch path always uses segments.
-    decode_bgmv_min_segments: int = 1
+__all__ = ["KernelBackend", "KernelUnavailable", "TORCH_BACKEND", "get_backend"]
 
 
 TORCH_BACKEND = KernelBackend(
@@ -44,10 +29,6 @@ TORCH_BACKEND = KernelBackend(
     description="pure torch (segment/gather LoRA with a per-step plan, SDPA over gathered paged KV)",
     decode_bgmv_min_segments=1 << 30,
 )
-
-
-class KernelUnavailable(RuntimeError):
-    """The requested kernel backend cannot run here (e.g. Triton not installed)."""
 
 
 def _triton_backend() -> KernelBackend:

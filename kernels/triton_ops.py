@@ -15,7 +15,7 @@ import os
 import torch
 
 from openlora.kernels import triton_attention, triton_lora
-from openlora.kernels.ops import KernelBackend
+from openlora.kernels.backend import KernelBackend
 
 log = logging.getLogger("openlora.kernels")
 
