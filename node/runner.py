@@ -116,7 +116,7 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
         log.info(f"HTTP API on http://{cfg.api.host}:{cfg.api.port}/v1 "
                  f"({'free local mode: unsigned requests accepted' if cfg.api.free_local_mode else 'signed requests'})")
         if chain is not None:
-            settlement = await start_settlement(cfg, store, chain, account, network=net)
+            settlement = await start_settlement(cfg, store, chain, account, publish=net.publish_receipts)
             svc.settlement = settlement
         log.info("node running; press Ctrl-C to stop")
         try:

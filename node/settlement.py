@@ -4,13 +4,14 @@ What it does: batches pending receipts by count or age; for each requester debit
 prices, backed by the highest voucher the node stored, within what the chain says is left (cap - debited, lane
 balance); turns the receipts' prices x attribution weights into exact credits (attribution.split.batch_credits,
 protocol fee from the deployment, rounding remainders to the operator); publishes every receipt with its node
-signature to <publish_dir>/<batchId>.json (the header's receiptsUri is its file:// URI); persists the batch
+signature to <publish_dir>/<batchId>.json (the header's receiptsUri is its file:// URI, or the URI returned by the
+`publish` callable it is given: the wiring's puts the file into the IPFS blockstore, ipfs://CID); persists the batch
 BEFORE sending; signs and sends the transaction with the node's key; waits for confirmations; marks receipts
 settled. Crash-safe: on (re)start every prepared/submitted batch is resumed — the contract's batchId =
 keccak(node, receiptsRoot) is checked (`creditsRootOf`) before anything is (re)sent, so a batch settles once.
 RPC outages are retried with exponential backoff (`run`); nothing is lost, the receipts stay in the store.
 What it does not do: write receipts (the API does), verify vouchers (the API does before `record_voucher`), or
-upload the receipts to IPFS (a file:// URI; pinning them is a later step).
+know how receipts reach IPFS or the DHT (it imports neither node.ipfs nor node.p2p; an import-linter contract).
 
 Chain access is a sync web3 `Web3` (HTTPProvider) used from a worker thread (`asyncio.to_thread`): one thread
 at a time settles (a lock), the event loop never blocks on RPC.
@@ -23,7 +24,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from eth_utils import to_checksum_address
 from web3.exceptions import ContractLogicError, TransactionNotFound
@@ -37,6 +38,10 @@ from openlora.attribution.split import batch_credits, merge, split_exact
 from openlora.fsutil import atomic_write
 from openlora.node.errors import ChainUnavailable, NodeError
 from openlora.node.storage import Store
+
+# (the receipts file's bytes, its batch id) -> the URI that goes on chain as the batch's receiptsUri. Called on the
+# settlement worker thread; if it raises, `prepare` raises before the batch is created (the receipts stay pending).
+PublishReceipts = Callable[[bytes, str], str]
 
 log = logging.getLogger("openlora.settlement")
 ZERO32 = bytes(32)
@@ -84,7 +89,7 @@ class SettlementLoop:
                  batch_max_age_s: float = 30.0, confirmations: int = 1, publish_dir: Path | str = "receipts",
                  operator: str | None = None, retry_base_s: float = 1.0, retry_max_s: float = 60.0,
                  mine_timeout_s: float = 120.0, poll_s: float = 0.5, max_fee_per_gas_wei: int = 0,
-                 ipfs: Any | None = None, provide: Any | None = None):
+                 publish: PublishReceipts | None = None):
         self.store, self.w3, self.dep, self.account = store, w3, deployment, account
         self.node = to_checksum_address(account.address)
         self.operator = to_checksum_address(operator or account.address)
@@ -96,9 +101,9 @@ class SettlementLoop:
         self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
         self.mine_timeout_s, self.poll_s = mine_timeout_s, poll_s
         self.max_fee_per_gas_wei = max_fee_per_gas_wei          # 0: no cap on replacement fees
-        # Published receipts also go into this IPFS blockstore (receiptsUri = ipfs://CID) and, with `provide`,
-        # are announced to the DHT so that auditors elsewhere can fetch them by CID.
-        self.ipfs, self.provide = ipfs, provide
+        # With `publish` the receipts file is also published elsewhere and its URI goes on chain (the node's wiring:
+        # the IPFS blockstore, receiptsUri ipfs://CID, announced to the DHT); without it, its file:// URI.
+        self.publish = publish
         self.metrics: dict[str, Any] = {"batches_settled": 0, "receipts_settled": 0, "chain_errors": 0,
                                         "last_error": None, "last_tx": None, "next_retry_s": 0.0,
                                         "replacements": 0}
@@ -240,27 +245,12 @@ class SettlementLoop:
         text = dumps(chosen, batch_id=bid, node=self.node, receipts_root="0x" + probe.receipts_root.hex(),
                      chain_id=self.dep.chain_id, settlement=self.dep.address("Settlement"))
         atomic_write(path, text)
-        uri = self._publish_ipfs(text, bid) if self.ipfs is not None else path.resolve().as_uri()
+        uri = self.publish(text.encode("utf-8"), bid) if self.publish is not None else path.resolve().as_uri()
         self.store.create_batch(bid, [r.request_id for r in chosen], "0x" + probe.receipts_root.hex(), uri,
                                 [{"requester": d.requester, "cap": str(d.cumulative_cap), "amount": str(d.amount),
                                   "signature": "0x" + d.signature.hex()} for d in debits], credits, total)
         log.info("batch %s prepared: %d receipts, %d requesters, total %d wei", bid, len(chosen), len(debits), total)
         return self.store.batch(bid)
-
-    def _publish_ipfs(self, text: str, batch_id: str) -> str:
-        """Add the published receipts file to the node's blockstore (Kubo-identical CID: CIDv1, raw leaves) and
-        provide it; returns its ipfs:// URI (what goes on chain as the batch's receiptsUri)."""
-        from openlora.content.importer import add_bytes
-
-        entry = add_bytes(text.encode("utf-8"), sink=self.ipfs.put_trusted)
-        self.ipfs.add_root(entry.cid, {"kind": "receipts", "batch_id": batch_id})
-        if self.provide is not None:
-            try:
-                self.provide(str(entry.cid))
-            except Exception as e:  # noqa: BLE001 - the DHT record is best effort; the blocks are stored
-                log.warning("receipts of batch %s: DHT provide failed (%s); peers can still fetch them from this "
-                            "node", batch_id, e)
-        return f"ipfs://{entry.cid}"
 
     def _rebuild(self, b: dict) -> Batch:
         receipts = self.store.batch_receipts(b["batch_id"])
@@ -397,17 +387,16 @@ class SettlementLoop:
         raise SettlementError(f"batch {b['batch_id']}: {why}")
 
 
-async def start_settlement(cfg: Any, store: Store, chain: Any, account: Any, network: Any = None) -> SettlementLoop:
+async def start_settlement(cfg: Any, store: Store, chain: Any, account: Any,
+                           publish: PublishReceipts | None = None) -> SettlementLoop:
     """The node's settlement loop from its config (node.config.NodeConfig), running as a task: `chain` has
-    `.w3` (sync Web3) and `.deployment`; receipts are published under <home>/receipts/ and, with `network`
-    (node.wiring.Network), into its IPFS blockstore (receiptsUri ipfs://CID, provided over the DHT)."""
-    ipfs = network.store.blocks if network is not None else None
-    provide = network.p2p.provide if network is not None and network.p2p is not None else None
+    `.w3` (sync Web3) and `.deployment`; receipts are published under <home>/receipts/ and, with `publish`
+    (node.wiring.Network.publish_receipts), wherever it puts them (receiptsUri = the URI it returns)."""
     loop = SettlementLoop(store, chain.w3, chain.deployment, account,
                           batch_max_receipts=cfg.settlement.batch_max_receipts,
                           batch_max_age_s=cfg.settlement.batch_max_age_s, confirmations=cfg.chain.confirmations,
                           publish_dir=cfg.home / "receipts", mine_timeout_s=cfg.settlement.replace_after_s,
-                          max_fee_per_gas_wei=cfg.settlement.max_fee_per_gas_wei, ipfs=ipfs, provide=provide)
+                          max_fee_per_gas_wei=cfg.settlement.max_fee_per_gas_wei, publish=publish)
     loop.start()
     log.info("settlement loop started: a batch every %d receipts or %.0fs, %d confirmation(s), receipts published "
              "in %s", loop.max_receipts, loop.max_age_s, loop.confirmations, loop.publish_dir)

@@ -25,6 +25,7 @@ from openlora.node.errors import ChainUnavailable, RequestRejected
 from openlora.node.pipeline import NodeService, ServedRequest
 
 log = logging.getLogger("openlora.node")
+settlement_log = logging.getLogger("openlora.settlement")   # receipts publishing reports where settlement does
 ZERO_ADDRESS = "0x" + "00" * 20
 TERMS_TTL_S = 60.0
 
@@ -187,9 +188,33 @@ class Network:
                     log.info("adapter announced by a peer; servable on demand", extra={"fields": {"cid": cid}})
         self._follow = asyncio.get_running_loop().create_task(follow(), name="p2p-announcements")
 
+    def publish_receipts(self, data: bytes, batch_id: str) -> str:
+        """The settlement loop's `publish` (node.settlement.PublishReceipts): see `blockstore_publisher`."""
+        provide = self.p2p.provide if self.p2p is not None else None
+        return blockstore_publisher(self.store.blocks, provide)(data, batch_id)
+
     def stop(self) -> None:
         if self.p2p is not None:
             self.p2p.stop()
+
+
+def blockstore_publisher(blocks, provide: Callable[[str], Any] | None = None) -> Callable[[bytes, str], str]:
+    """(data, batch_id) -> ipfs://CID: a published receipts file added to the blockstore `blocks` (Kubo-identical
+    CID: CIDv1, raw leaves; kept as a root of kind "receipts") and, with `provide`, announced to the DHT. The DHT
+    record is best effort: a failed provide is logged, the blocks stay stored and peers can fetch them from here."""
+    def publish(data: bytes, batch_id: str) -> str:
+        from openlora.content.importer import add_bytes
+
+        entry = add_bytes(data, sink=blocks.put_trusted)
+        blocks.add_root(entry.cid, {"kind": "receipts", "batch_id": batch_id})
+        if provide is not None:
+            try:
+                provide(str(entry.cid))
+            except Exception as e:  # noqa: BLE001 - the DHT record is best effort; the blocks are stored
+                settlement_log.warning("receipts of batch %s: DHT provide failed (%s); peers can still fetch them "
+                                       "from this node", batch_id, e)
+        return f"ipfs://{entry.cid}"
+    return publish
 
 
 def start_network(cfg: NodeConfig, account, base_model: str) -> Network:

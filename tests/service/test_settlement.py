@@ -302,14 +302,14 @@ def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_accoun
         store.record_voucher(q.address, chain.node.address, total, chain.voucher(q, total))
         for r in rs:
             store.add_receipt(r)
-        net = None
+        publisher = None
         if publish == "ipfs":
             from openlora.content.blockstore import Blockstore
+            from openlora.node.wiring import blockstore_publisher
             provided.clear()
-            net = SimpleNamespace(store=SimpleNamespace(blocks=Blockstore(home / "ipfs")),
-                                  p2p=SimpleNamespace(provide=provided.append))
+            publisher = blockstore_publisher(Blockstore(home / "ipfs"), provided.append)
         loop = await start_settlement(cfg, store, SimpleNamespace(w3=chain.w3, deployment=chain.dep), node_account,
-                                      network=net)
+                                      publish=publisher)
         await asyncio.to_thread(wait_for, lambda: store.counts()["settled"] == 3, 20, what="the settlement task")
         await loop.stop()
         assert (home / "receipts").is_dir() and loop.metrics["batches_settled"] == 1
@@ -353,6 +353,24 @@ def test_node_settlement_task_and_payouts_claim_cli(chain, tmp_path, node_accoun
     (home / "config.toml").write_text(toml.replace(url, "http://127.0.0.1:9"))
     out = run(cli, ["--home", str(home), "payouts"])
     assert out.exit_code != 0 and "chain not reachable at http://127.0.0.1:9" in str(out.exception)
+
+
+def test_receipts_publisher_provide_is_best_effort(tmp_path, caplog):
+    """The wiring's receipts publisher (what settlement is given): the file goes into the blockstore under its
+    Kubo-identical CID whether or not the DHT provide works; a failed provide is one warning, not a failed batch."""
+    from openlora.content.blockstore import Blockstore
+    from openlora.content.importer import add_bytes
+    from openlora.node.wiring import blockstore_publisher
+
+    def provide(cid: str) -> None:
+        raise TimeoutError("no DHT peers")
+
+    data = b'{"receipts": []}'
+    blocks = Blockstore(tmp_path / "ipfs")
+    cid = add_bytes(data).cid
+    assert blockstore_publisher(blocks, provide)(data, "0xab") == f"ipfs://{cid}"
+    assert blocks.has(cid) and blocks.has_root(cid)
+    assert "DHT provide failed" in caplog.text and "0xab" in caplog.text
 
 
 def test_batch_of_256_receipts_from_10_requesters_figures(chain, adapter, tmp_path, capsys):
