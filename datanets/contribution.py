@@ -181,25 +181,43 @@ def _row(rec: dict[str, str], body: str, name: str, limits: Limits) -> Row:
     return Row(str(cid), data, body)
 
 
-def prepare(data: bytes, name: str = "contribution", limits: Limits = Limits(), fmt: str | None = None) -> Prepared:
-    """Validate, normalise and split a contribution file. Raises ContributionError (one line) on refusal."""
+Progress = Callable[[int, int], None]   # progress(done, total), e.g. rows hashed of all rows
+
+
+def _every(n: int, total: int) -> bool:
+    return n == total or n % 256 == 0
+
+
+def prepare(data: bytes, name: str = "contribution", limits: Limits = Limits(), fmt: str | None = None,
+            progress: Progress | None = None) -> Prepared:
+    """Validate, normalise and split a contribution file. Raises ContributionError (one line) on refusal.
+    `progress(rows hashed, rows)` is called as rows are content-addressed (every 256 rows and at the end)."""
     fmt = fmt or format_of(name)
     if fmt not in FORMATS:
         raise ContributionError(f"{name}: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     text = normalise(data, name, limits)
-    rows = tuple(_row(rec, body, name, limits) for rec, body in split_rows(text, fmt, name, limits))
+    split = split_rows(text, fmt, name, limits)
+    out = []
+    for n, (rec, body) in enumerate(split, 1):
+        out.append(_row(rec, body, name, limits))
+        if progress and _every(n, len(split)):
+            progress(n, len(split))
+    rows = tuple(out)
     norm = text.encode("utf-8")
     return Prepared(fmt, norm, str(add_bytes(norm).cid), rows)
 
 
-def store(p: Prepared, blockstore: Any, license: str) -> str:
-    """Import the file, its rows and its record into `blockstore`; returns the contribution's CID."""
+def store(p: Prepared, blockstore: Any, license: str, progress: Progress | None = None) -> str:
+    """Import the file, its rows and its record into `blockstore`; returns the contribution's CID.
+    `progress(rows stored, rows)` is called every 256 rows and at the end."""
     if not license or len(license) > 200:
         raise ContributionError("a contribution needs a license (an SPDX id such as CC-BY-4.0, at most 200 chars)")
     sink = blockstore.put_trusted
     file_cid = str(add_bytes(p.data, sink).cid)
-    for r in p.rows:
+    for n, r in enumerate(p.rows, 1):
         add_bytes(r.data, sink)
+        if progress and _every(n, len(p.rows)):
+            progress(n, len(p.rows))
     record = canonical_json({"format": RECORD_FORMAT, "data_format": p.format, "license": license,
                              "data": file_cid, "bytes": len(p.data), "rows": len(p.rows)})
     return str(add_bytes(record, sink).cid)
@@ -221,14 +239,21 @@ def read_file(cid: str, get: Callable, max_bytes: int) -> bytes:
     return out.getvalue()
 
 
-def load(cid: str, get: Callable, limits: Limits = Limits()) -> Loaded:
-    """Read contribution `cid` (its record, then its file; every block verified) and re-derive its rows."""
+def read_record(cid: str, get: Callable) -> dict[str, Any]:
+    """Contribution `cid`'s record (format, data_format, license, data, bytes, rows), checked for shape only."""
     try:
         rec = safe_loads(read_file(cid, get, 64 << 10), max_bytes=64 << 10, max_depth=4)
     except UnsafeJSONError as e:
         raise DatanetError(f"contribution {cid}: its record is not JSON: {e}") from None
-    if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT or rec.get("data_format") not in FORMATS:
+    if not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT or rec.get("data_format") not in FORMATS \
+            or not isinstance(rec.get("data"), str):
         raise DatanetError(f"contribution {cid}: not an {RECORD_FORMAT} record")
+    return rec
+
+
+def load(cid: str, get: Callable, limits: Limits = Limits()) -> Loaded:
+    """Read contribution `cid` (its record, then its file; every block verified) and re-derive its rows."""
+    rec = read_record(cid, get)
     data = read_file(str(rec["data"]), get, limits.max_bytes)
     p = prepare(data, f"contribution {cid}", limits, rec["data_format"])
     if p.cid != rec["data"] or p.data != data:

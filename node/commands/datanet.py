@@ -1,4 +1,4 @@
-"""`openlora-node datanet create | contribute | pending | review | publish | show | list | verify`.
+"""`openlora-node datanet create | contribute | pending | review | publish | show | list | pull | verify`.
 
 What it does: the contributor -> curator -> version loop of docs/datanets.md from the command line. Files are
 validated and imported into the home's blockstore (<home>/ipfs) before anything is sent; the chain calls are signed
@@ -6,8 +6,12 @@ locally with the node's keystore or --key-file (a JSON keystore or a hex private
 reasons are kept in <home>/datanets/reviews.json (the chain records the decision, not the reason). Every error is
 one line (a non-curator reviewing, an unknown Datanet, a wrong network, an account without gas, a refused file);
 `--json` gives machine-readable output on every command. Weights are token counts under the named tokenizer.
-What it does not do: fetch contributions or versions from other nodes (a later `datanet pull`): `pending`, `publish`
-and `verify` read the blocks from this home's blockstore.
+`publish` and `pull` record the version as a blockstore root of kind "datanet-version", so a node started on this
+home provides it on the DHT (its block server serves every block in the store). `pull` fetches a version from peers
+(libp2p block exchange, datanets.pull's three waves) or gateways, every block verified against its CID, then
+verifies it. Progress bars (stderr) for files over 1 MiB and for 1,000 rows or more.
+What it does not do: fetch a pending contribution from its contributor's node: `pending` and `show --contribution`
+read this home's blockstore (`pull` fetches published versions only).
 """
 
 from __future__ import annotations
@@ -92,6 +96,63 @@ def _tokens(n: int, tokenizer: str = "words-v1") -> str:
     return f"{n:,} tokens ({tokenizer})"
 
 
+BAR_BYTES = 1 << 20     # work above this many bytes or rows shows a progress bar (on stderr, so --json stays clean)
+BAR_ROWS = 1_000
+
+
+class _Bar:
+    """A click progress bar on stderr fed by `progress(done, total)` callbacks; shown only when `show` or when the
+    total reaches BAR_ROWS."""
+
+    def __init__(self, label: str, show: bool = False):
+        self.label, self.show = label, show
+        self.bar: Any = None
+        self.pos = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if not (self.show or total >= BAR_ROWS):
+                return
+            self.bar = click.progressbar(length=total, label=self.label, file=click.get_text_stream("stderr"))
+            self.bar.__enter__()
+        self.bar.update(done - self.pos)
+        self.pos = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _Money:
+    """Token amounts as the token contract states them: symbol and decimals read from OpenLoRAToken (never
+    hard-coded)."""
+
+    def __init__(self, w3: Any, dep: Any):
+        token = dep.contract(w3, "OpenLoRAToken")
+        try:
+            self.symbol = str(token.functions.symbol().call())
+            self.decimals = int(token.functions.decimals().call())
+        except Exception as e:  # noqa: BLE001 - any call failure: one line
+            raise DatanetCommandError(f"cannot read the token's symbol and decimals at {token.address}: "
+                                      f"{type(e).__name__}: {e}") from None
+
+    def __call__(self, amount: int) -> str:
+        whole, frac = divmod(int(amount), 10 ** self.decimals)
+        digits = f"{frac:0{self.decimals}d}".rstrip("0") if self.decimals else ""
+        return f"{whole:,}{'.' + digits if digits else ''} {self.symbol}"
+
+    def json(self, amount: int) -> dict[str, Any]:
+        return {"amount": str(int(amount)), "decimals": self.decimals, "symbol": self.symbol,
+                "display": self(amount)}
+
+
 @click.group("datanet")
 def command() -> None:
     """Contribute data to Datanets, review contributions, publish and verify content-addressed versions."""
@@ -147,11 +208,14 @@ def contribute(obj: Any, datanet_id: int, file: Path, license_: str, fmt: str | 
             data = f.read(limits.max_bytes + 1)   # one byte more than allowed is enough to refuse it
     except OSError as e:
         raise DatanetCommandError(f"cannot read {file}: {e.strerror}") from None
-    prepared = contrib.prepare(data, file.name, limits, fmt)   # refusals happen here, before any chain call
+    big = len(data) > BAR_BYTES
+    with _Bar(f"checking {file.name}", big) as bar:   # refusals happen here, before any chain call
+        prepared = contrib.prepare(data, file.name, limits, fmt, progress=bar)
     ctx = _Ctx(obj)
     ctx.reg.datanet(datanet_id)
     account = ctx.signer(key_file, password_file)
-    cid = contrib.store(prepared, ctx.blocks, license_)
+    with _Bar(f"importing {len(prepared.rows):,} rows", big) as bar:
+        cid = contrib.store(prepared, ctx.blocks, license_, progress=bar)
     sent = ctx.reg.contribute(account, datanet_id, cid, len(prepared.data))
     tokens = sum(count_tokens("words-v1", r.text) for r in prepared.rows)
     _emit(as_json, {"datanet_id": datanet_id, "contribution_id": sent.value, "cid": cid, "data_cid": prepared.cid,
@@ -241,6 +305,7 @@ def publish(obj: Any, datanet_id: int, key_file: Path | None, password_file: Pat
     ctx = _Ctx(obj)
     account = ctx.signer(key_file, password_file)
     sent, cid, m = ctx.reg.publish(account, datanet_id, ctx.blocks)
+    _hold(ctx, datanet_id, sent.value, cid)
     per = [{"id": c["id"], "contributor": c["contributor"], "weight": c["weight"], "rows": len(c["rows"]),
             "duplicates": sum("duplicate" in r for r in c["rows"])} for c in m["contributions"]]
     _emit(as_json, {"datanet_id": datanet_id, "version": sent.value, "manifest_cid": cid,
@@ -318,10 +383,127 @@ def verify(obj: Any, datanet_id: int, version: int | None, as_json: bool) -> Non
     """Refetch every row of a version, check every CID, recompute every weight, compare with the chain."""
     ctx = _Ctx(obj)
     t0 = time.perf_counter()
-    r = ctx.reg.verify(datanet_id, version, ctx.blocks.get)
+    r = _verify(ctx, datanet_id, version)
     r["seconds"] = round(time.perf_counter() - t0, 3)
     _emit(as_json, {"ok": True, **{k: v for k, v in r.items() if k != "seconds"}, "ms": int(r["seconds"] * 1000)},
           [f"version {r['version']} of Datanet {datanet_id} verified: {r['manifest_cid']}",
            f"{r['contributions']} contribution(s), {r['rows']:,} rows, total weight "
            f"{_tokens(r['total_weight'], r['tokenizer'])}, every CID and weight recomputed "
            f"({r['seconds']:.2f} s)"])
+
+
+def _verify(ctx: _Ctx, datanet_id: int, version: int | None) -> dict[str, Any]:
+    """Registry.verify over this home's blockstore, with a progress bar over the rows read for 1,000 rows or more."""
+    from openlora.datanets import manifest as mf
+    v = ctx.reg.version(datanet_id, version)
+    try:
+        rows = {str(r["cid"]) for c in mf.read(v.manifest_cid, ctx.blocks.get)["contributions"] for r in c["rows"]}
+    except (KeyError, TypeError):
+        rows = set()   # a malformed manifest: verify says what is wrong with it
+    seen: set[str] = set()
+    with _Bar(f"verifying {len(rows):,} rows") as bar:
+        def get(cid: Any) -> bytes:
+            data = ctx.blocks.get(cid)
+            key = str(cid)
+            if key in rows and key not in seen:
+                seen.add(key)
+                if len(seen) % 256 == 0 or len(seen) == len(rows):
+                    bar(len(seen), len(rows))
+            return data
+        return ctx.reg.verify(datanet_id, v.version, get)
+
+
+def _hold(ctx: _Ctx, datanet_id: int, version: int, manifest_cid: str) -> None:
+    """Record a version held in this home's blockstore (a root of kind "datanet-version"): a node started on this
+    home provides it on the DHT, and its block server serves every block of it."""
+    ctx.blocks.add_root(manifest_cid, {"kind": "datanet-version", "datanet_id": datanet_id, "version": version,
+                                       "chain_id": int(ctx.w3.eth.chain_id), "registry": ctx.reg.c.address})
+
+
+@command.command("pull")
+@click.argument("datanet_id", type=int)
+@click.option("--version", "version", type=int, default=None, help="Version to pull (default: the latest).")
+@click.option("--peer", "peers", multiple=True,
+              help="Peer multiaddr (/ip4/.../tcp/.../p2p/ID) to fetch from over libp2p (repeatable); with [p2p] "
+                   "enabled in config.toml, its bootstrap peers are used too.")
+@click.option("--gateway", "gateways", multiple=True, help="Trustless gateway URL (repeatable), after the peers.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for peers to connect.")
+@click.option("--max-bytes", type=int, default=16 << 30, show_default=True,
+              help="Most bytes of blocks accepted from peers in one wave (manifest, records, files and rows).")
+@json_option
+@click.pass_obj
+@_one_line
+def pull(obj: Any, datanet_id: int, version: int | None, peers: tuple[str, ...], gateways: tuple[str, ...],
+         timeout: float, max_bytes: int, as_json: bool) -> None:
+    """Fetch a version (manifest, contribution records, files, rows) from peers or gateways, every block verified
+    against its CID, then verify it (weights recomputed, compared with the chain)."""
+    from openlora.content.cid import as_cid
+    from openlora.content.dag import missing_blocks
+    from openlora.datanets.pull import pull as pull_version
+    from openlora.node.ipfs.errors import IpfsError
+    from openlora.node.ipfs.fetchers import GatewayFetcher, fetch_from_any, fetchers_from_config
+    ctx = _Ctx(obj)
+    v = ctx.reg.version(datanet_id, version)
+    others = fetchers_from_config(ctx.cfg) + [GatewayFetcher(g) for g in gateways]
+    bootstrap = tuple(peers) + (tuple(ctx.cfg.p2p.bootstrap) if ctx.cfg.p2p.enabled else ())
+    if not bootstrap and not others and missing_blocks(v.manifest_cid, ctx.blocks):
+        raise DatanetCommandError(f"no source to pull version {v.version} of Datanet {datanet_id} from: pass --peer "
+                                  f"MULTIADDR or --gateway URL, or set [p2p] bootstrap / [ipfs] gateways")
+    service = None
+    sources: list[str] = []
+    t0 = time.perf_counter()
+
+    def fetch(roots: list[str], what: str) -> int:
+        nonlocal service
+        want = [r for r in roots if missing_blocks(r, ctx.blocks)]
+        if not want:
+            return 0
+        errors = []
+        if bootstrap:
+            if service is None:
+                from openlora.node.commands.adapters import _pull_host
+                from openlora.node.ipfs.adapters import AdapterStore
+                service = _pull_host(obj, AdapterStore(ctx.cfg.home / "ipfs"), bootstrap, timeout)
+            keys = set(want)
+            got: set[str] = set()
+            with _Bar(f"fetching {what}") as bar:
+                def on_block(cid: Any, n: int) -> None:
+                    if str(cid) in keys and str(cid) not in got:
+                        got.add(str(cid))
+                        bar(len(got), len(keys))
+                try:
+                    n = service.fetch_many(want, max_bytes=max_bytes, on_block=on_block)
+                    sources.append("p2p")
+                    return n
+                except IpfsError as e:
+                    errors.append(f"peers: {e}")
+            want = [r for r in want if missing_blocks(r, ctx.blocks)]
+        if not others:
+            raise DatanetCommandError(f"could not fetch {what} of version {v.version} of Datanet {datanet_id}: "
+                                      + "; ".join(errors))
+        n = 0
+        for r in want:
+            try:
+                name, k = fetch_from_any(as_cid(r), others, ctx.blocks)
+            except IpfsError as e:
+                raise DatanetCommandError(f"could not fetch {r} ({what}) of version {v.version} of Datanet "
+                                          f"{datanet_id}: {'; '.join(errors + [str(e)])}") from None
+            sources.append(name)
+            n += k
+        return n
+
+    try:
+        pulled = pull_version(v.manifest_cid, fetch, ctx.blocks)
+    finally:
+        if service is not None:
+            service.stop()
+    fetch_s = time.perf_counter() - t0
+    _hold(ctx, datanet_id, v.version, v.manifest_cid)
+    r = _verify(ctx, datanet_id, v.version)
+    _emit(as_json, {"ok": True, **r, "blocks_fetched": pulled.blocks_fetched, "sources": sorted(set(sources)),
+                    "ms": int((time.perf_counter() - t0) * 1000)},
+          [f"pulled version {v.version} of Datanet {datanet_id}: {v.manifest_cid}",
+           f"{pulled.blocks_fetched:,} block(s) fetched ({', '.join(sorted(set(sources))) or 'all held already'}) in "
+           f"{fetch_s:.2f} s, every block checked against its CID",
+           f"verified: {r['contributions']} contribution(s), {r['rows']:,} rows, total weight "
+           f"{_tokens(r['total_weight'], r['tokenizer'])}, every weight recomputed and compared with the chain"])

@@ -217,24 +217,26 @@ class _BlockWriter:
             raise self._error
 
 
-async def fetch_dag_from_peer(open_stream: Callable[[], Awaitable], root: CID, store, *,
+async def fetch_dag_from_peer(open_stream: Callable[[], Awaitable], root: CID | list[CID], store, *,
                               block_timeout: float = 15.0, batch: int = BATCH, streams: int = STREAMS,
                               pipeline: int = PIPELINE, max_bytes: int | None = None,
                               on_block: Callable[[CID, int], None] | None = None) -> int:
     """Fetch every block of `root` that `store` lacks from one peer, level by level of the DAG; the blocks of a
     level are requested in batches over up to `streams` parallel streams. More than `max_bytes` of blocks is refused
-    (a peer cannot fill the disk with a huge DAG). Returns the number of blocks fetched."""
+    (a peer cannot fill the disk with a huge DAG). `root` may be a list of roots, fetched together (a Datanet
+    version's rows: hundreds of one-block DAGs in a few batches). Returns the number of blocks fetched."""
     received = [0]
 
     def count(cid: CID, n: int) -> None:
         received[0] += n
         if max_bytes is not None and received[0] > max_bytes:
-            raise ExchangeError(f"{root}: the DAG is larger than the {max_bytes}-byte limit for an adapter")
+            raise ExchangeError(f"{root}: the DAG is larger than the {max_bytes}-byte limit for an adapter"
+                                if isinstance(root, CID) else f"more than the {max_bytes}-byte limit was sent")
         if on_block:
             on_block(cid, n)
 
     fetched = 0
-    level = [root]
+    level = list(root) if isinstance(root, (list, tuple)) else [root]
     seen: set[CID] = set()
     lanes: list[tuple[object, _Reader]] = []
     writer = _BlockWriter(store, depth=8)  # at most 8 blocks (2 MiB) wait for the disk
@@ -301,12 +303,13 @@ async def fetch_dag_from_peer(open_stream: Callable[[], Awaitable], root: CID, s
     return fetched
 
 
-async def fetch_with_failover(root: CID, store, providers: list, open_stream_to: Callable[[object], Awaitable],
-                              **kw) -> int:
+async def fetch_with_failover(root: CID | list[CID], store, providers: list,
+                              open_stream_to: Callable[[object], Awaitable], **kw) -> int:
     """Try `providers` (peer ids) in order until the DAG is complete. Blocks from a failed provider that verified
     are kept; a corrupt block is never stored. Raises FetchError naming the root and each provider's failure."""
+    label = root if isinstance(root, CID) else f"{root[0]}" if len(root) == 1 else f"{len(root)} DAGs ({root[0]}, ...)"
     if not providers:
-        raise FetchError(f"no provider known for {root}")
+        raise FetchError(f"no provider known for {label}")
     errors = []
     total = 0
     for peer in providers:
@@ -319,5 +322,5 @@ async def fetch_with_failover(root: CID, store, providers: list, open_stream_to:
             errors.append(f"{peer}: {e}")
         except (EOFError, Exception) as e:  # noqa: BLE001 - libp2p raises many types for a dead peer
             errors.append(f"{peer}: {type(e).__name__}: {e}")
-        log.warning("fetch of %s from %s failed (%s); trying the next provider", root, peer, errors[-1])
-    raise FetchError(f"could not fetch {root} from any of {len(providers)} providers: " + "; ".join(errors))
+        log.warning("fetch of %s from %s failed (%s); trying the next provider", label, peer, errors[-1])
+    raise FetchError(f"could not fetch {label} from any of {len(providers)} providers: " + "; ".join(errors))

@@ -108,6 +108,7 @@ class P2PNode:
         self.load_fn = lambda: 0.0
         self.resident_fn = lambda: list(self.store.list())
         self._own_announcements: dict[str, bytes] = {}
+        self._provided_content: set[str] = set()   # Datanet versions provided on the DHT (roots of other kinds)
         self.pubsub: Pubsub | None = None
         self.dht: KadDHT | None = None
         self.addrs: list[str] = []
@@ -212,6 +213,7 @@ class P2PNode:
     async def _announce_loop(self) -> None:
         while True:
             await trio.sleep(self.settings.announce_interval_s)
+            await self._provide_content()
             held = self.store.list()
             for cid in held:
                 raw = self._own_announcements.get(cid) or self.adapters.get(cid, {}).get("raw")
@@ -245,6 +247,16 @@ class P2PNode:
         for cid in self.store.list():
             if self.store.complete(cid):
                 await self.provide(cid)
+        await self._provide_content()
+
+    async def _provide_content(self) -> None:
+        """Provide each Datanet version this home holds (blockstore roots of kind "datanet-version", recorded by
+        `datanet publish` or `datanet pull`, possibly in another process) once; the block server already serves
+        every block in the store."""
+        for cid, meta in self.store.blocks.roots().items():
+            if meta.get("kind") == "datanet-version" and cid not in self._provided_content:
+                if await self.provide(cid):
+                    self._provided_content.add(cid)
 
     async def find_providers(self, cid: str) -> list[str]:
         """Peers that may hold `cid`: DHT provider records and what gossip told us (connected ones first), then any
@@ -280,3 +292,18 @@ class P2PNode:
                                       block_timeout=self.settings.block_timeout_s,
                                       max_bytes=self.settings.max_adapter_bytes)
         return n
+
+    async def fetch_many(self, roots: list[str], providers: list[str] | None = None, max_bytes: int | None = None,
+                         on_block=None) -> int:
+        """Fetch the DAGs of several roots together (providers of the first one unless given), every block verified;
+        used for Datanet versions (node/commands/datanet.py `pull`)."""
+        cids = [CID.parse(str(c)) for c in roots]
+        providers = providers if providers is not None else await self.find_providers(str(cids[0]))
+
+        async def open_stream(peer: str):
+            with trio.fail_after(self.settings.block_timeout_s):
+                return await self.host.new_stream(ID.from_base58(peer), [BLOCKS_PROTOCOL])
+
+        return await fetch_with_failover(cids, self.store.blocks, providers, open_stream,
+                                         block_timeout=self.settings.block_timeout_s, max_bytes=max_bytes,
+                                         on_block=on_block)

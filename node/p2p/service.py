@@ -91,6 +91,11 @@ class P2PService:
             self.bridge.call(self.node.provide, str(as_cid(cid)))
         return n
 
+    def fetch_many(self, cids: list[str], providers: list[str] | None = None, max_bytes: int | None = None,
+                   on_block=None) -> int:
+        """Fetch several DAGs into the node's blockstore at once (a Datanet version's waves); nothing is recorded."""
+        return self.bridge.call(self.node.fetch_many, [str(as_cid(c)) for c in cids], providers, max_bytes, on_block)
+
     def known_adapters(self) -> dict[str, dict]:
         return self.bridge.call(self._async(lambda: {c: dict(v, providers=sorted(v["providers"]))
                                                       for c, v in self.node.adapters.items()}))
