@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -113,7 +114,7 @@ class _Bar:
         if self.bar is None:
             if not (self.show or total >= BAR_ROWS):
                 return
-            self.bar = click.progressbar(length=total, label=self.label, file=click.get_text_stream("stderr"))
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
             self.bar.__enter__()
         self.bar.update(done - self.pos)
         self.pos = done
@@ -322,10 +323,14 @@ def publish(obj: Any, datanet_id: int, key_file: Path | None, password_file: Pat
 @click.argument("datanet_id", type=int)
 @click.option("--contribution", "contribution_id", type=int, default=None, help="Show one contribution's rows.")
 @click.option("--rows", "max_rows", type=int, default=20, show_default=True, help="Rows shown with --contribution.")
+@click.option("--earnings", is_flag=True,
+              help="Also each contributor's share of the Datanet's attribution (latest version's weights) and what "
+                   "settled batches have credited them, in the token's units (reads every BatchSettled event).")
 @json_option
 @click.pass_obj
 @_one_line
-def show(obj: Any, datanet_id: int, contribution_id: int | None, max_rows: int, as_json: bool) -> None:
+def show(obj: Any, datanet_id: int, contribution_id: int | None, max_rows: int, earnings: bool,
+         as_json: bool) -> None:
     """A Datanet: curator, contributions and versions; or one contribution's rows (--contribution N)."""
     ctx = _Ctx(obj)
     info = ctx.reg.datanet(datanet_id)
@@ -357,7 +362,30 @@ def show(obj: Any, datanet_id: int, contribution_id: int | None, max_rows: int, 
     lines += [f"  #{c['id']} {c['contributor']} {c['status']} {c['cid']}"
               + (f" ({c['reason']})" if c["reason"] else "") for c in data["contributions"]]
     lines += [f"  version {v.version}: {v.manifest_cid}, total weight {v.total_weight:,}" for v in versions]
+    if earnings:
+        data["earnings"], more = _earnings(ctx, datanet_id)
+        lines += more
     _emit(as_json, data, lines)
+
+
+def _earnings(ctx: _Ctx, datanet_id: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each contributor's share of the Datanet (weights of its latest version, else declared sizes) and what settled
+    batches credited them (all sources: credits are per address, not per Datanet), amounts in the token's units."""
+    from openlora.attribution.payouts import payouts_of
+    from openlora.attribution.pricing import contributor_weights
+    money = _Money(ctx.w3, ctx.dep)
+    weights = contributor_weights(ctx.w3, ctx.dep, datanet_id)
+    total = sum(weights.values())
+    out, lines = [], [f"contributors' shares and payouts ({money.symbol}, {money.decimals} decimals, read from the "
+                      f"token contract):"]
+    for who, w in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0])):
+        report = payouts_of(ctx.w3, ctx.dep, who)
+        bps = w * 10_000 // total if total else 0
+        out.append({"contributor": who, "weight": w, "share_bps": bps, "earned": money.json(report.earned),
+                    "claimable": money.json(report.claimable)})
+        lines.append(f"  {who}: weight {w:,} ({bps / 100:.2f}%), earned {money(report.earned)}, claimable "
+                     f"{money(report.claimable)}")
+    return out, lines
 
 
 @command.command("list")
