@@ -38,7 +38,9 @@ def _w3(url: str) -> Web3:
 
 def up(d: Path, host: str = chain.DEFAULT_HOST, port: int = chain.DEFAULT_PORT,
        chain_id: int = chain.DEFAULT_CHAIN_ID, node_deployment_file: Path | None = None,
-       progress: Callable[[str], Any] | None = None) -> UpResult:
+       progress: Callable[[str], Any] | None = None, home: Path | None = None) -> UpResult:
+    """`home`: the node home whose blockstore receives the demo Datanet's blocks (seed.py); None keeps them in
+    memory."""
     say = progress or (lambda msg: None)
     d = d.resolve()
     info, started = chain.start_anvil(d, host=host, port=port, chain_id=chain_id)
@@ -60,7 +62,7 @@ def up(d: Path, host: str = chain.DEFAULT_HOST, port: int = chain.DEFAULT_PORT,
         say(f"deploying contracts ({reason})")
         accts = dev_accounts()
         dep = deploy_all(w3, accts[ROLES["deployer"]].address, accts[ROLES["protocol"]].address, progress=say)
-        extra = seed(w3, dep, progress=say)
+        extra = seed(w3, dep, progress=say, home=home)
         dep = Deployment(**{**dep.__dict__, "block": extra["block"], "extra": extra})
         dep.write(dep_path)
     else:

@@ -58,7 +58,8 @@ def up(obj, devnet_dir: str | None, host: str, port: int, chain_id: int) -> None
     from openlora.devnet.service import up as devnet_up
     try:
         res = devnet_up(_dir(obj, devnet_dir), host=host, port=port, chain_id=chain_id,
-                        node_deployment_file=_node_deployment_file(obj.home), progress=click.echo)
+                        node_deployment_file=_node_deployment_file(obj.home), progress=click.echo,
+                        home=obj.home)
     except (DevnetError, DeploymentError, ArtifactError) as e:
         raise DevnetCommandError(str(e)) from None
     _point_node_at(obj.home, res)

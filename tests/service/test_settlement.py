@@ -70,11 +70,13 @@ def test_pricing_reads_the_chain(chain, adapter):
     weights = dict(vec)
     assert set(weights) == {adapter, chain.node.address} | {c["contributor"] for c in accepted}
     total_w = sum(weights.values())
-    # author 20%, operator 30%, contributors 50% by accepted size
+    # author 20%, operator 30%, contributors 50% by the weights of the Datanet's published version (from content)
     assert weights[adapter] * 10 == total_w * 2 and weights[chain.node.address] * 10 == total_w * 3
-    size = sum(c["size"] for c in accepted)
+    mine: dict[str, int] = {}
     for c in accepted:
-        assert weights[c["contributor"]] * size * 2 == total_w * c["size"]
+        mine[c["contributor"]] = mine.get(c["contributor"], 0) + c["weight"]
+    for who, w in mine.items():
+        assert weights[who] * sum(mine.values()) * 2 == total_w * w
     assert price_of(terms, 10**9, 5, 7) == (10**10 + 10**9) * 12
     assert attribution_vector(BASE_MODEL, {}, chain.node.address, Shares()) == ((chain.node.address, 1),)
     with pytest.raises(PricingError, match="not registered"):
