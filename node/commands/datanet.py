@@ -474,9 +474,6 @@ def pull(obj: Any, datanet_id: int, version: int | None, peers: tuple[str, ...],
     v = ctx.reg.version(datanet_id, version)
     others = fetchers_from_config(ctx.cfg) + [GatewayFetcher(g) for g in gateways]
     bootstrap = tuple(peers) + (tuple(ctx.cfg.p2p.bootstrap) if ctx.cfg.p2p.enabled else ())
-    if not bootstrap and not others and missing_blocks(v.manifest_cid, ctx.blocks):
-        raise DatanetCommandError(f"no source to pull version {v.version} of Datanet {datanet_id} from: pass --peer "
-                                  f"MULTIADDR or --gateway URL, or set [p2p] bootstrap / [ipfs] gateways")
     service = None
     sources: list[str] = []
     t0 = time.perf_counter()
@@ -486,6 +483,10 @@ def pull(obj: Any, datanet_id: int, version: int | None, peers: tuple[str, ...],
         want = [r for r in roots if missing_blocks(r, ctx.blocks)]
         if not want:
             return 0
+        if not bootstrap and not others:
+            raise DatanetCommandError(f"no source to pull version {v.version} of Datanet {datanet_id} from ({what} "
+                                      f"not held here): pass --peer MULTIADDR or --gateway URL, or set [p2p] "
+                                      f"bootstrap / [ipfs] gateways in config.toml")
         errors = []
         if bootstrap:
             if service is None:

@@ -23,7 +23,8 @@ from openlora.node.p2p.host import P2PSettings
 from openlora.node.p2p.service import P2PService
 from tests.datanets.test_chain import TEXTS, Cli, home, jsonl  # noqa: F401  (home: a pytest fixture)
 
-ROWS_A = [f"Row {i}: a LoRA adapter of rank {i % 16 + 1} adds two small matrices to layer {i % 24}." for i in range(300)]
+ROWS_A = [f"Row {i}: a LoRA adapter of rank {i % 16 + 1} adds two small matrices to layer {i % 24}."
+          for i in range(300)]
 ROWS_B = ["Content identifiers let anyone check what they fetched from a stranger.",
           "A curator accepts or rejects each contribution and says why."]
 
@@ -135,6 +136,8 @@ def test_cli_pull_from_a_peer_then_verify(home, capsys, tmp_path, make_host):  #
     assert got["ok"] and got["manifest_cid"] == pub["manifest_cid"] and got["rows"] == len(TEXTS)
     assert got["total_weight"] == pub["total_weight"] and got["sources"] == ["p2p"] and got["blocks_fetched"] > 5
     assert cli_b.json("verify", str(dn))["ok"]
+    code, out, _ = cli_b("pull", str(dn))                   # everything held: no source needed, nothing fetched
+    assert code == 0 and "0 block(s) fetched (all held already)" in out and "verified: 1 contribution(s)" in out
     assert AdapterStore(b_home / "ipfs").blocks.root_meta(pub["manifest_cid"])["version"] == 1
 
     # a host serving a tampered row: one line naming the block, nothing corrupt stored
@@ -149,3 +152,40 @@ def test_cli_pull_from_a_peer_then_verify(home, capsys, tmp_path, make_host):  #
     assert code == 1 and last.startswith("error: ") and row in last and "failed verification" in last, err[-2000:]
     assert not AdapterStore(c_home / "ipfs").blocks.has(row)
     assert json.loads((home / "deployment.json").read_text())["chain_id"] == 31337
+
+
+def test_cli_pull_from_a_trustless_gateway(home, capsys, tmp_path):  # noqa: F811
+    """Without peers, `pull --gateway URL` fetches each root as a CAR (every block verified) and verifies."""
+    import io
+
+    from aiohttp import web
+
+    from openlora.content.car import write_car
+    from tests.ipfs.test_adapters_fetchers import Server
+
+    cli = Cli(home, capsys)
+    dn = cli.json("create", "--name", "gw", key="curator0")["datanet_id"]
+    (tmp_path / "g.jsonl").write_bytes(jsonl(*TEXTS[:3]))
+    c = cli.json("contribute", str(dn), str(tmp_path / "g.jsonl"), key="contributors1")["contribution_id"]
+    cli.json("review", str(dn), str(c), "--accept", "--reason", "ok", key="curator0")
+    pub = cli.json("publish", str(dn), key="curator0")
+    held = AdapterStore(home / "ipfs").blocks
+    asked = []
+
+    async def handler(request):
+        cid = request.match_info["cid"]
+        asked.append(cid)
+        out = io.BytesIO()
+        write_car(cid, held.get, out)
+        return web.Response(body=out.getvalue(), content_type="application/vnd.ipld.car")
+
+    app = web.Application()
+    app.router.add_get("/ipfs/{cid}", handler)
+    srv = Server(app)
+    try:
+        got = Cli(_home(tmp_path / "g", home), capsys).json("pull", str(dn), "--gateway",
+                                                            f"http://127.0.0.1:{srv.port}")
+    finally:
+        srv.close()
+    assert got["ok"] and got["rows"] == 3 and got["total_weight"] == pub["total_weight"]
+    assert got["sources"] == [f"gateway http://127.0.0.1:{srv.port}"] and asked[0] == pub["manifest_cid"]
