@@ -25,6 +25,7 @@ from eth_utils import to_checksum_address
 from openlora.attribution.deployment import Deployment
 from openlora.attribution.eip712 import adapter_id
 from openlora.attribution.errors import AttributionError
+from openlora.attribution.receipts import checksum
 
 BPS = 10_000
 _MAX_EXACT_SCALE = 2**64  # above this common denominator, contributor weights are floored at 1e-18 precision
@@ -114,8 +115,8 @@ def attribution_vector(terms: AdapterTerms, contributors_by_datanet: dict[int, d
     A price p is split as p * weight / sum(weights). Exact when the Datanets' total weights have a small common
     multiple (always so on the devnet); otherwise contributor weights are floored at 1e-18 relative precision.
     """
-    operator = to_checksum_address(operator)
-    fallback = to_checksum_address(terms.author) if terms.author else operator
+    operator = checksum(operator)     # memoised: this runs for every served request, on the same few addresses
+    fallback = checksum(terms.author) if terms.author else operator
     totals = {d: sum(contributors_by_datanet.get(d, {}).values()) for d, _ in terms.datanet_weights}
     scale = 1
     for t in totals.values():
@@ -129,7 +130,7 @@ def attribution_vector(terms: AdapterTerms, contributors_by_datanet: dict[int, d
 
     def add(who: str, w: int) -> None:
         if w:
-            key = to_checksum_address(who)
+            key = checksum(who)
             out[key] = out.get(key, 0) + w
 
     add(operator, shares.operator_bps * unit)

@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from eth_account.messages import encode_defunct
 from eth_utils import keccak, to_checksum_address
 
@@ -91,8 +92,10 @@ def receipt_hash(r: Receipt) -> bytes:
 
 
 def sign_receipt(r: Receipt, private_key: Any) -> Receipt:
-    """The receipt with `node_signature` set. The key must be the receipt's node (checked)."""
-    acct = Account.from_key(private_key.key if hasattr(private_key, "key") else private_key)
+    """The receipt with `node_signature` set. The key (or a LocalAccount, which saves deriving the address from the
+    key for every receipt) must be the receipt's node (checked)."""
+    acct = private_key if isinstance(private_key, LocalAccount) else \
+        Account.from_key(private_key.key if hasattr(private_key, "key") else private_key)
     if acct.address != checksum(r.node):
         raise ReceiptError(f"receipt node is {r.node} but the signing key is {acct.address}")
     sig = acct.sign_message(encode_defunct(primitive=receipt_hash(r)))

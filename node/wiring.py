@@ -245,7 +245,7 @@ def build_service(cfg: NodeConfig, account, client, store, chain: Chain | None, 
                     requester=served.requester or ZERO_ADDRESS, node=node, adapter_cid=served.adapter_cid,
                     prompt_tokens=served.prompt_tokens, completion_tokens=served.completion_tokens, price=price,
                     attribution=vector, created_at=int(time.time()))
-        store.add_receipt(sign_receipt(r, account.key))
+        store.add_receipt(sign_receipt(r, account))
         return served.request_id
 
     def readiness() -> dict[str, bool | str]:
