@@ -44,18 +44,23 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=4.0)
     ap.add_argument("--contributions", type=int, default=10)
     ap.add_argument("--no-chain", action="store_true")
+    ap.add_argument("--import-only", action="store_true", help="measure the import of one --mb contribution only "
+                    "(the contribution size limit is raised to fit it)")
     args = ap.parse_args()
+    limits = contrib.Limits(max_bytes=max(contrib.Limits().max_bytes, int(args.mb * 1e6) + (1 << 20)))
     data = rows_jsonl(args.mb)
     with tempfile.TemporaryDirectory() as tmp:
         bs = Blockstore(Path(tmp) / "ipfs")
         t0 = time.perf_counter()
-        p = contrib.prepare(data, "bench.jsonl")
+        p = contrib.prepare(data, "bench.jsonl", limits)
         t1 = time.perf_counter()
         contrib.store(p, bs, "CC0-1.0")
         t2 = time.perf_counter()
         mbytes = len(data) / 1e6
         print(f"import {mbytes:.1f} MB JSONL, {len(p.rows):,} rows: prepare {mbytes / (t1 - t0):.1f} MB/s, "
               f"prepare + store {mbytes / (t2 - t0):.1f} MB/s ({t2 - t0:.2f} s)")
+        if args.import_only:
+            return
         lines = data.splitlines(keepends=True)
         k = args.contributions
         accepted = []
