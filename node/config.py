@@ -239,10 +239,36 @@ class StorageSection:
                 f"storage.database_url = {self.database_url!r}: allowed are sqlite:///PATH or postgresql://...")
 
 
+@dataclass(frozen=True)
+class DatanetsSection:
+    """[datanets]: what a contribution may be (read by `datanet contribute`, and by `pending`, `show`, `publish`
+    and `verify` when they read one back) and from which similarity a row is a near duplicate (`pending`,
+    `publish`). The `datanet` CLI options override them."""
+    max_contribution_bytes: ByteSize = ByteSize(64 * 2**20)
+    max_rows: int = 1_000_000
+    max_row_bytes: ByteSize = ByteSize(2**20)
+    near_duplicate_threshold: float = 0.6
+
+    def __post_init__(self) -> None:
+        _check_range("datanets.max_contribution_bytes", self.max_contribution_bytes, 1)
+        _check_range("datanets.max_rows", self.max_rows, 1)
+        _check_range("datanets.max_row_bytes", self.max_row_bytes, 1)
+        if not 0 < self.near_duplicate_threshold <= 1:
+            raise ConfigError(f"datanets.near_duplicate_threshold = {self.near_duplicate_threshold!r}: must be "
+                              f"greater than 0 and at most 1 (estimated Jaccard similarity; 0.6 by default)")
+        if round(self.near_duplicate_threshold * 10_000) < 1:
+            raise ConfigError(f"datanets.near_duplicate_threshold = {self.near_duplicate_threshold!r}: must be at "
+                              f"least 0.0001 (it is kept in 1/10,000)")
+
+    @property
+    def near_duplicate_threshold_bps(self) -> int:
+        return round(self.near_duplicate_threshold * 10_000)
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeSection, "model": ModelSection, "engine": EngineSection, "adapters": AdaptersSection,
     "api": ApiSection, "chain": ChainSection, "settlement": SettlementSection, "p2p": P2PSection,
-    "ipfs": IpfsSection, "storage": StorageSection,
+    "ipfs": IpfsSection, "storage": StorageSection, "datanets": DatanetsSection,
 }
 
 
@@ -260,6 +286,7 @@ class NodeConfig:
     p2p: P2PSection = field(default_factory=P2PSection)
     ipfs: IpfsSection = field(default_factory=IpfsSection)
     storage: StorageSection = field(default_factory=StorageSection)
+    datanets: DatanetsSection = field(default_factory=DatanetsSection)
 
     def path(self, relative: str) -> Path:
         """A path from the config, resolved against the home directory."""
@@ -513,4 +540,11 @@ gateways = []                   # trustless gateway URLs
 [storage]
 database_url = ""               # empty: sqlite:///<home>/node.db (WAL); or postgresql://USER:PASSWORD@HOST:PORT/DBNAME
                                 #   (pip install 'openlora-node[postgres]')
+
+[datanets]
+max_contribution_bytes = "64MiB"  # largest file `datanet contribute` accepts (pending/show/publish/verify read)
+max_rows = 1000000              # most rows in one contribution
+max_row_bytes = "1MiB"          # largest row (its canonical JSON)
+near_duplicate_threshold = 0.6  # 0 < t <= 1: estimated Jaccard similarity from which a row is a near duplicate
+                                #   (pending, publish; verify uses the threshold written in each manifest)
 """

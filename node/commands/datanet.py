@@ -63,6 +63,11 @@ class _Ctx:
             raise DatanetCommandError(str(e)) from None
         self.reg = Registry(self.w3, self.dep)
         self.blocks = Blockstore(self.cfg.home / "ipfs")
+        self.limits = _limits(self.cfg)
+
+    def dedup(self) -> Any:
+        from openlora.datanets.dedup import DedupParams
+        return DedupParams(threshold_bps=self.cfg.datanets.near_duplicate_threshold_bps)
 
     def signer(self, key_file: Path | None, password_file: Path | None) -> Any:
         from openlora.node.commands.claim import _signer
@@ -83,6 +88,23 @@ class _Ctx:
 
     def review_key(self, datanet_id: int, contribution_id: int) -> str:
         return f"{self.w3.eth.chain_id}:{self.reg.c.address}:{datanet_id}:{contribution_id}"
+
+
+def _limits(cfg: Any, max_bytes: int | None = None, max_rows: int | None = None) -> Any:
+    """Contribution limits: the options given, else config.toml's [datanets] (else its defaults)."""
+    from openlora.datanets.contribution import Limits
+    d = cfg.datanets if cfg is not None else None
+    if d is None:
+        from openlora.node.config import DatanetsSection
+        d = DatanetsSection()
+    return Limits(max_bytes=max_bytes or int(d.max_contribution_bytes), max_rows=max_rows or d.max_rows,
+                  max_row_bytes=int(d.max_row_bytes))
+
+
+def _home_config(obj: Any) -> Any:
+    """The home's config when it has one (a ConfigError if it is invalid), else None."""
+    from openlora.node.config import CONFIG_FILENAME, load_config
+    return load_config(obj.home) if (obj.home / CONFIG_FILENAME).is_file() else None
 
 
 def _emit(as_json: bool, data: Any, lines: list[str]) -> None:
@@ -190,8 +212,10 @@ def create(obj: Any, name: str, description: str, license_: str, key_file: Path 
 @click.option("--license", "license_", default="CC-BY-4.0", show_default=True, help="License of the data (SPDX).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "markdown", "text"]), default=None,
               help="File format (default: from the extension: .jsonl, .md, else text).")
-@click.option("--max-bytes", type=int, default=None, help="Largest file accepted (default 64 MiB).")
-@click.option("--max-rows", type=int, default=None, help="Most rows accepted (default 1,000,000).")
+@click.option("--max-bytes", type=int, default=None,
+              help="Largest file accepted (default: [datanets] max_contribution_bytes, 64 MiB).")
+@click.option("--max-rows", type=int, default=None,
+              help="Most rows accepted (default: [datanets] max_rows, 1,000,000).")
 @key_file_option
 @password_file_option
 @json_option
@@ -202,8 +226,7 @@ def contribute(obj: Any, datanet_id: int, file: Path, license_: str, fmt: str | 
     """Validate FILE, import it (rows and all) into the blockstore and submit its CID to Datanet DATANET_ID."""
     from openlora.datanets import contribution as contrib
     from openlora.datanets.tokenize import count_tokens
-    defaults = contrib.Limits()
-    limits = contrib.Limits(max_bytes=max_bytes or defaults.max_bytes, max_rows=max_rows or defaults.max_rows)
+    limits = _limits(_home_config(obj), max_bytes, max_rows)
     try:
         with open(file, "rb") as f:
             data = f.read(limits.max_bytes + 1)   # one byte more than allowed is enough to refuse it
@@ -230,7 +253,7 @@ def contribute(obj: Any, datanet_id: int, file: Path, license_: str, fmt: str | 
 def _assessment(ctx: _Ctx, datanet_id: int, c: Any) -> dict[str, Any]:
     from openlora.datanets.errors import DatanetError
     try:
-        entry = ctx.reg.assess(datanet_id, c.id, ctx.blocks.get)
+        entry = ctx.reg.assess(datanet_id, c.id, ctx.blocks.get, dedup=ctx.dedup(), limits=ctx.limits)
     except DatanetError as e:
         return {"readable": False, "why": str(e)}
     rows = entry["rows"]
@@ -305,7 +328,7 @@ def publish(obj: Any, datanet_id: int, key_file: Path | None, password_file: Pat
     """Publish the next version: a manifest of the accepted contributions, weights from content (curator only)."""
     ctx = _Ctx(obj)
     account = ctx.signer(key_file, password_file)
-    sent, cid, m = ctx.reg.publish(account, datanet_id, ctx.blocks)
+    sent, cid, m = ctx.reg.publish(account, datanet_id, ctx.blocks, dedup=ctx.dedup(), limits=ctx.limits)
     _hold(ctx, datanet_id, sent.value, cid)
     per = [{"id": c["id"], "contributor": c["contributor"], "weight": c["weight"], "rows": len(c["rows"]),
             "duplicates": sum("duplicate" in r for r in c["rows"])} for c in m["contributions"]]
@@ -338,7 +361,7 @@ def show(obj: Any, datanet_id: int, contribution_id: int | None, max_rows: int, 
     if contribution_id is not None:
         from openlora.datanets.contribution import load
         c = ctx.reg.contribution(datanet_id, contribution_id)
-        loaded = load(c.cid, ctx.blocks.get)
+        loaded = load(c.cid, ctx.blocks.get, ctx.limits)
         rows = [{"cid": r.cid, "text": r.text} for r in loaded.prepared.rows]
         note = reviews.get(ctx.review_key(datanet_id, c.id), {})
         _emit(as_json, {"id": c.id, "contributor": c.contributor, "cid": c.cid, "status": c.status,
@@ -438,7 +461,7 @@ def _verify(ctx: _Ctx, datanet_id: int, version: int | None) -> dict[str, Any]:
                 if len(seen) % 256 == 0 or len(seen) == len(rows):
                     bar(len(seen), len(rows))
             return data
-        return ctx.reg.verify(datanet_id, v.version, get)
+        return ctx.reg.verify(datanet_id, v.version, get, ctx.limits)
 
 
 def _hold(ctx: _Ctx, datanet_id: int, version: int, manifest_cid: str) -> None:

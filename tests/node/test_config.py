@@ -111,3 +111,32 @@ def test_pinned_adapters_are_registered_and_pinned(tiny):
             cid: (cid, True), "law": ("bafkreilaw", True)}
     finally:
         client.shutdown()
+
+
+def test_datanets_section_defaults_env_and_bad_values():
+    cfg = parse(DEFAULT_CONFIG_TOML)
+    d = cfg.datanets
+    assert (d.max_contribution_bytes, d.max_rows, d.max_row_bytes) == (64 * 2**20, 1_000_000, 2**20)
+    assert d.near_duplicate_threshold == 0.6 and d.near_duplicate_threshold_bps == 6000
+    assert parse(DEFAULT_CONFIG_TOML.split("[datanets]")[0]).datanets == d       # the section is optional
+    cfg = parse(replace('max_contribution_bytes = "64MiB"', 'max_contribution_bytes = "2 KiB"')
+                .replace("near_duplicate_threshold = 0.6", "near_duplicate_threshold = 1"),
+                {"OPENLORA_DATANETS_MAX_ROWS": "7", "OPENLORA_DATANETS_MAX_ROW_BYTES": "512"})
+    assert (cfg.datanets.max_contribution_bytes, cfg.datanets.max_rows, cfg.datanets.max_row_bytes) == (2048, 7, 512)
+    assert cfg.datanets.near_duplicate_threshold_bps == 10_000
+    for old, new, expect in [
+        ("max_rows = 1000000", "max_rows = 0", r"datanets.max_rows = 0: must be >= 1"),
+        ("max_rows = 1000000", 'max_rows = "many"', r"datanets.max_rows = 'many': expected an integer"),
+        ('max_row_bytes = "1MiB"', 'max_row_bytes = "1 XB"', r"datanets.max_row_bytes = '1 XB': expected a byte size"),
+        ('max_contribution_bytes = "64MiB"', "max_contribution_bytes = 0",
+         r"datanets.max_contribution_bytes = 0: must be >= 1"),
+        ("near_duplicate_threshold = 0.6", "near_duplicate_threshold = 0",
+         r"datanets.near_duplicate_threshold = 0.0: must be greater than 0 and at most 1"),
+        ("near_duplicate_threshold = 0.6", "near_duplicate_threshold = 1.5",
+         r"datanets.near_duplicate_threshold = 1.5: must be greater than 0 and at most 1"),
+        ("near_duplicate_threshold = 0.6", "near_duplicate_threshold = nan", r"must be greater than 0"),
+    ]:
+        with pytest.raises(ConfigError, match=expect):
+            parse(replace(old, new))
+    with pytest.raises(ConfigError, match=r"datanets.max_rows = 'x' \(from the environment\): expected an integer"):
+        parse(DEFAULT_CONFIG_TOML, {"OPENLORA_DATANETS_MAX_ROWS": "x"})
