@@ -8,7 +8,8 @@
    cost, not a batch-size effect). One unmeasured warm-up pass of the whole trace first; then --reps pairs in one
    run, the order swapped every pair (in-process first, then HTTP first, ...). Reports best of each, the median
    of the per-pair ratios, and the process CPU time each side spent on the same tokens (less sensitive to other
-   jobs on a shared box; the HTTP side's includes the benchmark's own HTTP clients). Goal: HTTP >= 0.9x in-process
+   jobs on a shared box). The HTTP clients run in a separate process (as a dApp's would; --clients-in-process puts
+   them in the node's process, competing for its GIL). Goal: HTTP >= 0.9x in-process
    throughput.
 2. Per request: EIP-712 request + voucher signature checks with nonce reservation (node.auth.verify on a real
    SQLite store; the chain lane lookup stubbed with a constant, it is a cached RPC in production), and the receipt
@@ -75,6 +76,14 @@ async def over_http(url: str, model: str, reqs, concurrency: int) -> float:
         t = time.perf_counter()
         toks = sum(await asyncio.gather(*(one(session, r) for r in reqs)))
         return toks / (time.perf_counter() - t)
+
+
+def over_http_sync(url: str, model: str, reqs, concurrency: int) -> tuple[float, float]:
+    """(tok/s, this process's CPU seconds): what the client process runs, as a dApp's clients would, apart from
+    the node's process and its GIL."""
+    cpu = time.process_time()
+    tps = asyncio.run(over_http(url, model, reqs, concurrency))
+    return tps, time.process_time() - cpu
 
 
 def per_request_costs(tmp: Path, n: int, database_url: str | None = None, pending: int = 0) -> dict:
@@ -158,6 +167,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--costs", type=int, default=500)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--clients-in-process", action="store_true",
+                    help="run the HTTP clients in the node's own process (they then compete with the server and the "
+                         "engine for the GIL); default: a separate client process, as real clients are")
     ap.add_argument("--costs-only", action="store_true", help="only the per-request costs (no HTTP throughput run)")
     ap.add_argument("--pending", type=int, default=0,
                     help="store this many unsettled receipts of the requester before the per-request costs")
@@ -193,29 +205,45 @@ def main() -> None:
     svc = build_service(cfg, Account.create(), client, store, None)
     reqs = make_trace(args.requests, 0, 1.0, 1.0, (8, 64), (8, 32), BENCH_SPEC.vocab_size, seed=3)
     results: dict[str, list] = {"in_process": [], "http": [], "in_process_cpu_s": [], "http_cpu_s": []}
+    import concurrent.futures
+    import multiprocessing
+    pool = None if args.clients_in_process else concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"))
     with ServerThread(build_app(svc)) as server:
         loop = server.loop
         run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()  # noqa: E731
-        measure = {"in_process": lambda: run(in_process(client, reqs, args.concurrency)),
-                   "http": lambda: asyncio.run(over_http(server.url, llm.engine.spec.model_id, reqs,
-                                                         args.concurrency))}
+        model_id = llm.engine.spec.model_id
+
+        def http() -> float:
+            if pool is None:
+                return asyncio.run(over_http(server.url, model_id, reqs, args.concurrency))
+            tps, client_cpu = pool.submit(over_http_sync, server.url, model_id, reqs, args.concurrency).result()
+            results.setdefault("client_cpu_s", []).append(client_cpu)
+            return tps
+        measure = {"in_process": lambda: run(in_process(client, reqs, args.concurrency)), "http": http}
         measure["in_process"]()                                   # warm-up: every batch size the runs will see
-        asyncio.run(over_http(server.url, llm.engine.spec.model_id, reqs[:4], args.concurrency))
+        measure["http"]()
         for i in range(args.reps):
             for name in ("in_process", "http") if i % 2 == 0 else ("http", "in_process"):
                 cpu = time.process_time()        # every thread of this process: engine, server, HTTP clients
                 results[name].append(measure[name]())
                 results[name + "_cpu_s"].append(time.process_time() - cpu)
     client.shutdown()
+    if pool is not None:
+        pool.shutdown()
+        results.pop("client_cpu_s", None)
     best_in, best_http = max(results["in_process"]), max(results["http"])
     pairs = [h / p for p, h in zip(results["in_process"], results["http"])]
     results["pair_ratios"] = pairs
-    print(f"in-process: {best_in:.1f} tok/s, HTTP ({args.concurrency} streaming clients): {best_http:.1f} tok/s "
+    where = "in the node's process" if pool is None else "in a separate process"
+    print(f"in-process: {best_in:.1f} tok/s, HTTP ({args.concurrency} streaming clients {where}): "
+          f"{best_http:.1f} tok/s "
           f"-> {best_http / best_in:.2f}x best of each; median of {len(pairs)} pair ratios "
           f"{statistics.median(pairs):.2f}x (runs: {[round(x) for x in results['in_process']]} / "
           f"{[round(x) for x in results['http']]}; pairs {[round(x, 2) for x in pairs]})", flush=True)
     cpu = [p / h for p, h in zip(results["in_process_cpu_s"], results["http_cpu_s"])]
-    print(f"CPU time of the whole process for the same tokens, in-process / HTTP (HTTP clients included): median "
+    print(f"CPU time of the node's process for the same tokens, in-process / HTTP"
+          f"{' (HTTP clients included)' if pool is None else ''}: median "
           f"{statistics.median(cpu):.2f}x (pairs {[round(x, 2) for x in cpu]}; seconds "
           f"{[round(x, 2) for x in results['in_process_cpu_s']]} / {[round(x, 2) for x in results['http_cpu_s']]})",
           flush=True)
