@@ -152,8 +152,8 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
     prompt = _prompt(svc, body, chat)
     adm = await pipeline.admit(svc, body=body, prompt=prompt, params=params, auth=_auth_object(body, request),
                                chat=chat)
+    gen = pipeline.outputs(svc, adm)
     try:
-        gen = pipeline.outputs(svc, adm)
         if not body.get("stream"):
             async for out in gen:
                 adm.last_output = out
@@ -161,9 +161,13 @@ async def generate(request: web.Request, chat: bool) -> web.StreamResponse:
             return await _final_response(svc, adm, adm.last_output, tail, chat)
         return await _stream(request, svc, adm, gen, chat)
     finally:
-        # the client went away, the engine failed, or anything else ended the response early: what was generated
-        # is owed a receipt (or, with nothing generated, the reservation is released); a no-op after commit()
-        await pipeline.close_partial(svc, adm)
+        # the client went away, the engine failed, or anything else ended the response early: stop generating at
+        # once (closing the stream aborts the request in the engine), then what was generated is owed a receipt
+        # (or, with nothing generated, the reservation is released); both are no-ops after a normal end
+        try:
+            await gen.aclose()
+        finally:
+            await pipeline.close_partial(svc, adm)
 
 
 async def _final_response(svc: NodeService, adm: pipeline.Admission, final, tail: dict,

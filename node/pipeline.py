@@ -185,6 +185,10 @@ async def _write_receipt(svc: NodeService, adm: Admission, prompt_tokens: int, c
     except Exception as e:
         log.error("receipt commit failed", extra={"fields": {"request_id": adm.request_id,
                                                              "error": type(e).__name__}})
+        try:       # nothing is charged, so nothing stays reserved (if the store is down too: the next start frees it)
+            await _release(svc, adm)
+        except Exception:  # noqa: BLE001 - the store is down; logged above
+            pass
         raise RequestRejected(503, "receipt_store_unavailable", "the receipt could not be committed; the request "
                                                                 "is not charged", "server_error") from None
     svc.metrics.receipts.inc()
