@@ -6,6 +6,9 @@ for the DAGs of every contribution record, reads them, then for every contributi
 caller's: the node's libp2p block exchange, a gateway, or anything that writes verified blocks into `store` (every
 block is checked against its CID before it is stored, and again by `store.get` when it is read). Returns a
 `Pulled` summary. The caller then runs `manifest.verify` (or `Registry.verify`) on what was pulled.
+`pull_contribution(cid, fetch, store, limits)` does the same for one contribution (pending or not): its record,
+then its file, then every row the file splits into (row CIDs are recomputed from the file, so a contributor's node
+must hold and serve exactly the rows its file gives), so a curator on another machine can read and assess it.
 What it does not do: talk to the network itself (node/ does), trust the manifest (verify does the recomputing), or
 compare with the chain (registry.py).
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from openlora.datanets import manifest as mf
-from openlora.datanets.contribution import read_record
+from openlora.datanets.contribution import Limits, load, read_record
 from openlora.datanets.errors import DatanetError, VerificationError
 
 #: fetch(roots, what) -> blocks fetched; raises on failure (its message names what could not be fetched).
@@ -54,3 +57,26 @@ def pull(manifest_cid: str, fetch: Fetch, store: Any) -> Pulled:
     if rest:
         fetched += fetch(rest, f"{len(files)} file(s) and {len(rows):,} row(s)")
     return Pulled(manifest_cid, m, len(contribs), len(rows), fetched)
+
+
+@dataclass(frozen=True)
+class PulledContribution:
+    cid: str
+    rows: int
+    blocks_fetched: int
+    loaded: Any       # contribution.Loaded: its license and prepared rows, re-derived from the fetched file
+
+
+def pull_contribution(cid: str, fetch: Fetch, store: Any, limits: Limits = Limits()) -> PulledContribution:
+    """Fetch contribution `cid`'s record, then its file, then its rows; see the module docstring."""
+    fetched = fetch([cid], "contribution record")
+    try:
+        data = str(read_record(cid, store.get)["data"])
+    except DatanetError as e:
+        raise VerificationError(str(e)) from None
+    fetched += fetch([data], "contribution file")
+    loaded = load(cid, store.get, limits)
+    rows = [r.cid for r in loaded.prepared.rows]
+    if rows:
+        fetched += fetch(list(dict.fromkeys(rows)), f"{len(rows):,} row(s)")
+    return PulledContribution(cid, len(rows), fetched, loaded)

@@ -6,12 +6,14 @@ locally with the node's keystore or --key-file (a JSON keystore or a hex private
 reasons are kept in <home>/datanets/reviews.json (the chain records the decision, not the reason). Every error is
 one line (a non-curator reviewing, an unknown Datanet, a wrong network, an account without gas, a refused file);
 `--json` gives machine-readable output on every command. Weights are token counts under the named tokenizer.
-`publish` and `pull` record the version as a blockstore root of kind "datanet-version", so a node started on this
-home provides it on the DHT (its block server serves every block in the store). `pull` fetches a version from peers
-(libp2p block exchange, datanets.pull's three waves) or gateways, every block verified against its CID, then
-verifies it. Progress bars (stderr) for files over 1 MiB and for 1,000 rows or more.
-What it does not do: fetch a pending contribution from its contributor's node: `pending` and `show --contribution`
-read this home's blockstore (`pull` fetches published versions only).
+`publish` and `pull` record the version as a blockstore root of kind "datanet-version", `contribute` the
+contribution as one of kind "datanet-contribution", so a node started on this home provides them on the DHT (its
+block server serves every block in the store). `pull` fetches a version from peers (libp2p block exchange,
+datanets.pull's three waves) or gateways, every block verified against its CID, then verifies it; `show
+--contribution` and `pending` fetch the contributions they read the same way when this home lacks them (a curator
+on another machine reads a pending contribution from its contributor's node). Limits and the near-duplicate
+threshold come from config.toml's [datanets]. Progress bars (stderr) for files over 1 MiB and for 1,000 rows or more.
+What it does not do: keep review reasons on chain (<home>/datanets/reviews.json).
 """
 
 from __future__ import annotations
@@ -241,6 +243,7 @@ def contribute(obj: Any, datanet_id: int, file: Path, license_: str, fmt: str | 
     with _Bar(f"importing {len(prepared.rows):,} rows", big) as bar:
         cid = contrib.store(prepared, ctx.blocks, license_, progress=bar)
     sent = ctx.reg.contribute(account, datanet_id, cid, len(prepared.data))
+    _hold_contribution(ctx, datanet_id, sent.value, cid)
     tokens = sum(count_tokens("words-v1", r.text) for r in prepared.rows)
     _emit(as_json, {"datanet_id": datanet_id, "contribution_id": sent.value, "cid": cid, "data_cid": prepared.cid,
                     "format": prepared.format, "rows": len(prepared.rows), "bytes": len(prepared.data),
@@ -250,8 +253,44 @@ def contribute(obj: Any, datanet_id: int, file: Path, license_: str, fmt: str | 
            f"pending until the curator reviews it; tx {sent.tx} (gas {sent.gas_used:,})"])
 
 
-def _assessment(ctx: _Ctx, datanet_id: int, c: Any) -> dict[str, Any]:
+source_options = [
+    click.option("--peer", "peers", multiple=True,
+                 help="Peer multiaddr (/ip4/.../tcp/.../p2p/ID) to fetch contributions not held here from, over "
+                      "libp2p (repeatable); with [p2p] enabled in config.toml, its bootstrap peers are used too."),
+    click.option("--gateway", "gateways", multiple=True, help="Trustless gateway URL (repeatable), after the peers."),
+    click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for peers to connect."),
+]
+
+
+def _sources(fn: Callable) -> Callable:
+    for option in reversed(source_options):
+        fn = option(fn)
+    return fn
+
+
+def _hold_contribution(ctx: _Ctx, datanet_id: int, contribution_id: int, cid: str) -> None:
+    """Record a contribution held in this home's blockstore (a root of kind "datanet-contribution"): a node started
+    on this home provides it on the DHT and serves its record, file and rows, so a curator elsewhere can read it."""
+    if not ctx.blocks.has_root(cid):
+        ctx.blocks.add_root(cid, {"kind": "datanet-contribution", "datanet_id": datanet_id,
+                                  "contribution_id": contribution_id, "chain_id": int(ctx.w3.eth.chain_id),
+                                  "registry": ctx.reg.c.address})
+
+
+def _fetch_contribution(ctx: _Ctx, fetcher: "_Fetcher", datanet_id: int, c: Any) -> Any:
+    """Make contribution `c`'s record, file and rows present in this home (fetched over `fetcher` when they are not:
+    every block checked against its CID), record it as held, and return its Loaded."""
+    from openlora.datanets.pull import pull_contribution
+    fetcher.subject = f"contribution {c.id} of Datanet {datanet_id}"
+    pulled = pull_contribution(c.cid, fetcher, ctx.blocks, ctx.limits)
+    _hold_contribution(ctx, datanet_id, c.id, c.cid)
+    return pulled.loaded
+
+
+def _assessment(ctx: _Ctx, datanet_id: int, c: Any, why: str | None = None) -> dict[str, Any]:
     from openlora.datanets.errors import DatanetError
+    if why is not None:
+        return {"readable": False, "why": why}
     try:
         entry = ctx.reg.assess(datanet_id, c.id, ctx.blocks.get, dedup=ctx.dedup(), limits=ctx.limits)
     except DatanetError as e:
@@ -265,15 +304,32 @@ def _assessment(ctx: _Ctx, datanet_id: int, c: Any) -> dict[str, Any]:
 
 @command.command("pending")
 @click.argument("datanet_id", type=int)
+@_sources
 @json_option
 @click.pass_obj
 @_one_line
-def pending(obj: Any, datanet_id: int, as_json: bool) -> None:
-    """List the contributions waiting for review, with their duplicates of accepted rows."""
+def pending(obj: Any, datanet_id: int, peers: tuple[str, ...], gateways: tuple[str, ...], timeout: float,
+            as_json: bool) -> None:
+    """List the contributions waiting for review, with their duplicates of accepted rows. Contributions (and the
+    accepted ones they are compared with) not held here are fetched from --peer / --gateway / the config's sources,
+    every block checked against its CID."""
+    from openlora.datanets.errors import DatanetError
     ctx = _Ctx(obj)
     out, lines = [], []
-    for c in ctx.reg.contributions(datanet_id, "pending"):
-        a = _assessment(ctx, datanet_id, c)
+    waiting = ctx.reg.contributions(datanet_id, "pending")
+    failed: dict[int, str] = {}
+    if waiting:
+        with _Fetcher(obj, ctx, f"Datanet {datanet_id}", peers, gateways, timeout) as fetcher:
+            for c in ctx.reg.contributions(datanet_id, "accepted") + waiting:
+                try:
+                    _fetch_contribution(ctx, fetcher, datanet_id, c)
+                except (DatanetError, NodeError) as e:
+                    failed[c.id] = str(e)
+    accepted_failed = [f"accepted contribution #{i}: {failed[i]}" for i in sorted(failed)
+                       if i not in {c.id for c in waiting}]
+    for c in waiting:
+        why = failed.get(c.id) or (accepted_failed[0] if accepted_failed else None)
+        a = _assessment(ctx, datanet_id, c, why)
         out.append({"id": c.id, "contributor": c.contributor, "cid": c.cid, "size": c.size, **a})
         if a["readable"]:
             flag = f"  FLAGGED: {a['exact_duplicates']} exact, {a['near_duplicates']} near duplicate row(s)" if (
@@ -346,22 +402,24 @@ def publish(obj: Any, datanet_id: int, key_file: Path | None, password_file: Pat
 @click.argument("datanet_id", type=int)
 @click.option("--contribution", "contribution_id", type=int, default=None, help="Show one contribution's rows.")
 @click.option("--rows", "max_rows", type=int, default=20, show_default=True, help="Rows shown with --contribution.")
+@_sources
 @click.option("--earnings", is_flag=True,
               help="Also each contributor's share of the Datanet's attribution (latest version's weights) and what "
                    "settled batches have credited them, in the token's units (reads every BatchSettled event).")
 @json_option
 @click.pass_obj
 @_one_line
-def show(obj: Any, datanet_id: int, contribution_id: int | None, max_rows: int, earnings: bool,
-         as_json: bool) -> None:
-    """A Datanet: curator, contributions and versions; or one contribution's rows (--contribution N)."""
+def show(obj: Any, datanet_id: int, contribution_id: int | None, max_rows: int, peers: tuple[str, ...],
+         gateways: tuple[str, ...], timeout: float, earnings: bool, as_json: bool) -> None:
+    """A Datanet: curator, contributions and versions; or one contribution's rows (--contribution N), fetched from
+    --peer / --gateway / the config's sources when not held here (every block checked against its CID)."""
     ctx = _Ctx(obj)
     info = ctx.reg.datanet(datanet_id)
     reviews = ctx.reviews()
     if contribution_id is not None:
-        from openlora.datanets.contribution import load
         c = ctx.reg.contribution(datanet_id, contribution_id)
-        loaded = load(c.cid, ctx.blocks.get, ctx.limits)
+        with _Fetcher(obj, ctx, f"contribution {c.id} of Datanet {datanet_id}", peers, gateways, timeout) as f:
+            loaded = _fetch_contribution(ctx, f, datanet_id, c)
         rows = [{"cid": r.cid, "text": r.text} for r in loaded.prepared.rows]
         note = reviews.get(ctx.review_key(datanet_id, c.id), {})
         _emit(as_json, {"id": c.id, "contributor": c.contributor, "cid": c.cid, "status": c.status,
@@ -471,6 +529,84 @@ def _hold(ctx: _Ctx, datanet_id: int, version: int, manifest_cid: str) -> None:
                                        "chain_id": int(ctx.w3.eth.chain_id), "registry": ctx.reg.c.address})
 
 
+class _Fetcher:
+    """`fetch(roots, what)` for datanets.pull: what this home lacks of `roots`, from the --peers and (with [p2p]
+    enabled) the config's bootstrap peers over the libp2p block exchange (a short-lived host, started on first
+    need), then from the config's Kubo RPC / gateways and --gateways one root at a time; every block is checked
+    against its CID before it is stored. `subject` names what is pulled in the errors."""
+
+    def __init__(self, obj: Any, ctx: _Ctx, subject: str, peers: tuple[str, ...] = (),
+                 gateways: tuple[str, ...] = (), timeout: float = 30.0, max_bytes: int = 16 << 30):
+        from openlora.node.ipfs.fetchers import GatewayFetcher, fetchers_from_config
+        self.obj, self.ctx, self.subject, self.timeout, self.max_bytes = obj, ctx, subject, timeout, max_bytes
+        self.others = fetchers_from_config(ctx.cfg) + [GatewayFetcher(g) for g in gateways]
+        self.bootstrap = tuple(peers) + (tuple(ctx.cfg.p2p.bootstrap) if ctx.cfg.p2p.enabled else ())
+        self.service: Any = None
+        self.no_peers: NodeError | None = None     # the host could not connect: not retried for the next roots
+        self.sources: list[str] = []
+
+    def __call__(self, roots: list[str], what: str) -> int:
+        from openlora.content.cid import as_cid
+        from openlora.content.dag import missing_blocks
+        from openlora.node.ipfs.errors import IpfsError
+        from openlora.node.ipfs.fetchers import fetch_from_any
+        ctx = self.ctx
+        want = [r for r in roots if missing_blocks(r, ctx.blocks)]
+        if not want:
+            return 0
+        if not self.bootstrap and not self.others:
+            raise DatanetCommandError(f"no source to pull {self.subject} from ({what} not held here): pass --peer "
+                                      f"MULTIADDR or --gateway URL, or set [p2p] bootstrap / [ipfs] gateways in "
+                                      f"config.toml")
+        errors = []
+        if self.bootstrap:
+            if self.no_peers is not None:
+                raise self.no_peers
+            if self.service is None:
+                from openlora.node.commands.adapters import _pull_host
+                from openlora.node.ipfs.adapters import AdapterStore
+                try:
+                    self.service = _pull_host(self.obj, AdapterStore(ctx.cfg.home / "ipfs"), self.bootstrap,
+                                              self.timeout)
+                except NodeError as e:
+                    self.no_peers = e
+                    raise
+            keys = set(want)
+            got: set[str] = set()
+            with _Bar(f"fetching {what}") as bar:
+                def on_block(cid: Any, n: int) -> None:
+                    if str(cid) in keys and str(cid) not in got:
+                        got.add(str(cid))
+                        bar(len(got), len(keys))
+                try:
+                    n = self.service.fetch_many(want, max_bytes=self.max_bytes, on_block=on_block)
+                    self.sources.append("p2p")
+                    return n
+                except IpfsError as e:
+                    errors.append(f"peers: {e}")
+            want = [r for r in want if missing_blocks(r, ctx.blocks)]
+        if not self.others:
+            raise DatanetCommandError(f"could not fetch {what} of {self.subject}: " + "; ".join(errors))
+        n = 0
+        for r in want:
+            try:
+                name, k = fetch_from_any(as_cid(r), self.others, ctx.blocks)
+            except IpfsError as e:
+                raise DatanetCommandError(f"could not fetch {r} ({what}) of {self.subject}: "
+                                          f"{'; '.join(errors + [str(e)])}") from None
+            self.sources.append(name)
+            n += k
+        return n
+
+    def __enter__(self) -> "_Fetcher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+
 @command.command("pull")
 @click.argument("datanet_id", type=int)
 @click.option("--version", "version", type=int, default=None, help="Version to pull (default: the latest).")
@@ -488,67 +624,14 @@ def pull(obj: Any, datanet_id: int, version: int | None, peers: tuple[str, ...],
          timeout: float, max_bytes: int, as_json: bool) -> None:
     """Fetch a version (manifest, contribution records, files, rows) from peers or gateways, every block verified
     against its CID, then verify it (weights recomputed, compared with the chain)."""
-    from openlora.content.cid import as_cid
-    from openlora.content.dag import missing_blocks
     from openlora.datanets.pull import pull as pull_version
-    from openlora.node.ipfs.errors import IpfsError
-    from openlora.node.ipfs.fetchers import GatewayFetcher, fetch_from_any, fetchers_from_config
     ctx = _Ctx(obj)
     v = ctx.reg.version(datanet_id, version)
-    others = fetchers_from_config(ctx.cfg) + [GatewayFetcher(g) for g in gateways]
-    bootstrap = tuple(peers) + (tuple(ctx.cfg.p2p.bootstrap) if ctx.cfg.p2p.enabled else ())
-    service = None
-    sources: list[str] = []
     t0 = time.perf_counter()
-
-    def fetch(roots: list[str], what: str) -> int:
-        nonlocal service
-        want = [r for r in roots if missing_blocks(r, ctx.blocks)]
-        if not want:
-            return 0
-        if not bootstrap and not others:
-            raise DatanetCommandError(f"no source to pull version {v.version} of Datanet {datanet_id} from ({what} "
-                                      f"not held here): pass --peer MULTIADDR or --gateway URL, or set [p2p] "
-                                      f"bootstrap / [ipfs] gateways in config.toml")
-        errors = []
-        if bootstrap:
-            if service is None:
-                from openlora.node.commands.adapters import _pull_host
-                from openlora.node.ipfs.adapters import AdapterStore
-                service = _pull_host(obj, AdapterStore(ctx.cfg.home / "ipfs"), bootstrap, timeout)
-            keys = set(want)
-            got: set[str] = set()
-            with _Bar(f"fetching {what}") as bar:
-                def on_block(cid: Any, n: int) -> None:
-                    if str(cid) in keys and str(cid) not in got:
-                        got.add(str(cid))
-                        bar(len(got), len(keys))
-                try:
-                    n = service.fetch_many(want, max_bytes=max_bytes, on_block=on_block)
-                    sources.append("p2p")
-                    return n
-                except IpfsError as e:
-                    errors.append(f"peers: {e}")
-            want = [r for r in want if missing_blocks(r, ctx.blocks)]
-        if not others:
-            raise DatanetCommandError(f"could not fetch {what} of version {v.version} of Datanet {datanet_id}: "
-                                      + "; ".join(errors))
-        n = 0
-        for r in want:
-            try:
-                name, k = fetch_from_any(as_cid(r), others, ctx.blocks)
-            except IpfsError as e:
-                raise DatanetCommandError(f"could not fetch {r} ({what}) of version {v.version} of Datanet "
-                                          f"{datanet_id}: {'; '.join(errors + [str(e)])}") from None
-            sources.append(name)
-            n += k
-        return n
-
-    try:
-        pulled = pull_version(v.manifest_cid, fetch, ctx.blocks)
-    finally:
-        if service is not None:
-            service.stop()
+    with _Fetcher(obj, ctx, f"version {v.version} of Datanet {datanet_id}", peers, gateways, timeout,
+                  max_bytes) as fetcher:
+        pulled = pull_version(v.manifest_cid, fetcher, ctx.blocks)
+    sources = fetcher.sources
     fetch_s = time.perf_counter() - t0
     _hold(ctx, datanet_id, v.version, v.manifest_cid)
     r = _verify(ctx, datanet_id, v.version)

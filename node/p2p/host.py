@@ -41,6 +41,8 @@ from openlora.safejson import loads as safe_loads
 
 log = logging.getLogger("openlora.p2p")
 
+#: Blockstore root kinds provided on the DHT besides adapters (Datanet content; node/commands/datanet.py).
+PROVIDED_KINDS = ("datanet-version", "datanet-contribution")
 
 
 @dataclass(frozen=True)
@@ -250,11 +252,12 @@ class P2PNode:
         await self._provide_content()
 
     async def _provide_content(self) -> None:
-        """Provide each Datanet version this home holds (blockstore roots of kind "datanet-version", recorded by
-        `datanet publish` or `datanet pull`, possibly in another process) once; the block server already serves
-        every block in the store."""
+        """Provide each Datanet version and contribution this home holds (blockstore roots of kind
+        "datanet-version", recorded by `datanet publish` or `datanet pull`, and "datanet-contribution", recorded by
+        `datanet contribute` and by a curator's `show`/`pending` that fetched one; possibly in another process) once;
+        the block server already serves every block in the store."""
         for cid, meta in self.store.blocks.roots().items():
-            if meta.get("kind") == "datanet-version" and cid not in self._provided_content:
+            if meta.get("kind") in PROVIDED_KINDS and cid not in self._provided_content:
                 if await self.provide(cid):
                     self._provided_content.add(cid)
 

@@ -189,3 +189,51 @@ def test_cli_pull_from_a_trustless_gateway(home, capsys, tmp_path):  # noqa: F81
         srv.close()
     assert got["ok"] and got["rows"] == 3 and got["total_weight"] == pub["total_weight"]
     assert got["sources"] == [f"gateway http://127.0.0.1:{srv.port}"] and asked[0] == pub["manifest_cid"]
+
+
+def test_curator_elsewhere_reads_a_pending_contribution_from_the_contributors_node(home, capsys, tmp_path,  # noqa: F811
+                                                                                   make_host):
+    """Host A (the contributor's home) holds a pending contribution and provides it; B's curator `show`s and
+    assesses it (`pending`) by fetching it from A over the block exchange; a tampered row is refused."""
+    cli = Cli(home, capsys)
+    dn = cli.json("create", "--name", "pending", key="curator0")["datanet_id"]
+    (tmp_path / "p.jsonl").write_bytes(jsonl(*TEXTS))
+    made = cli.json("contribute", str(dn), str(tmp_path / "p.jsonl"), key="contributors0")
+    c, cid = made["contribution_id"], made["cid"]
+    held = AdapterStore(home / "ipfs").blocks
+    assert held.root_meta(cid)["kind"] == "datanet-contribution" and held.root_meta(cid)["contribution_id"] == c
+    rows = [r.cid for r in contrib.load(cid, held.get).prepared.rows]
+
+    a = make_host(home)
+    probe = make_host(tmp_path / "probe")
+    probe.connect(a.addrs[0])
+    wait_for(lambda: a.peer_id in [str(i.peer_id) for i in probe.bridge.call(probe.node.dht.find_providers, cid)],
+             what="A's DHT provider record for the contribution")
+
+    b_home = _home(tmp_path / "b", home)
+    cli_b = Cli(b_home, capsys)
+    code, _, err = cli_b("show", str(dn), "--contribution", str(c))
+    last = err.strip().splitlines()[-1]   # (the in-process hosts log to the same stderr)
+    assert code == 1 and last.startswith(f"error: no source to pull contribution {c} of Datanet {dn} from"), last
+    assert cli_b.json("pending", str(dn))["pending"][0]["readable"] is False
+    got = cli_b.json("show", str(dn), "--contribution", str(c), "--peer", a.addrs[0])
+    assert got["status"] == "pending" and [r["text"] for r in got["rows"]] == TEXTS
+    assert [r["cid"] for r in got["rows"]] == rows
+    b_blocks = AdapterStore(b_home / "ipfs").blocks
+    assert all(b_blocks.has(as_cid(r)) for r in rows) and b_blocks.root_meta(cid)["kind"] == "datanet-contribution"
+    [p] = cli_b.json("pending", str(dn))["pending"]                   # now held on B: no source needed
+    assert p["readable"] and p["rows"] == len(TEXTS) and p["weight"] > 0
+
+    d_home = _home(tmp_path / "d", home)                              # `pending` fetches by itself too
+    [p] = Cli(d_home, capsys).json("pending", str(dn), "--peer", a.addrs[0])["pending"]
+    assert p["readable"] and p["rows"] == len(TEXTS)
+    cli_b.json("review", str(dn), str(c), "--accept", "--reason", "read from the contributor's node", key="curator0")
+
+    # a contributor node serving one row corrupted: refused in one line naming the block, never stored
+    a.stop()
+    evil = make_host(home, tamper=lambda k, d: d[:-2] + b"X}" if str(k) == rows[2] else d)
+    c_home = _home(tmp_path / "c", home)
+    code, _, err = Cli(c_home, capsys)("show", str(dn), "--contribution", str(c), "--peer", evil.addrs[0])
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("error: ") and rows[2] in last and "failed verification" in last, err[-2000:]
+    assert not AdapterStore(c_home / "ipfs").blocks.has(as_cid(rows[2]))
