@@ -246,7 +246,8 @@ class Store:
 
     def release_all_reservations(self) -> int:
         """At start-up: a reservation left by a previous run belongs to a request that run never finished (its
-        receipt would have replaced it), so nothing is owed for it. Returns how many were released."""
+        receipt would have replaced it), so nothing is owed for it. Returns how many were released. Assumes one
+        serving process per database: replicas sharing one would free each other's in-flight reservations."""
         with self.engine.connect() as c:
             ids = c.execute(select(reservations.c.request_id)).scalars().all()
         for rid in ids:
