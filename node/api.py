@@ -32,6 +32,7 @@ from openlora.safejson import loads as safe_loads
 
 log = logging.getLogger("openlora.api")
 MAX_BODY = 4 * 2**20
+INLINE_JSON_BYTES = 64 * 2**10   # bodies up to this size are parsed on the event loop (well under a millisecond)
 MAX_AUTH_HEADER = 64 * 2**10  # aiohttp already refuses header lines over 8 KiB
 
 ApiError = RequestRejected  # what handlers raise; the middleware turns it into an error response
@@ -124,8 +125,10 @@ async def _logprobs_json(svc: NodeService, out, chat: bool) -> Any:
 async def _read_json(request: web.Request) -> dict:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, "body_too_large", f"the body exceeds {MAX_BODY} bytes")
-    try:
-        body = safe_loads(await request.read(), max_bytes=MAX_BODY)  # bounded size and depth: see safejson.py
+    raw = await request.read()
+    try:  # bounded size and depth (safejson.py); a large body is parsed in a thread, off the event loop
+        body = (safe_loads(raw, max_bytes=MAX_BODY) if len(raw) <= INLINE_JSON_BYTES
+                else await asyncio.to_thread(safe_loads, raw, max_bytes=MAX_BODY))
     except UnsafeJSONError as e:
         raise ApiError(400, "invalid_json", f"the body is not acceptable JSON: {e}") from None
     if not isinstance(body, dict):
