@@ -41,3 +41,10 @@ def test_service_stack_stays_out_of_engine_and_torch_out_of_attribution():
                            "datanets": {"node"}, "devnet": {"node"}, "kernels": {"node"}}.items():
         bad = {m: f for m, f in imported_roots(pkg).items() if m in forbidden}
         assert not bad, f"{pkg}/ imports {bad}"
+
+
+def test_no_module_in_node_is_over_600_lines():
+    """A module past 600 lines holds two things (CONVENTIONS.md 11): node/ stays below that."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "node").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"split these modules: {long}"
