@@ -34,3 +34,18 @@ class ServerThread:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def http_json(url: str, body=None, headers: dict | None = None, timeout: float = 60.0) -> tuple[int, dict]:
+    """(status, JSON) of one request: POST `body` (a dict, or raw bytes sent as they are), or GET when it is None;
+    an HTTP error status is returned, not raised."""
+    import json
+    import urllib.error
+    import urllib.request
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

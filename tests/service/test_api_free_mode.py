@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.request
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from openlora.inference import LLM, SamplingParams
 from openlora.inference.client import AsyncEngine
 from openlora.node.api import NodeService, build_app
-from tests.service.server_util import ServerThread
+from tests.service.server_util import ServerThread, http_json
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +29,7 @@ def node(tiny):
     client.shutdown()
 
 
-def post(url: str, body, headers=None) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
+post = http_json
 
 def test_openai_client_completions_chat_and_streaming(node):
     openai = pytest.importorskip("openai")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import urllib.error
 import urllib.request
 
 import pytest
@@ -16,7 +15,7 @@ from openlora.inference import LLM, SamplingParams
 from openlora.inference.client import AsyncEngine
 from openlora.inference.sequence import Sequence
 from openlora.node.api import ApiError, NodeService, _sampling, build_app
-from tests.service.server_util import ServerThread
+from tests.service.server_util import ServerThread, http_json
 
 
 def _serve(model):
@@ -34,15 +33,7 @@ def node(tiny):
     client.shutdown()
 
 
-def request(url: str, body=None) -> tuple[int, dict]:
-    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
+request = http_json
 
 BAD = [
     {"seed": "x"}, {"seed": 1.5}, {"seed": 2**64}, {"seed": -1}, {"seed": True},

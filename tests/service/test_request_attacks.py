@@ -10,7 +10,6 @@ import http.client
 import json
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import pytest
@@ -24,7 +23,7 @@ from openlora.node.auth import body_prompt, signed_params
 from openlora.node.config import DEFAULT_CONFIG_TOML, parse_config
 from openlora.node.storage import Store
 from openlora.node.wiring import Chain, build_service
-from tests.service.server_util import ServerThread
+from tests.service.server_util import ServerThread, http_json
 
 PRICE = 10**12                 # the node's default price per token; the base model adds nothing
 PROMPT = [5, 6, 7]
@@ -59,14 +58,7 @@ def sign(chain, requester, body: dict, cap: int, nonce: int, max_price: int = 10
 
 
 def post(url: str, body, timeout: float = 120) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
+    return http_json(url, body, timeout=timeout)
 
 def body_for(model: str) -> dict:
     return {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0.0, "ignore_eos": True}
@@ -221,7 +213,7 @@ def test_chain_down_gives_503_without_the_rpc_url(tiny, tmp_path, deployment, no
             b["openlora"] = sign(chain, requester, b, cap=10**30, nonce=1)
             status, js = post(server.url + "/v1/completions", b)
             assert (status, js["error"]["code"]) == (503, "chain_unavailable"), js
-            with urllib.request.urlopen(server.url + f"/v1/node", timeout=30) as r:
+            with urllib.request.urlopen(server.url + "/v1/node", timeout=30) as r:
                 info = r.read().decode()
             assert json.loads(info)["price_per_token"]["gone"] is None
             status2, js2 = post(server.url + "/v1/completions", {**b, "model": "gone"})

@@ -8,8 +8,6 @@ import copy
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from web3 import Web3
@@ -26,7 +24,7 @@ from openlora.node.sdk import OpenLoRAClient, OpenLoRAError
 from openlora.node.storage import Store
 from openlora.node.wiring import Chain, build_service
 from tests.chain_fixtures import deploy_seeded
-from tests.service.server_util import ServerThread
+from tests.service.server_util import ServerThread, http_json
 
 ADAPTER_PRICE = 3 * 10**12
 
@@ -70,15 +68,7 @@ def env(tiny, tmp_path_factory, request):
         store.close()
 
 
-def post(url: str, body) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
+post = http_json
 
 def test_sdk_signed_request_is_served_with_a_signed_receipt(env):
     requester = env["accts"][ROLES["requester"]]
