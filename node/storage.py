@@ -105,10 +105,30 @@ _SCHEMA_LOCK = 0x6F6C6F72615F7462  # pg_advisory_xact_lock key held while creati
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=10000")
+    _switch_to_wal(cur)
+    cur.execute("PRAGMA synchronous=FULL")
     cur.close()
+
+
+def _switch_to_wal(cur: Any, wait_s: float = 10.0) -> None:
+    """Put the database in WAL mode (persistent in the file, so usually already done). The switch needs the file
+    to itself, and SQLite answers "database is locked" at once, without its busy handler, when another connection
+    opens it at that moment (nodes or threads starting together on a new database): retry for up to `wait_s`."""
+    import sqlite3
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _create_private(path: Any) -> None:
