@@ -25,7 +25,8 @@ ENV_PREFIX = "OPENLORA_"
 # Environment variables with this prefix that are not config overrides.
 ENV_NOT_CONFIG = {"OPENLORA_HOME", "OPENLORA_PASSWORD", "OPENLORA_PASSWORD_FILE", "OPENLORA_LOG_FORMAT",
                   "OPENLORA_SDK_DIR",          # the SDK's voucher ledger (node/sdk_ledger.py)
-                  "OPENLORA_FUZZ_EXAMPLES"}    # the length of the test suite's fuzz runs (tests/fuzz)
+                  "OPENLORA_FUZZ_EXAMPLES",    # the length of the test suite's fuzz runs (tests/fuzz)
+                  "OPENLORA_MODEL_CACHE", "OPENLORA_BASE_WHEEL"}  # the demo base model (devnet/base_model.py)
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
