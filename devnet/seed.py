@@ -159,17 +159,20 @@ def seed(w3: Web3, dep: Deployment, progress: Any = None, home: Path | None = No
 
 
 def fund_node_lane(w3: Web3, dep: Deployment, node: str, amount: int = REQUESTER_DEPOSIT,
-                   progress: Any = None) -> tuple[str, bytes]:
-    """Give `node` gas money and have the demo requester deposit `amount` into its lane to it (each once).
+                   progress: Any = None, requester_role: str = "requester") -> tuple[str, bytes]:
+    """Give `node` gas money and have a demo requester (`requester_role`: "requester" or "requester2") deposit
+    `amount` into its lane to it (each once).
 
     Returns the demo requester's address and private key (Anvil's public test mnemonic: devnet only)."""
+    if requester_role not in ("requester", "requester2"):
+        raise ValueError(f"requester_role {requester_role!r}: 'requester' or 'requester2'")
     say = progress or (lambda msg: None)
     accts = dev_accounts()
     if w3.eth.get_balance(node) < 10**18:          # the node pays gas for its settlement transactions
         tx = w3.eth.send_transaction({"from": accts[ROLES["deployer"]].address, "to": node, "value": 100 * 10**18})
         w3.eth.wait_for_transaction_receipt(tx, timeout=30)
         say(f"sent 100 ETH to node {node} for gas")
-    acct = accts[ROLES["requester"]]
+    acct = accts[ROLES[requester_role]]
     settlement = dep.contract(w3, "Settlement")
     if settlement.functions.balanceOf(acct.address, node).call() > 0:
         say(f"demo requester {acct.address} already has a deposit to node {node}")

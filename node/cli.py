@@ -32,7 +32,9 @@ GROUPS: dict[str, str] = {
     "payouts": "Show what an address has earned, settled and can claim.",
     "claim": "Claim settled payouts.",
     "request": "Send a signed inference request to a node.",
+    "demo": "The devnet demo: signed traffic from the demo requesters.",
     "datanet": "Contribute data to Datanets, review it, publish and verify content-addressed versions.",
+    "factory": "Train LoRA adapters from a Datanet version, reproducibly; verify and publish them.",
 }
 
 

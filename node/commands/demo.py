@@ -1,0 +1,126 @@
+"""`openlora-node demo`: the devnet demo's moving parts: signed traffic from the two demo requesters.
+
+What it does: `demo traffic` sends signed requests (the SDK, EIP-712, vouchers) from the devnet's two demo
+requesters (Anvil accounts 2 and 3; their lanes to the node are funded here when empty) to a running node, mixing
+the base model and every adapter the node lists; one request in two is on the demo Datanet's topic (a completion
+prompt made of the start of a Datanet row), so that an adapter trained on the Datanet reproduces its text and the
+receipts' attribution names the contributors. One line per request: who, which model, tokens, price, receipt id.
+What it does not do: run on anything but a devnet (the requesters' keys come from Anvil's public test mnemonic).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from pathlib import Path
+
+import click
+
+from openlora.node.errors import NodeError
+
+GENERAL_PROMPTS = [
+    "Write one sentence about the sea.",
+    "What is the capital of France?",
+    "Give me a tip for learning a new language.",
+    "Name three colours of the rainbow.",
+]
+
+
+def topic_prompts(words: int = 8) -> list[str]:
+    """Starts of the demo Datanet's accepted rows (the LoRA and attribution notes), `words` words each."""
+    from openlora.devnet import demo_texts
+    rows = list(demo_texts.LORA) + list(demo_texts.ATTRIBUTION)
+    out = []
+    for row in rows:
+        parts = row.split()
+        if len(parts) > words + 4:
+            out.append(" ".join(parts[:words]))
+    return out
+
+
+def _chain(home: Path, rpc_url: str | None):
+    from web3 import Web3
+
+    from openlora.attribution.deployment import DeploymentError, read_deployment
+    from openlora.node.commands.devnet import _node_deployment_file
+    from openlora.node.config import CONFIG_FILENAME, load_config
+    url = rpc_url
+    if url is None and (home / CONFIG_FILENAME).is_file():
+        url = load_config(home).chain.rpc_url
+    url = url or "http://127.0.0.1:8545"
+    try:
+        dep = read_deployment(_node_deployment_file(home))
+    except (DeploymentError, OSError) as e:
+        raise NodeError(f"no devnet deployment in {home} ({e}); run `openlora-node devnet up` first") from None
+    return Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30})), dep, url
+
+
+@click.group("demo")
+def command() -> None:
+    """The devnet demo: signed traffic from the demo requesters."""
+
+
+@command.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The node's HTTP API.")
+@click.option("--requests", "count", default=0, show_default=True, type=click.IntRange(0),
+              help="How many requests to send (0: until Ctrl-C).")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="Seconds between requests.")
+@click.option("--max-tokens", default=40, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--rpc-url", default=None, help="The devnet's RPC (default: the home's chain.rpc_url).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the prompt and model choice.")
+@click.pass_obj
+def traffic(obj, url: str, count: int, interval: float, max_tokens: int, rpc_url: str | None, seed: int) -> None:
+    """Send signed requests from the two demo requesters to the node at --url, mixing base and adapters."""
+    from openlora.devnet.seed import ROLES, fund_node_lane
+    from openlora.node.sdk import OpenLoRAClient, OpenLoRAError
+
+    w3, dep, rpc = _chain(obj.home, rpc_url)
+    probe = OpenLoRAClient(url)
+    try:
+        info = probe.node_info()
+        listed = probe._json("GET", "/v1/models")["data"]
+    except (OpenLoRAError, OSError) as e:
+        raise NodeError(f"cannot reach the node at {url}: {e}; start it first (make start)") from None
+    base = info["base_model"]
+    adapters = [m["id"] for m in listed if m.get("openlora", {}).get("kind") == "adapter"]
+    clients = []
+    for role in ("requester", "requester2"):
+        addr, key = fund_node_lane(w3, dep, info["address"], requester_role=role, progress=click.echo)
+        clients.append((addr, OpenLoRAClient(url, key, rpc_url=rpc)))
+    click.echo(f"demo traffic to {url}: base {base}, adapters {adapters or 'none'}; Ctrl-C stops", err=True)
+    rng = random.Random(seed)
+    topics, general = topic_prompts(), GENERAL_PROMPTS
+    sent = failed = 0
+    try:
+        for i in itertools.count():
+            if count and i >= count:
+                break
+            addr, client = clients[i % 2]
+            on_topic = i % 2 == 0
+            model = rng.choice(adapters) if adapters and (on_topic or rng.random() < 0.3) else base
+            try:
+                if on_topic:
+                    out = client.completions(model=model, prompt=rng.choice(topics), max_tokens=max_tokens,
+                                             temperature=0.0)
+                    text = out["choices"][0]["text"]
+                else:
+                    out = client.chat(model=model, messages=[{"role": "user", "content": rng.choice(general)}],
+                                      max_tokens=max_tokens, temperature=0.0)
+                    text = out["choices"][0]["message"]["content"]
+                meta = out.get("openlora", {})
+                sent += 1
+                shown = "base" if model == base else f"adapter {model[:16]}..."
+                click.echo(f"{addr[:8]} {shown:30} {out['usage']['completion_tokens']:3} tokens "
+                           f"price {meta.get('price', '?')} wei  receipt {meta.get('request_id')}  "
+                           f"{' '.join(text.split())[:60]!r}")
+            except OpenLoRAError as e:
+                failed += 1
+                click.echo(f"{addr[:8]} {model[:24]}: refused: {e}", err=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"sent {sent} requests ({failed} refused)", err=True)
+    if failed and not sent:
+        raise NodeError("every request was refused; see the lines above")
