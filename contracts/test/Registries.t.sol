@@ -527,3 +527,130 @@ contract OpenLoRATokenTest is Test {
         assertEq(token.decimals(), 18, "decimals");
     }
 }
+
+contract AdapterLineageTest is Test {
+    DatanetRegistry datanets;
+    AdapterRegistry reg;
+    address author = address(0xAA);
+
+    function setUp() public {
+        datanets = new DatanetRegistry();
+        reg = new AdapterRegistry(datanets);
+        datanets.createDatanet("m1");
+        datanets.createDatanet("m2");
+        datanets.createDatanet("m3"); // never publishes a version
+        for (uint256 d = 1; d <= 2; ++d) {
+            datanets.contribute(d, "bafydata", 10);
+            datanets.accept(d, 1);
+        }
+        uint256[] memory one = new uint256[](1);
+        one[0] = 1;
+        uint256[] memory w = new uint256[](1);
+        w[0] = 10;
+        datanets.publishVersion(1, 1, "bafyv1", 10, one, w);
+        datanets.publishVersion(1, 2, "bafyv2", 10, one, w);
+        datanets.publishVersion(2, 1, "bafyv1b", 10, one, w);
+    }
+
+    function _ids(uint256 a, uint256 b) internal pure returns (uint256[] memory ids) {
+        ids = new uint256[](2);
+        ids[0] = a;
+        ids[1] = b;
+    }
+
+    function _w(uint16 a, uint16 b) internal pure returns (uint16[] memory w) {
+        w = new uint16[](2);
+        w[0] = a;
+        w[1] = b;
+    }
+
+    function _lineage(uint256 v1, uint256 v2) internal pure returns (AdapterRegistry.Lineage memory) {
+        return AdapterRegistry.Lineage({datanetVersions: _ids(v1, v2), manifestCid: "bafymanifest",
+            baseWeightsCid: "bafybase"});
+    }
+
+    function test_registerWithLineage() public {
+        bytes32 id = keccak256("bafyadapter");
+        vm.expectEmit();
+        emit AdapterRegistry.AdapterRegistered(id, author, "bafyadapter", "smollm2", 7, _ids(1, 2), _w(6000, 4000));
+        vm.expectEmit();
+        emit AdapterRegistry.AdapterLineage(id, _ids(1, 2), _ids(2, 1), "bafymanifest", "bafybase");
+        vm.prank(author);
+        assertEq(reg.registerWithLineage("bafyadapter", "smollm2", 7, _ids(1, 2), _w(6000, 4000), _lineage(2, 1)),
+            id, "id = keccak(cid)");
+        AdapterRegistry.Adapter memory a = reg.getAdapter(id);
+        assertEq(a.author, author, "author");
+        assertEq(a.pricePerToken, 7, "price");
+        assertEq(a.baseModel, "smollm2", "base");
+        assertEq(a.weightsBps[1], 4000, "weight");
+        assertEq(a.datanetVersions.length, 2, "versions");
+        assertEq(a.datanetVersions[0], 2, "version of datanet 1");
+        assertEq(a.datanetVersions[1], 1, "version of datanet 2");
+        assertEq(a.manifestCid, "bafymanifest", "manifest");
+        assertEq(a.baseWeightsCid, "bafybase", "base weights");
+        assertTrue(reg.hasLineage(id) && reg.isActive(id), "lineage, active");
+        assertEq(reg.adapterCount(), 1, "count");
+    }
+
+    function test_registerWithoutLineage_hasEmptyLineage() public {
+        vm.prank(author);
+        bytes32 id = reg.register("bafyouter", "smollm2", 1, _ids(1, 2), _w(5000, 5000));
+        AdapterRegistry.Adapter memory a = reg.getAdapter(id);
+        assertEq(a.datanetVersions.length, 0, "no versions");
+        assertEq(a.manifestCid, "", "no manifest");
+        assertEq(a.baseWeightsCid, "", "no base cid");
+        assertFalse(reg.hasLineage(id), "no lineage");
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownAdapter.selector, bytes32(0)));
+        reg.hasLineage(bytes32(0));
+    }
+
+    function test_registerWithLineage_reverts() public {
+        uint256[] memory ids = _ids(1, 2);
+        uint16[] memory w = _w(5000, 5000);
+        AdapterRegistry.Lineage memory l = _lineage(1, 1);
+        l.datanetVersions = new uint256[](1);
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.VersionsLengthMismatch.selector, 2, 1));
+        reg.registerWithLineage("c", "b", 1, ids, w, l);
+        l = _lineage(1, 1);
+        l.manifestCid = "";
+        vm.expectRevert(AdapterRegistry.EmptyManifestCid.selector);
+        reg.registerWithLineage("c", "b", 1, ids, w, l);
+        l = _lineage(1, 1);
+        l.baseWeightsCid = "";
+        vm.expectRevert(AdapterRegistry.EmptyBaseWeightsCid.selector);
+        reg.registerWithLineage("c", "b", 1, ids, w, l);
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownDatanetVersion.selector, 1, 3));
+        reg.registerWithLineage("c", "b", 1, ids, w, _lineage(3, 1));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownDatanetVersion.selector, 2, 0));
+        reg.registerWithLineage("c", "b", 1, ids, w, _lineage(1, 0));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownDatanetVersion.selector, 3, 1));
+        reg.registerWithLineage("c", "b", 1, _ids(1, 3), w, _lineage(1, 1)); // Datanet 3 has no version
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownDatanet.selector, 4));
+        reg.registerWithLineage("c", "b", 1, _ids(1, 4), w, _lineage(1, 1));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.WeightsDoNotSum.selector, 9999));
+        reg.registerWithLineage("c", "b", 1, ids, _w(5000, 4999), _lineage(1, 1));
+        vm.expectRevert(AdapterRegistry.EmptyCid.selector);
+        reg.registerWithLineage("", "b", 1, ids, w, _lineage(1, 1));
+        assertEq(reg.adapterCount(), 0, "nothing registered");
+        bytes32 id = reg.registerWithLineage("c", "b", 1, ids, w, _lineage(1, 1));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.AlreadyRegistered.selector, id));
+        reg.registerWithLineage("c", "b", 1, ids, w, _lineage(2, 1));
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.AlreadyRegistered.selector, id));
+        reg.register("c", "b", 1, ids, w);
+    }
+
+    function testFuzz_registerWithLineage_versionInRange(uint256 v) public {
+        uint256[] memory one = new uint256[](1);
+        one[0] = 1;
+        uint16[] memory full = new uint16[](1);
+        full[0] = 10_000;
+        uint256[] memory vs = new uint256[](1);
+        vs[0] = v;
+        AdapterRegistry.Lineage memory l =
+            AdapterRegistry.Lineage({datanetVersions: vs, manifestCid: "m", baseWeightsCid: "b"});
+        if (v == 0 || v > 2) {
+            vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownDatanetVersion.selector, 1, v));
+        }
+        reg.registerWithLineage("c", "b", 1, one, full, l);
+    }
+}
