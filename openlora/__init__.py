@@ -1,5 +1,5 @@
 """openlora-node's one import namespace: `openlora.node`, `openlora.inference`, `openlora.kernels`,
-`openlora.attribution`, `openlora.datanets`, `openlora.devnet`, `openlora.content`.
+`openlora.attribution`, `openlora.datanets`, `openlora.devnet`, `openlora.content`, `openlora.factory`.
 
 The code lives in the repository's top-level folders (node/, inference/, kernels/, ...), which keep the names the
 design gives them; only the import names are prefixed, so that no top-level module of this project can collide with
@@ -18,4 +18,4 @@ This module imports nothing: `import openlora` stays cheap.
 __version__ = "0.1.0"
 
 # The folders that hold this namespace's subpackages (kept in step with pyproject.toml by tests/test_packaging.py).
-SUBPACKAGES = ("node", "inference", "kernels", "attribution", "datanets", "devnet", "content")
+SUBPACKAGES = ("node", "inference", "kernels", "attribution", "datanets", "devnet", "content", "factory")
