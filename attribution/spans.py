@@ -1,0 +1,517 @@
+"""The span index of a Datanet version: a suffix array over its rows' token ids, and span matching against it.
+
+What it does:
+- `SpanIndex.build(rows)` takes the version's accepted rows, `(contribution_id, row_index, token_ids)` in manifest
+  order, and sorts every suffix of every row (a suffix ends at its row's end: no span ever crosses two rows).
+  The order is total (token ids compared as unsigned integers, a suffix that is a proper prefix of another sorts
+  first, identical suffixes sort by position), so the array is unique: the same rows give the same bytes, on any
+  thread count and any machine. Built with numpy by prefix doubling over the suffixes not yet told apart
+  (O(n log n) worst case, far less on text, where most suffixes differ within a few tokens).
+- `to_bytes()` / `from_bytes()` persist it (format below); `from_bytes` treats its input as untrusted and checks
+  everything, including that the suffix array really is the sorted order of the tokens (one linear pass), so a
+  loaded index answers exactly as a rebuilt one. `cid()` is the CIDv1 of those bytes, as Kubo would give them.
+- `find_spans(completion, params)` returns the maximal spans of the completion (neither extendable left nor
+  right) of at least `min_len` tokens that occur in the index, with every occurrence (contribution, row, offset),
+  dropping a span that occurs more than `max_occurrences` times (boilerplate, not provenance). The query runs one
+  vectorised binary search per completion position over the array (matching statistics), then two more per
+  maximal span for its occurrence range.
+- `contribution_weights(spans)` turns spans into exact integer weights per contribution (the rule is in its
+  docstring and in docs/attribution.md).
+
+Persisted format (all integers little-endian):
+    b"openlora-span-index/1\\n"                    the format line
+    u64 num_tokens, u64 num_rows
+    u64[num_rows] contribution ids, u64[num_rows] row indices, u64[num_rows] row starts (token offset of each row)
+    u32[num_tokens] token ids (the rows concatenated in order), u32[num_tokens] suffix array (token positions)
+
+What it does not do: tokenise (callers pass token ids from the adapter's base tokenizer), read a Datanet version
+(the caller feeds its rows), combine span weights with the static Datanet weights, or build receipts.
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from openlora.attribution.errors import AttributionError
+
+INDEX_FORMAT = "openlora-span-index/1"
+SPAN_RULE = "openlora-span-weights/1"   # the name of contribution_weights' rule, for receipts to carry
+
+MAX_TOKEN = 2**32 - 1          # token ids are stored as u32
+MAX_TOKENS = 2**32 - 1         # positions are stored as u32
+MAX_ROWS = 2**32 - 1
+MAX_ID = 2**64 - 1             # contribution ids and row indices are stored as u64
+MAX_COMPLETION = 1 << 20       # tokens of one completion find_spans accepts
+
+_MAGIC = INDEX_FORMAT.encode("ascii") + b"\n"
+_COUNTS = struct.Struct("<QQ")
+_HEADER = len(_MAGIC) + _COUNTS.size
+_I64 = np.int64
+
+
+class SpanIndexError(AttributionError, ValueError):
+    """Rows, index bytes, a completion or parameters that the span index cannot accept; the message says why."""
+
+
+@dataclass(frozen=True, order=True)
+class Occurrence:
+    contribution: int   # the on-chain contribution id
+    row: int            # the row's index inside that contribution
+    offset: int         # token offset of the span inside the row
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int                             # token position in the completion
+    length: int                            # tokens
+    occurrences: tuple[Occurrence, ...]    # sorted; at most SpanParams.max_occurrences
+
+    @property
+    def contributions(self) -> tuple[int, ...]:
+        """The distinct contribution ids that contain this span, ascending."""
+        return tuple(sorted({o.contribution for o in self.occurrences}))
+
+
+@dataclass(frozen=True)
+class SpanParams:
+    min_len: int = 12            # measured: docs/attribution.md "Choosing L"
+    max_occurrences: int = 16    # more occurrences than this: boilerplate, the span is dropped
+
+    def __post_init__(self) -> None:
+        for name, value, hi in (("min_len", self.min_len, 1 << 20), ("max_occurrences", self.max_occurrences, 1 << 16)):
+            if type(value) is not int or not 1 <= value <= hi:
+                raise SpanIndexError(f"span parameter {name} must be an integer in 1..{hi}, got {value!r}")
+
+
+def _check_id(value: object, what: str) -> int:
+    if type(value) is not int and not isinstance(value, np.integer):
+        raise SpanIndexError(f"{what} must be an integer, got {type(value).__name__}")
+    value = int(value)  # type: ignore[arg-type]
+    if not 0 <= value <= MAX_ID:
+        raise SpanIndexError(f"{what} {value} is outside 0..2**64-1")
+    return value
+
+
+def _token_array(tokens: object, what: str) -> np.ndarray:
+    """Token ids as int64, each checked to be an integer in 0..2**32-1."""
+    if isinstance(tokens, np.ndarray):
+        if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+            raise SpanIndexError(f"{what}: token ids must be a 1-D integer array, got {tokens.dtype} {tokens.shape}")
+        if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) > MAX_TOKEN):
+            raise SpanIndexError(f"{what}: a token id is outside 0..2**32-1")
+        return tokens.astype(_I64, copy=False)
+    if isinstance(tokens, (str, bytes, bytearray)) or not isinstance(tokens, Sequence):
+        raise SpanIndexError(f"{what}: token ids must be a sequence of integers, got {type(tokens).__name__}")
+    for t in tokens:
+        if type(t) is not int and not isinstance(t, np.integer):
+            raise SpanIndexError(f"{what}: token id {t!r} is not an integer")
+        if not 0 <= t <= MAX_TOKEN:
+            raise SpanIndexError(f"{what}: token id {t} is outside 0..2**32-1")
+    return np.fromiter(tokens, dtype=_I64, count=len(tokens))
+
+
+# ---- construction ---------------------------------------------------------------------------------------------
+
+def _argsort_groups(key: np.ndarray, group_first: np.ndarray, threads: int) -> np.ndarray:
+    """argsort(key) where key is already grouped in ascending runs by its high part: the runs are independent,
+    so the array can be cut at run starts (`group_first` flags them) and the pieces sorted in threads
+    (numpy's sort releases the GIL). Equal keys may come out in any order: callers never depend on it."""
+    n = key.size
+    if threads <= 1 or n < 1 << 20:
+        return np.argsort(key)
+    firsts = np.flatnonzero(group_first)
+    cuts = [0]
+    for t in range(1, threads):
+        j = int(np.searchsorted(firsts, n * t // threads))
+        cut = int(firsts[j]) if j < firsts.size else n
+        if cut > cuts[-1]:
+            cuts.append(cut)
+    cuts.append(n)
+    pieces = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        parts = list(pool.map(lambda ab: np.argsort(key[ab[0]:ab[1]]) + ab[0], pieces))
+    return np.concatenate(parts)
+
+
+def _suffix_array(tokens: np.ndarray, rowend: np.ndarray, maxlen: int, threads: int) -> np.ndarray:
+    """The suffix array of `tokens` [n] (u32) where the suffix at p ends at rowend[p] [n].
+
+    rank[p] is the SA position of the first suffix of p's group (suffixes equal in their first h tokens, or equal
+    whole when shorter). Each round sorts only the suffixes still in groups of two or more by (rank[p],
+    rank[p+h] or -1 past the row's end), which gives groups equal in 2h tokens; a suffix alone in its group is final.
+    """
+    n = tokens.size
+    order = np.argsort(tokens, kind="stable")
+    first_tok = tokens[order]
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(first_tok[1:], first_tok[:-1], out=first[1:])
+    del first_tok
+    idx = np.arange(n, dtype=_I64)
+    gpos = np.maximum.accumulate(np.where(first, idx, 0))
+    rank = np.empty(n, dtype=_I64)
+    rank[order] = gpos
+    sa = order.astype(_I64)
+    alone = first.copy()
+    alone[:-1] &= first[1:]
+    active = sa[~alone]
+    del order, first, alone, gpos, idx
+    h = 1
+    while active.size and h < maxlen:
+        p = active
+        nxt = p + h
+        inrow = nxt < rowend[p]
+        key1 = rank[p]
+        key2 = np.where(inrow, rank[np.minimum(nxt, n - 1)] + 1, 0)
+        del nxt, inrow
+        key = key1.astype(np.uint64) * np.uint64(n + 1) + key2.astype(np.uint64)
+        gfirst = np.empty(p.size, dtype=bool)
+        gfirst[0] = True
+        np.not_equal(key1[1:], key1[:-1], out=gfirst[1:])
+        o = _argsort_groups(key, gfirst, threads)
+        p, key, key1 = p[o], key[o], key1[o]
+        del o, key2
+        j = np.arange(p.size, dtype=_I64)
+        # global SA position of the j-th sorted active suffix: its group's start + its index inside the group
+        g = key1 + j - np.maximum.accumulate(np.where(gfirst, j, 0))
+        sa[g] = p
+        sub = np.empty(p.size, dtype=bool)
+        sub[0] = True
+        np.not_equal(key[1:], key[:-1], out=sub[1:])
+        rank[p] = np.maximum.accumulate(np.where(sub, g, 0))
+        alone = sub.copy()
+        alone[:-1] &= sub[1:]
+        active = p[~alone]
+        del key, key1, j, g, sub, alone, gfirst
+        h *= 2
+    if active.size:  # groups of identical whole suffixes: by position
+        p = active
+        key1 = rank[p]
+        o = np.lexsort((p, key1))
+        p, key1 = p[o], key1[o]
+        j = np.arange(p.size, dtype=_I64)
+        gfirst = np.empty(p.size, dtype=bool)
+        gfirst[0] = True
+        np.not_equal(key1[1:], key1[:-1], out=gfirst[1:])
+        sa[key1 + j - np.maximum.accumulate(np.where(gfirst, j, 0))] = p
+    return sa.astype(np.uint32)
+
+
+def _check_suffix_array(tokens: np.ndarray, sa: np.ndarray, rowend: np.ndarray) -> None:
+    """Raise SpanIndexError unless `sa` is the sorted order of the suffixes (one linear, vectorised pass).
+
+    Adjacent entries a, b must satisfy: tokens[a] < tokens[b], or equal first tokens and then a's remainder
+    sorts before b's (an ended remainder is smallest; two ended remainders: a < b; else rank[a+1] < rank[b+1])."""
+    n = tokens.size
+    if n == 0:
+        return
+    if int(sa.max()) >= n:
+        raise SpanIndexError("span index: a suffix array entry is past the end of the tokens")
+    seen = np.zeros(n, dtype=bool)
+    seen[sa] = True
+    if not seen.all():
+        raise SpanIndexError("span index: the suffix array is not a permutation of the token positions")
+    del seen
+    rank = np.empty(n + 1, dtype=_I64)
+    rank[sa] = np.arange(n, dtype=_I64)
+    a = sa[:-1].astype(_I64)
+    b = sa[1:].astype(_I64)
+    ta, tb = tokens[a], tokens[b]
+    a_more = a + 1 < rowend[a]
+    b_more = b + 1 < rowend[b]
+    rank[n] = 0
+    ra = rank[np.minimum(a + 1, n)]
+    rb = rank[np.minimum(b + 1, n)]
+    tail_ok = np.where(a_more, b_more & (ra < rb), b_more | (a < b))
+    ok = (ta < tb) | ((ta == tb) & tail_ok)
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        raise SpanIndexError(f"span index: the suffix array is not sorted (entries {bad} and {bad + 1})")
+
+
+class SpanIndex:
+    """A Datanet version's suffix array with its row map; built by `build`, read by `from_bytes`."""
+
+    def __init__(self, tokens: np.ndarray, sa: np.ndarray, contributions: np.ndarray, row_indices: np.ndarray,
+                 starts: np.ndarray) -> None:
+        # Private: use build() or from_bytes(), which check their input.
+        self._tokens = tokens                 # [n] u32
+        self._sa = sa                         # [n] u32
+        self._contributions = contributions   # [r] u64
+        self._rows = row_indices              # [r] u64
+        self._starts = np.append(starts.astype(_I64), _I64(tokens.size))  # [r + 1] i64: row starts, then n
+        if tokens.size:
+            first = tokens[sa]   # [n] the first token of each suffix, ascending
+            cut = np.flatnonzero(first[1:] != first[:-1]) + 1
+            self._bucket_tok = first[np.concatenate(([0], cut))].astype(_I64)          # [V] distinct first tokens
+            self._bucket_lo = np.concatenate(([0], cut, [tokens.size])).astype(_I64)   # [V + 1]
+            del first
+        else:
+            self._bucket_tok = np.zeros(0, dtype=_I64)
+            self._bucket_lo = np.zeros(1, dtype=_I64)
+
+    # ---- building and bytes -----------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, rows: Iterable[tuple[int, int, Sequence[int]]], *, threads: int = 1) -> "SpanIndex":
+        if type(threads) is not int or not 1 <= threads <= 256:
+            raise SpanIndexError(f"threads must be an integer in 1..256, got {threads!r}")
+        contributions: list[int] = []
+        row_indices: list[int] = []
+        lengths: list[int] = []
+        chunks: list[np.ndarray] = []
+        total = 0
+        for i, item in enumerate(rows):
+            if not isinstance(item, tuple) or len(item) != 3:
+                raise SpanIndexError(f"row {i}: expected (contribution_id, row_index, token_ids)")
+            c, r, toks = item
+            contributions.append(_check_id(c, f"row {i}: contribution id"))
+            row_indices.append(_check_id(r, f"row {i}: row index"))
+            arr = _token_array(toks, f"row {i} (contribution {c}, row {r})")
+            total += arr.size
+            if total > MAX_TOKENS:
+                raise SpanIndexError(f"the rows hold more than {MAX_TOKENS} tokens, the most one span index holds")
+            if len(contributions) > MAX_ROWS:
+                raise SpanIndexError(f"more than {MAX_ROWS} rows")
+            lengths.append(arr.size)
+            chunks.append(arr.astype(np.uint32))
+        contrib = np.array(contributions, dtype=np.uint64)
+        rowidx = np.array(row_indices, dtype=np.uint64)
+        _check_unique_rows(contrib, rowidx)
+        tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint32)
+        del chunks
+        lens = np.array(lengths, dtype=_I64)
+        starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(_I64) if lens.size else np.zeros(0, dtype=_I64)
+        if tokens.size:
+            rowend = np.repeat((starts + lens).astype(np.uint32), lens)   # [n] end of each position's row
+            sa = _suffix_array(tokens, rowend, int(lens.max()), threads)
+            del rowend
+        else:
+            sa = np.zeros(0, dtype=np.uint32)
+        return cls(tokens, sa, contrib, rowidx, starts)
+
+    def to_bytes(self) -> bytes:
+        r = self._contributions.size
+        return b"".join((
+            _MAGIC, _COUNTS.pack(self._tokens.size, r),
+            self._contributions.astype("<u8").tobytes(), self._rows.astype("<u8").tobytes(),
+            self._starts[:-1].astype("<u8").tobytes(),
+            self._tokens.astype("<u4").tobytes(), self._sa.astype("<u4").tobytes(),
+        ))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "SpanIndex":
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise SpanIndexError(f"span index bytes expected, got {type(data).__name__}")
+        data = memoryview(data).cast("B")
+        if len(data) < _HEADER or bytes(data[:len(_MAGIC)]) != _MAGIC:
+            head = bytes(data[:len(_MAGIC)]).split(b"\n", 1)[0][:40]
+            raise SpanIndexError(f"not a span index of format {INDEX_FORMAT!r} (it starts with {head!r})")
+        n, r = _COUNTS.unpack_from(data, len(_MAGIC))
+        if n > MAX_TOKENS or r > MAX_ROWS:
+            raise SpanIndexError(f"span index declares {n} tokens and {r} rows; at most {MAX_TOKENS} of each")
+        expected = _HEADER + 24 * r + 8 * n
+        if len(data) != expected:
+            raise SpanIndexError(f"span index is {len(data)} bytes; its counts ({n} tokens, {r} rows) need {expected}")
+        if r == 0 and n:
+            raise SpanIndexError("span index has tokens but no rows")
+        off = _HEADER
+        contrib = np.frombuffer(data, dtype="<u8", count=r, offset=off)
+        rowidx = np.frombuffer(data, dtype="<u8", count=r, offset=off + 8 * r)
+        starts = np.frombuffer(data, dtype="<u8", count=r, offset=off + 16 * r)
+        tokens = np.frombuffer(data, dtype="<u4", count=n, offset=off + 24 * r)
+        sa = np.frombuffer(data, dtype="<u4", count=n, offset=off + 24 * r + 4 * n)
+        if r:
+            if int(starts[0]) != 0:
+                raise SpanIndexError("span index: the first row must start at token 0")
+            if int(starts[-1]) > n:
+                raise SpanIndexError(f"span index: a row starts at {int(starts[-1])}, past its {n} tokens")
+            if r > 1 and bool((starts[1:] < starts[:-1]).any()):
+                raise SpanIndexError("span index: row starts go backwards")
+        _check_unique_rows(contrib, rowidx)
+        starts64 = starts.astype(_I64)
+        if n:
+            lens = np.diff(np.append(starts64, _I64(n)))
+            rowend = np.repeat((starts64 + lens).astype(np.uint32), lens)
+            _check_suffix_array(tokens, sa, rowend)
+            del rowend
+        return cls(tokens, sa, contrib, rowidx, starts64)
+
+    def cid(self) -> str:
+        from openlora.content.importer import add_bytes
+        return str(add_bytes(self.to_bytes()).cid)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self._tokens.size)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._contributions.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory the loaded index holds (arrays and lookup tables)."""
+        return sum(int(a.nbytes) for a in (self._tokens, self._sa, self._contributions, self._rows, self._starts,
+                                           self._bucket_tok, self._bucket_lo))
+
+    # ---- queries ----------------------------------------------------------------------------------------------
+
+    def _compare(self, comp: np.ndarray, qi: np.ndarray, qlen: np.ndarray, p: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Compare queries comp[qi : qi + qlen] with the suffixes at p (each ending at its row's end).
+
+        Returns (lcp, sign): the common prefix length, and sign 0 when the query is a prefix of the suffix (or
+        equal), +1 when the suffix sorts before the query, -1 when after. Compares in growing chunks, so a
+        mismatch in the first few tokens (the usual case) costs one small gather."""
+        tokens, m = self._tokens, comp.size
+        plen = self._starts[np.searchsorted(self._starts, p, side="right")] - p
+        a = qi.size
+        lcp = np.zeros(a, dtype=_I64)
+        sign = np.zeros(a, dtype=np.int8)
+        todo = np.arange(a)
+        base, width = 0, 4
+        while todo.size:
+            j = base + np.arange(width, dtype=_I64)                         # [w]
+            tq, tp = qi[todo], p[todo]
+            ql, pl = qlen[todo], plen[todo]
+            qok = j[None, :] < ql[:, None]                                  # [t, w]
+            pok = j[None, :] < pl[:, None]
+            qv = np.where(qok, comp[np.minimum(tq[:, None] + j, m - 1)], -1)
+            sv = np.where(pok, tokens[np.minimum(tp[:, None] + j, tokens.size - 1)].astype(_I64), -2)
+            diff = qv != sv
+            found = diff.any(axis=1)
+            at = diff.argmax(axis=1)
+            f = np.flatnonzero(found)
+            done = todo[f]
+            k = at[f]
+            lcp[done] = base + k
+            q_at, s_at = qv[f, k], sv[f, k]
+            sign[done] = np.where(q_at == -1, 0, np.where(q_at > s_at, 1, -1))
+            todo = todo[~found]
+            base += width
+            width *= 4
+        return lcp, sign
+
+    def _search(self, comp: np.ndarray, qi: np.ndarray, qlen: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                upper: bool) -> np.ndarray:
+        """For each query, the first SA index in [lo, hi) whose suffix sorts after it (upper) or does not sort
+        before it (lower bound); the answer lies in [lo, hi] by the caller's choice of bounds."""
+        lo, hi = lo.copy(), hi.copy()
+        while True:
+            act = np.flatnonzero(lo < hi)
+            if not act.size:
+                return lo
+            mid = (lo[act] + hi[act]) >> 1
+            _, sign = self._compare(comp, qi[act], qlen[act], self._sa[mid].astype(_I64))
+            right = sign >= 0 if upper else sign > 0
+            lo[act] = np.where(right, mid + 1, lo[act])
+            hi[act] = np.where(right, hi[act], mid)
+
+    def matching_statistics(self, completion: Sequence[int]) -> np.ndarray:
+        """ms[i] = the length of the longest prefix of completion[i:] that occurs in one row of the index."""
+        comp = _completion(completion)
+        return self._matching(comp)[0]
+
+    def _matching(self, comp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        m = comp.size
+        ms = np.zeros(m, dtype=_I64)
+        if not m or not self._tokens.size:
+            z = np.zeros(m, dtype=_I64)
+            return ms, z, z, z
+        b = np.searchsorted(self._bucket_tok, comp)
+        b = np.minimum(b, self._bucket_tok.size - 1)
+        hit = self._bucket_tok[b] == comp
+        blo = np.where(hit, self._bucket_lo[b], 0)
+        bhi = np.where(hit, self._bucket_lo[np.minimum(b + 1, self._bucket_lo.size - 1)], 0)
+        qi = np.arange(m, dtype=_I64)
+        qlen = m - qi
+        pos = self._search(comp, qi, qlen, blo, bhi, upper=False)
+        best = np.zeros(m, dtype=_I64)
+        for cand in (pos - 1, pos):
+            ok = np.flatnonzero(hit & (cand >= blo) & (cand < bhi))
+            if ok.size:
+                lcp, _ = self._compare(comp, qi[ok], qlen[ok], self._sa[cand[ok]].astype(_I64))
+                best[ok] = np.maximum(best[ok], lcp)
+        return best, blo, bhi, pos
+
+    def find_spans(self, completion: Sequence[int], params: SpanParams = SpanParams()) -> list[Span]:
+        if not isinstance(params, SpanParams):
+            raise SpanIndexError(f"params must be SpanParams, got {type(params).__name__}")
+        comp = _completion(completion)
+        ms, blo, bhi, pos = self._matching(comp)
+        if not ms.size:
+            return []
+        prev = np.concatenate(([-1], ms[:-1]))
+        starts = np.flatnonzero((ms >= params.min_len) & (prev <= ms))   # right-maximal by ms, left-maximal
+        if not starts.size:
+            return []
+        lens = ms[starts]
+        lo = self._search(comp, starts, lens, blo[starts], pos[starts], upper=False)
+        hi = self._search(comp, starts, lens, pos[starts], bhi[starts], upper=True)
+        spans = []
+        for s, length, a, z in zip(starts.tolist(), lens.tolist(), lo.tolist(), hi.tolist()):
+            if z - a > params.max_occurrences:
+                continue
+            p = self._sa[a:z].astype(_I64)
+            row = np.searchsorted(self._starts, p, side="right") - 1
+            occ = sorted(Occurrence(int(c), int(r), int(o)) for c, r, o in
+                         zip(self._contributions[row], self._rows[row], p - self._starts[row]))
+            spans.append(Span(s, length, tuple(occ)))
+        return spans
+
+
+def _check_unique_rows(contrib: np.ndarray, rowidx: np.ndarray) -> None:
+    if contrib.size < 2:
+        return
+    o = np.lexsort((rowidx, contrib))
+    c, r = contrib[o], rowidx[o]
+    dup = np.flatnonzero((c[1:] == c[:-1]) & (r[1:] == r[:-1]))
+    if dup.size:
+        k = o[dup[0] + 1]
+        raise SpanIndexError(f"row (contribution {int(contrib[k])}, row {int(rowidx[k])}) appears twice")
+
+
+def _completion(completion: Sequence[int]) -> np.ndarray:
+    try:
+        size = len(completion)
+    except TypeError:
+        raise SpanIndexError(f"completion must be a sequence of token ids, got {type(completion).__name__}") from None
+    if size > MAX_COMPLETION:
+        raise SpanIndexError(f"completion of {size} tokens; at most {MAX_COMPLETION}")
+    return _token_array(completion, "completion")
+
+
+def contribution_weights(spans: Sequence[Span]) -> dict[int, int]:
+    """Exact integer weights per contribution from a completion's spans (rule "openlora-span-weights/1").
+
+    Rule: every completion token covered by at least one span is worth the same; it goes to the union of the
+    distinct contributions of all spans that cover it, split equally. Overlapping spans therefore never count a
+    token twice, and a contribution that holds any span covering a token shares that token. To stay in integers,
+    every token is worth S = lcm of the numbers of contributions sharing a token, so a token shared by k
+    contributions gives S // k to each. sum(weights) == S * (number of covered tokens), exactly.
+    Contributions with zero weight are left out; the dict is ordered by contribution id. No spans: {}.
+    """
+    cover: dict[int, set[int]] = {}
+    for span in spans:
+        contribs = {o.contribution for o in span.occurrences}
+        if not contribs:
+            continue
+        for t in range(span.start, span.start + span.length):
+            cover.setdefault(t, set()).update(contribs)
+    if not cover:
+        return {}
+    scale = math.lcm(*{len(s) for s in cover.values()})
+    weights: dict[int, int] = {}
+    for s in cover.values():
+        share = scale // len(s)
+        for c in s:
+            weights[c] = weights.get(c, 0) + share
+    return {c: weights[c] for c in sorted(weights)}
