@@ -54,6 +54,7 @@ _MAGIC = INDEX_FORMAT.encode("ascii") + b"\n"
 _COUNTS = struct.Struct("<QQ")
 _HEADER = len(_MAGIC) + _COUNTS.size
 _I64 = np.int64
+_PARALLEL_MIN = 1 << 20        # fewer active suffixes than this: one sort, no threads
 
 
 class SpanIndexError(AttributionError, ValueError):
@@ -124,7 +125,7 @@ def _argsort_groups(key: np.ndarray, group_first: np.ndarray, threads: int) -> n
     so the array can be cut at run starts (`group_first` flags them) and the pieces sorted in threads
     (numpy's sort releases the GIL). Equal keys may come out in any order: callers never depend on it."""
     n = key.size
-    if threads <= 1 or n < 1 << 20:
+    if threads <= 1 or n < _PARALLEL_MIN:
         return np.argsort(key)
     firsts = np.flatnonzero(group_first)
     cuts = [0]
