@@ -152,3 +152,32 @@ def attribution_vector(terms: AdapterTerms, contributors_by_datanet: dict[int, d
     for w in out.values():
         g = math.gcd(g, w)
     return tuple(sorted(((k, v // g) for k, v in out.items()), key=lambda x: int(x[0], 16)))
+
+
+@dataclass(frozen=True)
+class VersionWeights:
+    """A published Datanet version as the chain records it: per contribution, its contributor and static weight."""
+    datanet_id: int
+    version: int
+    manifest_cid: str
+    owners: dict[int, str]       # contribution id -> contributor (checksummed)
+    weights: dict[int, int]      # contribution id -> weight (derived from content, docs/datanets.md)
+
+    def by_contributor(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for cid_id, w in self.weights.items():
+            if w:
+                out[self.owners[cid_id]] = out.get(self.owners[cid_id], 0) + w
+        return out
+
+
+def version_weights(w3: Any, dep: Deployment, datanet_id: int, version: int) -> VersionWeights:
+    """Version `version` of Datanet `datanet_id` as published on chain: its manifest CID, and per contribution its
+    contributor and static weight. PricingError when the Datanet has no such version."""
+    reg = dep.contract(w3, "DatanetRegistry")
+    if not 1 <= version <= int(reg.functions.versionCount(datanet_id).call()):
+        raise PricingError(f"datanet {datanet_id} has no published version {version}")
+    v = reg.functions.getVersion(datanet_id, version).call()   # (manifestCid, publishedAt, totalWeight, ids, weights)
+    ids = [int(i) for i in v[3]]
+    owners = {i: checksum(reg.functions.getContribution(datanet_id, i).call()[0]) for i in ids}
+    return VersionWeights(datanet_id, version, v[0], owners, {i: int(w) for i, w in zip(ids, v[4])})
