@@ -12,7 +12,7 @@ NPM_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json 
 DEV_HOME ?= $(CURDIR)/.dev/home
 PYTEST_ARGS ?=
 
-.PHONY: install start test lint-imports lock clean-dev help
+.PHONY: install chromium start test lint-imports lock clean-dev help
 .DEFAULT_GOAL := help
 
 help:
@@ -36,7 +36,14 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	rm -f node_modules/.installed-* && touch $@
 
-install: $(STAMP) $(NPM_STAMP)
+# Debian's Chromium drives the dashboard's browser tests (tests/web/, through Playwright; never `playwright install`).
+# Installed where missing when make runs as root; otherwise it says what to run (those tests skip without it).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  else echo "chromium is missing: run 'sudo apt-get install chromium' (the dashboard's browser tests skip without it)"; fi; }
+
+install: $(STAMP) $(NPM_STAMP) chromium
 
 # The dev node's keystore password is generated once into .dev/password (mode 600, git-ignored).
 start: install

@@ -450,7 +450,10 @@ async def admin_pin(request: web.Request) -> web.Response:
     return web.json_response({"pinned": request.match_info["name"], "value": bool(body.get("pinned", True))})
 
 
-def build_app(svc: NodeService) -> web.Application:
+def build_app(svc: NodeService, dashboard: Any = None) -> web.Application:
+    """The node's app; `dashboard` (node.dashboard_data.Sources: chain, blockstore) feeds the web dashboard's chain
+    views, which node/dashboard.py mounts under /dashboard/ and /v1/dashboard/ (its operator view works without)."""
+    from openlora.node.dashboard import add_routes
     app = web.Application(middlewares=[errors_middleware, admin_guard_middleware], client_max_size=MAX_BODY)
     app["svc"] = svc
     app.router.add_post("/v1/completions", completions)
@@ -464,4 +467,5 @@ def build_app(svc: NodeService) -> web.Application:
     app.router.add_post("/admin/adapters", admin_load)
     app.router.add_delete("/admin/adapters/{name}", admin_unload)
     app.router.add_post("/admin/adapters/{name}/pin", admin_pin)
+    add_routes(app, svc, dashboard)
     return app

@@ -1,0 +1,431 @@
+"""The dashboard's read models: what the contributor, curator and operator views show, as JSON-able dicts.
+
+What it does: reads public chain data (the token's symbol and decimals, settled credits and claims through
+attribution.payouts, the published receipts of the batches that credit an address, Datanets, contributions,
+versions and the adapters built on them) and the node's own receipt store, and returns plain dicts in which every
+amount is a decimal string (never a float, never a JSON number). The functions here are blocking (chain reads,
+database reads, blockstore reads): node/dashboard.py runs them in worker threads, one cache in front.
+What it does not do: speak HTTP (node/dashboard.py), send transactions (a claim is sent by the visitor's wallet or
+by `openlora-node claim`), or decide who is paid (the receipts and the chain say it; the static per-Datanet and
+per-contribution breakdown below is a read of the same weights pricing used).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from openlora.node.errors import NodeError, RequestRejected
+from openlora.safejson import loads as safe_loads
+
+MAX_PUBLISHED_BYTES = 64 << 20      # as `payouts`: a published batch, ~600 bytes a receipt
+MAX_METADATA_BYTES = 64 << 10       # a Datanet's metadata record
+MAX_RECEIPTS_SHOWN = 100            # newest receipts listed for one address
+MAX_ADAPTER_EVENTS = 10_000         # AdapterRegistered events read for a Datanet's usage
+PUBLISHED_CACHE = 32                # published receipts files kept parsed (immutable: content-addressed)
+
+
+class DashboardError(RequestRejected):
+    """A dashboard query that cannot be answered: `status` and `code` say how node/api.py reports it."""
+
+
+@dataclass
+class Sources:
+    """Where the dashboard reads from. Every part is optional: a node without a chain still shows its operator view."""
+    w3: Any = None                  # sync web3 `Web3` of the node's chain
+    deployment: Any = None          # attribution.deployment.Deployment
+    blocks: Any = None              # content.blockstore.Blockstore: published receipts (ipfs://), Datanet content
+    cfg: Any = None                 # NodeConfig: fetchers for published receipts not held here, Datanet limits
+    _published: OrderedDict = field(default_factory=OrderedDict)
+    _token: dict | None = None
+    _block_time: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def chain(self) -> tuple[Any, Any]:
+        if self.w3 is None or self.deployment is None:
+            raise DashboardError(404, "no_chain", "this node has no chain deployment configured (free local mode): "
+                                                  "there are no settled payouts or Datanets to show")
+        return self.w3, self.deployment
+
+
+def sources_from(cfg: Any, chain: Any, network: Any) -> Sources:
+    """The node's sources: its chain (node.wiring.Chain or None) and its network's blockstore (or None)."""
+    blocks = getattr(getattr(network, "store", None), "blocks", None)
+    if chain is None:
+        return Sources(blocks=blocks, cfg=cfg)
+    return Sources(w3=chain.w3, deployment=chain.deployment, blocks=blocks, cfg=cfg)
+
+
+def _chain_call(fn, what: str):
+    """Run a chain read; a transport error is a 503 that names what was read, never the RPC URL."""
+    try:
+        return fn()
+    except NodeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - requests/web3 transport errors
+        raise DashboardError(503, "chain_unavailable", f"reading {what} from the chain failed "
+                                                       f"({type(e).__name__})") from None
+
+
+def token_info(src: Sources) -> dict[str, Any]:
+    """{address, symbol, decimals} of the settlement token, read once from the chain."""
+    w3, dep = src.chain()
+    if src._token is None:
+        def read():
+            t = dep.contract(w3, "OpenLoRAToken")
+            return {"address": t.address, "symbol": str(t.functions.symbol().call()),
+                    "decimals": int(t.functions.decimals().call())}
+        src._token = _chain_call(read, "the token's symbol and decimals")
+    return src._token
+
+
+def block_time(src: Sources, block: int) -> int:
+    with src._lock:
+        hit = src._block_time.get(block)
+    if hit is None:
+        hit = int(src.w3.eth.get_block(block)["timestamp"])
+        with src._lock:
+            if len(src._block_time) > 4096:
+                src._block_time.clear()
+            src._block_time[block] = hit
+    return hit
+
+
+def share_of(receipt: Any, who: str) -> int:
+    """`who`'s gross share of a receipt's price (before the protocol fee), as `payouts` computes it."""
+    total = sum(w for _, w in receipt.attribution)
+    mine = sum(w for a, w in receipt.attribution if a == who)
+    return receipt.price * mine // total if total else 0
+
+
+def published_receipts(src: Sources, uri: str) -> list | None:
+    """The receipts of a published batch file (file:// or ipfs://, as `payouts` reads them), parsed with bounds;
+    None when the file cannot be read here or is not a receipts file."""
+    from openlora.attribution.receipts import ReceiptError, receipt_from_json
+    from openlora.node.commands.payouts import read_published
+    from openlora.node.ipfs.errors import IpfsError
+    with src._lock:
+        if uri in src._published:
+            src._published.move_to_end(uri)
+            return src._published[uri]
+    try:
+        doc = safe_loads(read_published(uri, src.cfg), max_bytes=MAX_PUBLISHED_BYTES)
+        receipts = [receipt_from_json(x) for x in doc["receipts"]]
+    except (OSError, ValueError, KeyError, TypeError, ReceiptError, IpfsError):
+        return None
+    with src._lock:
+        src._published[uri] = receipts
+        while len(src._published) > PUBLISHED_CACHE:
+            src._published.popitem(last=False)
+    return receipts
+
+
+# ---- contributor ----------------------------------------------------------------------------------------------
+
+class _Static:
+    """Splits an address's gross share of a receipt into roles (operator, author, each Datanet) and, within a
+    Datanet, into its contributions, by the same chain weights attribution.pricing uses (the latest published
+    version; terms and weights read once per query). Integer arithmetic; remainders go to the last part."""
+
+    def __init__(self, src: Sources, who: str, shares: Any, operator: str | None):
+        self.src, self.who, self.shares, self.operator = src, who, shares, operator
+        self.terms: dict[str | None, Any] = {}
+        self.weights: dict[int, dict[str, int]] = {}
+        self.mine: dict[int, dict[int, int]] = {}       # datanet -> {contribution id: weight} of `who`
+
+    def _terms(self, cid: str | None):
+        from openlora.attribution.pricing import PricingError, adapter_terms
+        if cid not in self.terms:
+            try:
+                self.terms[cid] = adapter_terms(self.src.w3, self.src.deployment, cid)
+            except PricingError:
+                self.terms[cid] = None
+        return self.terms[cid]
+
+    def _datanet(self, d: int) -> dict[str, int]:
+        from openlora.attribution.pricing import contributor_weights
+        if d not in self.weights:
+            self.weights[d] = contributor_weights(self.src.w3, self.src.deployment, d)
+            reg = self.src.deployment.contract(self.src.w3, "DatanetRegistry")
+            mine: dict[int, int] = {}
+            n = int(reg.functions.versionCount(d).call())
+            if n:
+                _, _, _, ids, ws = reg.functions.getVersion(d, n).call()
+                for i, w in zip(ids, ws):
+                    if w and to_checksum_address(reg.functions.getContribution(d, int(i)).call()[0]) == self.who:
+                        mine[int(i)] = int(w)
+            self.mine[d] = mine
+        return self.weights[d]
+
+    def parts(self, receipt: Any, amount: int) -> list[tuple[str, Any, int]]:
+        """[(role, key, wei)]: role "operator" | "author" | "datanet" (key: Datanet id) | "other"."""
+        terms = self._terms(receipt.adapter_cid)
+        if terms is None or not amount:
+            return [("other", None, amount)] if amount else []
+        sh = self.shares
+        comps: list[tuple[str, Any, int]] = []
+        scale = 10**18
+        if self.operator is not None and to_checksum_address(receipt.node) == self.who:
+            comps.append(("operator", None, sh.operator_bps * scale))
+        author = to_checksum_address(terms.author) if terms.author else None
+        if author == self.who:
+            comps.append(("author", None, sh.author_bps * scale))
+        for d, bps in terms.datanet_weights:
+            weights = self._datanet(d)
+            total = sum(weights.values())
+            if total and weights.get(self.who):
+                comps.append(("datanet", d, sh.contributors_bps * bps * scale * weights[self.who] // (10_000 * total)))
+        comps = [c for c in comps if c[2] > 0]
+        if not comps:
+            return [("other", None, amount)]
+        total_c = sum(c[2] for c in comps)
+        out, given = [], 0
+        for i, (role, key, c) in enumerate(comps):
+            part = amount - given if i == len(comps) - 1 else amount * c // total_c
+            given += part
+            out.append((role, key, part))
+        return out
+
+    def by_contribution(self, d: int, amount: int) -> dict[int, int]:
+        mine = self.mine.get(d) or {}
+        total = sum(mine.values())
+        out, given = {}, 0
+        for i, (cid, w) in enumerate(sorted(mine.items())):
+            part = amount - given if i == len(mine) - 1 else amount * w // total
+            given += part
+            out[cid] = part
+        return out
+
+
+def _receipt_row(r: Any, who: str, share: int, status: str, batch: str | None) -> dict[str, Any]:
+    evidence = getattr(r, "evidence", None)
+    return {"request_id": r.request_id, "adapter": r.adapter_cid or "base model", "created_at": r.created_at,
+            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens, "price": str(r.price),
+            "share": str(share), "status": status, "batch_id": batch, "requester": r.requester,
+            "segments": evidence.get("segments") if isinstance(evidence, dict) else None}
+
+
+def contributor(src: Sources, store: Any, address: str, shares: Any, node: str | None) -> dict[str, Any]:
+    """Everything the contributor view shows for `address` (checksummed by the caller). Blocking."""
+    from openlora.attribution.payouts import claim_items, payouts_of
+    w3, dep = src.chain()
+    token = token_info(src)
+    report = _chain_call(lambda: payouts_of(w3, dep, address, from_block=dep.block), "the settled batches")
+    st = dep.contract(w3, "Settlement")
+    static = _Static(src, address, shares, node)
+    claimed = sum(p.amount for p in report.payouts if p.claimed)
+    batches, receipts, by_adapter = [], [], {}
+    roles: dict[str, int] = {}
+    datanets: dict[int, int] = {}
+    unreadable = []
+
+    def account(r: Any, share: int) -> None:
+        key = r.adapter_cid or "base model"
+        by_adapter[key] = by_adapter.get(key, 0) + share
+        for role, k, part in static.parts(r, share):
+            if role == "datanet":
+                datanets[k] = datanets.get(k, 0) + part
+            else:
+                roles[role] = roles.get(role, 0) + part
+
+    def read_batches():
+        for p in report.payouts:
+            ev = st.events.BatchSettled().process_receipt(w3.eth.get_transaction_receipt(p.tx_hash))
+            uri = ev[0]["args"]["receiptsUri"] if ev else ""
+            bid = "0x" + p.batch_id.hex()
+            batches.append({"batch_id": bid, "block": p.block, "time": block_time(src, p.block), "tx_hash": p.tx_hash,
+                            "node": p.node, "amount": str(p.amount), "claimed": p.claimed, "receipts_uri": uri})
+            rs = published_receipts(src, uri)
+            if rs is None:
+                unreadable.append(bid)
+                continue
+            for r in rs:
+                share = share_of(r, address)
+                if share:
+                    account(r, share)
+                    receipts.append(_receipt_row(r, address, share, "claimed" if p.claimed else "settled", bid))
+    _chain_call(read_batches, "the settled batches' receipts")
+    pending = None
+    if store is not None:
+        pending = 0
+        for r in store.unsettled_receipts():
+            share = share_of(r, address)
+            if share:
+                pending += share
+                _chain_call(lambda r=r, share=share: account(r, share), "the adapters' terms")
+                receipts.append(_receipt_row(r, address, share, "unsettled", None))
+    series, cumulative = [], 0
+    for b in sorted(batches, key=lambda b: (b["block"], b["batch_id"])):
+        cumulative += int(b["amount"])
+        series.append({"time": b["time"], "block": b["block"], "cumulative": str(cumulative)})
+    items = claim_items(report.payouts)
+    calldata = None
+    if items:
+        calldata = st.encode_abi("claimMany", args=[address, items])
+    per_datanet = []
+    for d in sorted(datanets):
+        per_contribution = static.by_contribution(d, datanets[d])
+        per_datanet.append({"datanet_id": d, "static": str(datanets[d]), "matched": "0",
+                            "contributions": [{"id": i, "static": str(v), "matched": "0"}
+                                              for i, v in sorted(per_contribution.items())]})
+    receipts.sort(key=lambda x: (-x["created_at"], x["request_id"]))
+    return {
+        "address": address, "token": token, "chain_id": dep.chain_id,
+        "settled": str(report.earned), "claimed": str(claimed), "claimable": str(report.claimable),
+        "unsettled_local": None if pending is None else str(pending),
+        "earned": str(report.earned + (pending or 0)),
+        "batches": batches, "series": series, "skipped": report.skipped, "unreadable_batches": unreadable,
+        "by_adapter": {k: str(v) for k, v in sorted(by_adapter.items())},
+        "by_role": {k: str(v) for k, v in sorted(roles.items())},
+        "by_datanet": per_datanet,
+        "receipts": receipts[:MAX_RECEIPTS_SHOWN], "receipts_total": len(receipts),
+        "claim": {"settlement": st.address, "items": len(items), "amount": str(report.claimable),
+                  "calldata": calldata,
+                  "command": f"openlora-node claim --address {address}" if items else None},
+    }
+
+
+# ---- curator --------------------------------------------------------------------------------------------------
+
+def _metadata(src: Sources, cid: str) -> dict[str, str]:
+    """The Datanet's name/description/license from its metadata record, when this node holds it."""
+    import io
+
+    from openlora.content.dag import cat
+    if src.blocks is None or not cid:
+        return {}
+    try:
+        out = io.BytesIO()
+        cat(cid, src.blocks.get, out, max_bytes=MAX_METADATA_BYTES)
+        meta = safe_loads(out.getvalue(), max_bytes=MAX_METADATA_BYTES, max_depth=4)
+    except Exception:  # noqa: BLE001 - not held here, too big, not JSON: the view shows the CID only
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    return {k: str(meta[k])[:500] for k in ("name", "description", "license") if isinstance(meta.get(k), str)}
+
+
+def _assess(src: Sources, reg: Any, datanet_id: int, c: Any) -> dict[str, Any]:
+    """Duplicate flags of a pending contribution against the accepted rows (datanets.Registry.assess), when this
+    node holds the content; otherwise why not."""
+    from openlora.datanets.errors import DatanetError
+    if src.blocks is None:
+        return {"readable": False, "why": "this node has no blockstore"}
+    from openlora.datanets.dedup import DedupParams
+    from openlora.node.commands._datanet_support import _limits
+    kw: dict[str, Any] = {"limits": _limits(src.cfg)}       # config.toml's [datanets], as `datanet pending`
+    if src.cfg is not None:
+        kw["dedup"] = DedupParams(threshold_bps=src.cfg.datanets.near_duplicate_threshold_bps)
+    try:
+        entry = reg.assess(datanet_id, c.id, src.blocks.get, **kw)
+    except (DatanetError, NodeError, KeyError, ValueError) as e:
+        return {"readable": False, "why": str(e)[:300]}
+    rows = entry["rows"]
+    return {"readable": True, "rows": len(rows), "tokens": sum(r["tokens"] for r in rows),
+            "exact_duplicates": sum(r.get("duplicate") == "exact" for r in rows),
+            "near_duplicates": sum(r.get("duplicate") == "near" for r in rows),
+            "weight": str(entry["weight"]), "license": entry.get("license")}
+
+
+def curator(src: Sources, store: Any, datanet_id: int) -> dict[str, Any]:
+    """The curator view of Datanet `datanet_id`: pending contributions with duplicate flags, every contribution's
+    status, the published versions, and its usage (adapters registered on it; this node's requests to them)."""
+    from openlora.datanets.errors import DatanetError
+    from openlora.datanets.registry import Registry
+    w3, dep = src.chain()
+
+    def read():
+        reg = Registry(w3, dep)
+        try:
+            info = reg.datanet(datanet_id)
+        except DatanetError as e:
+            raise DashboardError(404, "datanet_not_found", str(e)) from None
+        contributions = reg.contributions(datanet_id)
+        versions = [reg.version(datanet_id, v) for v in range(1, info.versions + 1)]
+        return reg, info, contributions, versions
+    reg, info, contributions, versions = _chain_call(read, f"Datanet {datanet_id}")
+    pending = [{"id": c.id, "contributor": c.contributor, "cid": c.cid, "size": c.size,
+                **_assess(src, reg, datanet_id, c)} for c in contributions if c.status == "pending"]
+    latest = versions[-1].weights if versions else {}
+    adapters = _chain_call(lambda: _adapters_on(w3, dep, datanet_id), "the adapters registered on the Datanet")
+    served = _served(store, [a["cid"] for a in adapters]) if store is not None else None
+    for a in adapters:
+        a.update(served.get(a["cid"], {"requests": 0, "tokens": 0, "value": "0"}) if served is not None else {})
+    return {
+        "datanet_id": datanet_id, "curator": info.curator, "created_at": info.created_at,
+        "metadata_cid": info.metadata_cid, "metadata": _metadata(src, info.metadata_cid),
+        "pending": pending,
+        "contributions": [{"id": c.id, "contributor": c.contributor, "cid": c.cid, "size": c.size,
+                           "status": c.status, "weight": str(latest.get(c.id, 0))} for c in contributions],
+        "versions": [{"version": v.version, "manifest_cid": v.manifest_cid, "published_at": v.published_at,
+                      "total_weight": str(v.total_weight), "contributions": len(v.weights)} for v in versions],
+        "usage": {"adapters": adapters, "node_receipts": served is not None},
+    }
+
+
+def _adapters_on(w3: Any, dep: Any, datanet_id: int) -> list[dict[str, Any]]:
+    reg = dep.contract(w3, "AdapterRegistry")
+    out = []
+    for ev in reg.events.AdapterRegistered().get_logs(from_block=dep.block)[:MAX_ADAPTER_EVENTS]:
+        a = ev["args"]
+        ids = [int(i) for i in a["datanetIds"]]
+        if datanet_id in ids:
+            out.append({"cid": a["cid"], "author": a["author"], "base_model": a["baseModel"],
+                        "price_per_token": str(a["pricePerToken"]),
+                        "weight_bps": int(a["weightsBps"][ids.index(datanet_id)]), "block": ev["blockNumber"]})
+    return out
+
+
+def _served(store: Any, cids: list[str]) -> dict[str, dict[str, Any]]:
+    """This node's receipts for the adapters `cids`: requests, tokens and their summed price (exact)."""
+    from sqlalchemy import select
+    from openlora.node.storage import receipts
+    out: dict[str, dict[str, Any]] = {}
+    if not cids:
+        return out
+    with store.engine.connect() as c:
+        q = select(receipts.c.adapter_cid, receipts.c.prompt_tokens, receipts.c.completion_tokens,
+                   receipts.c.price).where(receipts.c.adapter_cid.in_(cids))
+        for cid, p, comp, price in c.execute(q):
+            d = out.setdefault(cid, {"requests": 0, "tokens": 0, "value": 0})
+            d["requests"] += 1
+            d["tokens"] += int(p) + int(comp)
+            d["value"] += int(price)
+    for d in out.values():
+        d["value"] = str(d["value"])
+    return out
+
+
+# ---- operator -------------------------------------------------------------------------------------------------
+
+class Sampler:
+    """A ring of (time, tokens/s, requests/s, queue, running, KV blocks) samples taken every `period_s` on the
+    event loop from the engine's published stats snapshot and the request counters: the operator view's charts."""
+
+    def __init__(self, svc: Any, period_s: float = 1.0, keep: int = 300):
+        self.svc, self.period_s, self.keep = svc, period_s, keep
+        self.samples: list[dict[str, Any]] = []
+        self._last: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _total(counter: Any) -> float:
+        return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+    def sample(self) -> None:
+        m, stats = self.svc.metrics, self.svc.client.stats()
+        now, tokens, requests = time.time(), self._total(m.tokens), self._total(m.requests)
+        tps = rps = 0.0
+        if self._last is not None and now > self._last[0]:
+            dt = now - self._last[0]
+            tps, rps = (tokens - self._last[1]) / dt, (requests - self._last[2]) / dt
+        self._last = (now, tokens, requests)
+        self.samples.append({"time": round(now, 3), "tokens_per_s": round(tps, 3), "requests_per_s": round(rps, 3),
+                             "waiting": stats.waiting if stats else 0, "running": stats.running if stats else 0,
+                             "kv_blocks_used": stats.kv_blocks_used if stats else 0,
+                             "tokens_total": int(tokens), "requests_total": int(requests)})
+        del self.samples[:-self.keep]

@@ -1,0 +1,278 @@
+"""The web dashboard in a real browser (Playwright + Debian Chromium) against a node whose receipts settled on a real
+Anvil (tests/web/conftest.py): the contributor view shows exactly what `openlora-node payouts --json` says for
+three addresses, and a browser wallet (EIP-1193) claims on chain; a curator sees the pending contribution and its
+duplicate flags; the operator view updates while requests run; no page logs a console error. The JSON endpoints
+refuse bad input with a 4xx (never a 5xx), and amounts far beyond 2^53 format exactly in the page's own code."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from urllib.parse import quote
+
+import pytest
+from click.testing import CliRunner
+
+from openlora.devnet.seed import ROLES
+from tests.service.server_util import http_json
+from tests.web.conftest import screenshot
+
+
+def payouts_cli(web, address: str) -> dict:
+    from openlora.node.cli import cli
+    out = CliRunner().invoke(cli, ["--home", str(web["home"]), "payouts", "--address", address, "--json"])
+    assert out.exit_code == 0, out.output
+    return json.loads(out.stdout)
+
+
+def exact(wei: str, decimals: int, symbol: str) -> str:
+    """What the page must print for `wei`: every non-zero decimal, thousands grouped (Python integers, not JS)."""
+    whole, frac = divmod(int(wei), 10**decimals)
+    frac_s = str(frac).rjust(decimals, "0").rstrip("0") if decimals else ""
+    return f"{whole:,}" + (f".{frac_s}" if frac_s else "") + f" {symbol}"
+
+
+def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_contributor_view_shows_what_payouts_json_says(web, page):
+    url = web["server"].url
+    token = web["dep"].contract(web["w3"], "OpenLoRAToken")
+    symbol, decimals = token.functions.symbol().call(), token.functions.decimals().call()
+    addresses = [web["contributor"], web["author"], web["node"]]
+    for who in addresses:
+        cli = payouts_cli(web, who)
+        page.goto(f"{url}/dashboard/#/contributor/{who}")
+        page.wait_for_selector("#who")
+        assert page.inner_text("#who") == who
+        for field in ("settled", "claimed", "claimable"):
+            el = page.locator(f".cards [data-field={field}]")
+            assert el.get_attribute("data-wei") == cli[field], (who, field)
+            assert el.inner_text() == exact(cli[field], decimals, symbol), (who, field)
+        assert page.locator(".cards [data-field=unsettled]").get_attribute("data-wei") == cli["unsettled_local"]
+        rows = page.locator("#batches tbody tr[data-batch]")
+        assert rows.count() == len(cli["batches"]) == 2
+        shown = {rows.nth(i).get_attribute("data-batch"): rows.nth(i).locator("[data-field=batch-amount]")
+                 .get_attribute("data-wei") for i in range(rows.count())}
+        assert shown == {b["batch_id"]: b["amount"] for b in cli["batches"]}
+        # the JSON behind the view: the same per-adapter split as the CLI, and every share accounted for once
+        status, js = http_json(f"{url}/v1/dashboard/contributors/{who.lower()}")
+        assert status == 200 and js["address"] == who
+        settled_by_adapter: dict[str, int] = {}
+        for r in js["receipts"]:
+            if r["status"] != "unsettled":
+                settled_by_adapter[r["adapter"]] = settled_by_adapter.get(r["adapter"], 0) + int(r["share"])
+        assert settled_by_adapter == {k: int(v) for k, v in cli["by_adapter"].items() if v != "0"}
+        settled_gross = sum(int(r["share"]) for r in js["receipts"] if r["status"] != "unsettled")
+        assert js["receipts_total"] == len(js["receipts"])
+        parts = sum(int(d["static"]) + int(d["matched"]) for d in js["by_datanet"]) + \
+            sum(int(v) for v in js["by_role"].values())
+        assert parts == sum(int(v) for v in js["by_adapter"].values())
+        assert settled_gross == sum(int(v) for v in cli["by_adapter"].values())
+        for d in js["by_datanet"]:
+            assert sum(int(c["static"]) for c in d["contributions"]) == int(d["static"])
+        # no wallet in this browser: the exact CLI command
+        if int(cli["claimable"]):
+            assert page.inner_text("#claim-command") == f"openlora-node claim --address {who}"
+            assert page.locator("#claim-wallet").count() == 0
+        else:
+            assert page.locator("#claim-none").count() == 1
+        if who == web["contributor"]:
+            assert int(cli["claimed"]) > 0 and int(cli["claimable"]) > 0 and int(cli["unsettled_local"]) > 0
+            assert page.locator("#by-datanet tr.contribution").count() >= 1
+            assert page.locator("svg[data-chart=amount] circle").count() == 2
+            screenshot(page, "contributor")
+        if who == web["node"]:
+            assert "operator" in js["by_role"]
+
+
+def test_browser_wallet_claims_on_chain(web, page):
+    """An EIP-1193 provider in the page (forwarding to Anvil, whose dev accounts are unlocked) sends the claim the
+    view built; the author is paid exactly its claimable amount, and the view then shows nothing to claim."""
+    from openlora.attribution.payouts import payouts_of
+    w3, dep, author = web["w3"], web["dep"], web["author"]
+    sender = web["accts"][ROLES["requester2"]].address
+    before = payouts_of(w3, dep, author, from_block=dep.block).claimable
+    assert before > 0
+    balance = dep.contract(w3, "OpenLoRAToken").functions.balanceOf(author).call()
+    calls = []
+
+    def rpc(method, params):
+        calls.append(method)
+        if method in ("eth_requestAccounts", "eth_accounts"):
+            return [sender]
+        r = w3.provider.make_request(method, params or [])
+        if "error" in r:
+            raise RuntimeError(r["error"]["message"])
+        return r["result"]
+    page.expose_function("anvilRequest", rpc)
+    page.add_init_script("window.ethereum = {isMetaMask: false, request: ({method, params}) => "
+                         "window.anvilRequest(method, params || [])};")
+    page.goto(f"{web['server'].url}/dashboard/#/contributor/{author}")
+    page.click("#claim-wallet")
+    tx = page.wait_for_selector("#claim-tx").inner_text().removeprefix("sent: ")
+    assert calls[-1] == "eth_sendTransaction"
+    receipt = w3.eth.wait_for_transaction_receipt(tx, timeout=30)
+    assert receipt.status == 1 and receipt["from"] == sender
+    assert dep.contract(w3, "OpenLoRAToken").functions.balanceOf(author).call() == balance + before
+    assert payouts_of(w3, dep, author, from_block=dep.block).claimable == 0
+
+    def claimed_shown():
+        page.goto(f"{web['server'].url}/dashboard/?r={time.monotonic()}#/contributor/{author}")
+        page.wait_for_selector("#who")
+        return page.locator(".cards [data-field=claimable]").get_attribute("data-wei") == "0"
+    wait_for(claimed_shown, 15, "the view to show the claim")
+    assert page.locator("#claim-none").count() == 1
+
+
+def test_curator_sees_the_pending_contribution_with_its_duplicates(web, page):
+    url, extra = web["server"].url, web["extra"]
+    page.goto(f"{url}/dashboard/#/curator")
+    page.wait_for_selector("#datanets tbody tr[data-datanet]")
+    page.click(f"#datanets a[href='#/curator/{extra['datanet_id']}']")
+    row = page.wait_for_selector(f"#pending tr.pending[data-contribution='{web['pending_id']}']")
+    assert "FLAGGED: 2 exact, 0 near duplicate row(s)" in row.inner_text()
+    statuses = {int(r.get_attribute("data-contribution")): r.get_attribute("data-status")
+                for r in page.query_selector_all("#contributions tbody tr[data-contribution]")}
+    want = {c["id"]: c["status"] for c in extra["contributions"]} | {web["pending_id"]: "pending"}
+    assert statuses == want
+    v = page.query_selector("#versions tr[data-version='1']")
+    assert extra["datanet_version"]["manifest_cid"][:16] in v.inner_text()
+    # usage: the adapter built on the Datanet, and the 9 of the 14 requests so far that used it (i % 3 != 0)
+    usage = page.query_selector(f"#usage tr[data-adapter='{web['cid']}']")
+    assert usage.query_selector_all("td")[4].inner_text() == "9"
+    status, js = http_json(f"{url}/v1/dashboard/datanets/{extra['datanet_id']}")
+    a = next(a for a in js["usage"]["adapters"] if a["cid"] == web["cid"])
+    assert status == 200 and a["requests"] == 9 and a["author"] == web["author"]
+    screenshot(page, "curator")
+
+
+def test_operator_view_updates_while_requests_run(web, page):
+    url, store = web["server"].url, web["store"]
+    page.goto(f"{url}/dashboard/?poll=250#/operator")
+    page.wait_for_selector("#updates")
+    hits0 = int(page.inner_text("tr[data-adapter='law'] td.hits"))
+    total0 = int(page.inner_text("#requests-total"))
+    stop = threading.Event()
+
+    def run():
+        i = 100
+        while not stop.is_set():
+            web["traffic"](2, i)
+            i += 2
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: int(page.inner_text("#requests-total")) >= total0 + 6, 30, "the request count to grow")
+        wait_for(lambda: int(page.inner_text("tr[data-adapter='law'] td.hits")) > hits0, 10, "adapter hits")
+        wait_for(lambda: page.locator("svg[data-chart=line] path.series").count() >= 3, 10, "the charts")
+        updates = int(page.get_attribute("#updates", "data-updates"))
+        wait_for(lambda: int(page.get_attribute("#updates", "data-updates")) > updates + 2, 10, "more updates")
+        screenshot(page, "operator")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert page.locator("tr[data-tier='device'][data-adapter='law']").count() == 1
+    pending = store.counts()["pending"]
+    wait_for(lambda: page.inner_text("#receipts-pending") == str(pending), 10, "the pending receipts count")
+    assert page.inner_text("#batches-in-flight") == "0"
+    assert int(page.inner_text("#receipts-settled")) == store.counts()["settled"] > 0
+
+
+def test_amounts_beyond_2_to_the_53_format_exactly_in_the_page(web, page):
+    page.goto(f"{web['server'].url}/dashboard/#/operator")
+    values = ["0", "1", "9007199254740993", "123456789012345678901234567890",
+              str(2**256 - 1), "-1000000000000000001"]
+    got = page.evaluate("""async (values) => {
+        const m = await import('/dashboard/amounts.js');
+        return values.map((v) => [m.formatUnits(v, 18), m.formatUnits(v, 0), m.sum([v, v]).toString()]);
+    }""", values)
+    for v, (f18, f0, doubled) in zip(values, got):
+        sign = "-" if v.startswith("-") else ""
+        assert f18 == sign + exact(v.lstrip("-"), 18, "x")[:-2]
+        assert f0 == f"{int(v):,}" and doubled == str(2 * int(v))
+    bad = page.evaluate("""async () => { const m = await import('/dashboard/amounts.js');
+        try { m.formatUnits('1e21', 18); return 'accepted'; } catch (e) { return 'refused'; } }""")
+    assert bad == "refused"
+
+
+def test_endpoints_refuse_bad_input_with_4xx_never_5xx(web):
+    url = web["server"].url
+    who = web["contributor"]
+    flipped = who[:2] + "".join(c.swapcase() if c.isalpha() else c for c in who[2:])
+    bad_addresses = ["0x123", "0x" + "g" * 40, flipped, "0x" + "1" * 41, "1" * 42, "0x" + "1" * 4000,
+                     quote("0x" + "é" * 40), "%00", quote(who + "\n"), quote(" " + who), "%ff" * 21]
+    for a in bad_addresses:
+        status, js = http_json(f"{url}/v1/dashboard/contributors/{a}")
+        assert status == 400 and js["error"]["code"] == "invalid_address", (a, status, js)
+    for bad_id in ["0", "-1", "abc", "1e3", "1.0", "9" * 30, str(2**63), "0x10", quote("１")]:
+        status, js = http_json(f"{url}/v1/dashboard/datanets/{bad_id}")
+        assert status == 400 and js["error"]["code"] == "invalid_id", (bad_id, status, js)
+    status, js = http_json(f"{url}/v1/dashboard/datanets/{2**63 - 1}")
+    assert status == 404 and js["error"]["code"] == "datanet_not_found"
+    # an address nobody paid: zeros, not an error; upper-case hex is an address too
+    status, js = http_json(f"{url}/v1/dashboard/contributors/0x{'AB' * 20}")
+    assert status == 200 and (js["settled"], js["claimable"], js["batches"]) == ("0", "0", [])
+    for path in ["/dashboard/nope.js", "/dashboard/..%2Fdashboard.py", "/dashboard/%2e%2e/api.py",
+                 "/dashboard/" + "a" * 5000, "/v1/dashboard/contributors/", "/v1/dashboard/nothing"]:
+        status, _ = _raw(url + path)
+        assert 400 <= status < 500, (path, status)
+    # POST is not a dashboard verb
+    status, _ = _raw(f"{url}/v1/dashboard/operator", method="POST")
+    assert status == 405
+
+
+def _raw(url: str, method: str = "GET") -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_pages_are_self_contained_and_locked_to_this_origin(web):
+    from openlora.node.dashboard import CSP, WEB_DIR
+    url = web["server"].url
+    status, body = _raw(f"{url}/dashboard/")
+    assert status == 200 and b'src="/dashboard/app.js"' in body
+    for f in sorted(WEB_DIR.iterdir()):
+        text = f.read_text()
+        # no CDN, no remote font, no framework: the only URL is the SVG namespace
+        assert not re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text.replace("http://www.w3.org/2000/svg", "")), f
+        assert "innerHTML" not in text and "eval(" not in text, f
+        status, _ = _raw(f"{url}/dashboard/{f.name}")
+        assert status == 200, f.name
+    import urllib.request
+    with urllib.request.urlopen(f"{url}/dashboard/app.js", timeout=30) as r:
+        assert r.headers["Content-Security-Policy"] == CSP
+        assert r.headers["Content-Type"].startswith("text/javascript")
+
+
+def test_a_node_without_a_chain_still_shows_its_operator_view(web):
+    """No deployment (free local mode): the chain views say so with a 404, the operator view works."""
+    from openlora.node.api import NodeService, build_app
+    from tests.service.server_util import ServerThread
+    svc = NodeService(client=web["svc"].client, node_address="0x" + "11" * 20, free_local_mode=True)
+    with ServerThread(build_app(svc)) as server:
+        status, js = http_json(f"{server.url}/v1/dashboard/contributors/{web['contributor']}")
+        assert status == 404 and js["error"]["code"] == "no_chain"
+        status, js = http_json(f"{server.url}/v1/dashboard/datanets/1")
+        assert status == 404 and js["error"]["code"] == "no_chain"
+        status, js = http_json(f"{server.url}/v1/dashboard")
+        assert status == 200 and js["chain"] is None
+        status, js = http_json(f"{server.url}/v1/dashboard/operator")
+        assert status == 200 and any(a["name"] == "law" for a in js["adapters"])
+        assert js["settlement"] == {"enabled": False, "receipts": None, "batches_in_flight": None}
