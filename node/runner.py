@@ -114,7 +114,8 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
                             import_adapter=net.importer(engine))
         await pin_configured(client, cfg.adapters.pinned)
         net.follow_announcements(client)
-        http = web.AppRunner(build_app(svc), access_log=None)
+        from openlora.node.dashboard_data import sources_from
+        http = web.AppRunner(build_app(svc, dashboard=sources_from(cfg, chain, net)), access_log=None)
         await http.setup()
         try:
             await web.TCPSite(http, cfg.api.host, cfg.api.port).start()
