@@ -4,7 +4,7 @@ The Python API (imports torch, transformers and peft when first used; `import op
 
     from openlora.factory import train_rows
     r = train_rows(base_dir, rows, out_dir, *, rank=8, alpha=16.0, targets=("q_proj", "v_proj"), epochs=1,
-                   lr=1e-3, batch=4, max_len=256, seed=0, eval_split=0.0, threads=2, samples=0, author="")
+                   lr=1e-3, batch=4, max_len=256, seed=0, eval_split=0.0, threads=1, samples=0, author="")
     r.cid          # the adapter directory's CID (Kubo-identical), r.out_dir its path (written atomically)
     r.manifest     # factory-manifest.json as a dict; r.evaluation its held-out figures
     r.final_loss, r.steps, r.tokens, r.tokens_per_s, r.seconds

@@ -90,7 +90,7 @@ def train(records: list[rowsmod.Record], base_dir: Path | str, out_dir: Path | s
 def train_rows(base_dir: Path | str, rows: list[str | dict[str, str]], out_dir: Path | str | None = None, *,
                rank: int = 8, alpha: float = 16.0, targets: tuple[str, ...] | list[str] = ("q_proj", "v_proj"),
                epochs: int = 1, lr: float = 1e-3, batch: int = 4, max_len: int = 256, seed: int = 0,
-               eval_split: float = 0.0, threads: int = 2, samples: int = 0, author: str = "",
+               eval_split: float = 0.0, threads: int = 1, samples: int = 0, author: str = "",
                progress: Callable[[tr.Progress], None] | None = None) -> TrainResult:
     """Train a LoRA adapter on plain rows without a chain (see the package docstring)."""
     cfg = TrainConfig(rank=rank, alpha=alpha, targets=tuple(targets), epochs=epochs, lr=lr, batch=batch,

@@ -32,7 +32,7 @@ class TrainConfig:
     max_len: int = 256
     seed: int = 0
     eval_split: float = 0.1     # share of rows held out (0 <= s < 1), chosen by a seeded permutation
-    threads: int = 2            # torch intra-op threads: part of the result on CPU (reduction order)
+    threads: int = 1            # torch intra-op threads: part of the result on CPU (reduction order)
     grad_clip: float = 1.0      # max global grad norm (0: off)
     samples: int = 3            # held-out rows generated from, base vs adapter
     sample_tokens: int = 32     # tokens generated per sample (greedy)
