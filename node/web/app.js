@@ -1,6 +1,6 @@
 // The dashboard's entry: reads /v1/dashboard once, then routes #/contributor/<address>, #/curator/<id>, #/operator.
 
-import { h, short } from "./dom.js";
+import { fill, h, short } from "./dom.js";
 import { renderContributor } from "./contributor.js";
 import { renderCurator } from "./curator.js";
 import { renderOperator } from "./operator.js";
@@ -37,7 +37,7 @@ const state = { node: null, stop: null };
 
 function nodeLine(node) {
   const el = document.getElementById("node");
-  el.replaceChildren(
+  fill(el, 
     h("span", {}, node.name), " · ", h("code", { title: node.address }, short(node.address)), " · ",
     h("span", {}, node.base_model),
     node.chain
@@ -54,7 +54,7 @@ async function route() {
   const [, view = "contributor", arg = ""] = (location.hash || "#/contributor").split("/");
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.view === view);
   const main = document.getElementById("view");
-  main.replaceChildren(h("p", { class: "note" }, "loading…"));
+  fill(main, h("p", { class: "note" }, "loading…"));
   main.dataset.view = view;
   const ctx = { node: state.node, main, getJSON, errorBox, onStop: (fn) => { state.stop = fn; } };
   try {
@@ -62,7 +62,7 @@ async function route() {
     else if (view === "operator") await renderOperator(ctx);
     else await renderContributor(ctx, decodeURIComponent(arg));
   } catch (e) {
-    main.replaceChildren(errorBox(e));
+    fill(main, errorBox(e));
   }
   main.dataset.ready = "1";
 }

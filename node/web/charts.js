@@ -20,14 +20,16 @@ function timeLabel(t) {
   return new Date(t * 1000).toISOString().slice(11, 19);
 }
 
-// points: [{x: seconds, y: BigInt}] -> a step line of a cumulative amount
+// points: [{x: block number, t: seconds, y: BigInt}] -> a step line of a cumulative amount (x by block, so batches
+// settled within one second stay apart; labels show their times)
 export function amountStepChart(points, label, format) {
   const svg = frame(label, { "data-chart": "amount" });
   if (!points.length) {
     svg.append(s("text", { x: W / 2, y: H / 2, class: "note", "text-anchor": "middle" }, "nothing settled yet"));
     return svg;
   }
-  const pts = points.length === 1 ? [{ x: points[0].x - 1, y: 0n }, points[0]] : [{ x: points[0].x, y: 0n }, ...points];
+  const first = points[0];
+  const pts = [{ x: points.length === 1 ? first.x - 1 : first.x, t: first.t, y: 0n }, ...points];
   const max = pts.reduce((m, p) => (p.y > m ? p.y : m), 1n);
   const plotH = BigInt(H - PAD.t - PAD.b);
   const X = xScale(pts.map((p) => p.x));
@@ -37,11 +39,12 @@ export function amountStepChart(points, label, format) {
   svg.append(s("path", { d, class: "series" }));
   for (const p of pts.slice(1)) {
     svg.append(s("circle", { cx: X(p.x).toFixed(1), cy: Y(p.y), r: 3, class: "dot" },
-      s("title", {}, `${timeLabel(p.x)}: ${format(p.y)}`)));
+      s("title", {}, `block ${p.x}, ${timeLabel(p.t)}: ${format(p.y)}`)));
   }
   svg.append(s("text", { x: W - PAD.r, y: PAD.t + 10, "text-anchor": "end", class: "note" }, format(max)));
-  svg.append(s("text", { x: PAD.l, y: H - 6, class: "note" }, timeLabel(pts[0].x)));
-  svg.append(s("text", { x: W - PAD.r, y: H - 6, "text-anchor": "end", class: "note" }, timeLabel(pts[pts.length - 1].x)));
+  svg.append(s("text", { x: PAD.l, y: H - 6, class: "note" }, `block ${first.x} · ${timeLabel(first.t)}`));
+  const last = pts[pts.length - 1];
+  svg.append(s("text", { x: W - PAD.r, y: H - 6, "text-anchor": "end", class: "note" }, `block ${last.x} · ${timeLabel(last.t)}`));
   return svg;
 }
 

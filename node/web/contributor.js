@@ -1,7 +1,7 @@
 // Contributor view: earned / settled / claimed / claimable for any address (no keystore), earnings over time, the
 // split per Datanet and per contribution (matched spans vs static share), the receipts behind it, and the claim.
 
-import { h, table, short, when } from "./dom.js";
+import { fill, h, table, short, when } from "./dom.js";
 import { wei, formatToken, percent } from "./amounts.js";
 import { amountStepChart } from "./charts.js";
 
@@ -73,14 +73,14 @@ export async function renderContributor(ctx, address) {
   const { main, getJSON, node } = ctx;
   const form = addressForm(address || "");
   if (!address) {
-    main.replaceChildren(h("h2", {}, "Contributor"), form,
+    fill(main, h("h2", {}, "Contributor"), form,
       h("p", { class: "note" }, "Any address: a contributor, an adapter author, a node operator. Try this node's: ",
         h("a", { href: `#/contributor/${node && node.address}` }, node && node.address)));
     return;
   }
   const data = await getJSON(`/v1/dashboard/contributors/${encodeURIComponent(address)}`);
   const token = data.token;
-  const series = data.series.map((p) => ({ x: p.time, y: wei(p.cumulative) }));
+  const series = data.series.map((p) => ({ x: p.block, t: p.time, y: wei(p.cumulative) }));
   const fmt = (v) => formatToken(v, token);
   const datanetRows = data.by_datanet.flatMap((d) => [
     h("tr", { class: "datanet", "data-datanet": d.datanet_id },
@@ -93,6 +93,8 @@ export async function renderContributor(ctx, address) {
   const roleNames = { operator: "as node operator", author: "as adapter author", other: "other" };
   const roleRows = Object.entries(data.by_role).map(([k, v]) => h("tr", {}, h("td", {}, roleNames[k] || k),
     h("td", {}, amount(v, token, `role-${k}`))));
+  const adapterRows = Object.entries(data.by_adapter).map(([k, v]) => h("tr", { "data-adapter": k },
+    h("td", { title: k }, short(k, 24)), h("td", {}, amount(v, token, "adapter-share"))));
   const batchRows = data.batches.map((b) => h("tr", { "data-batch": b.batch_id },
     h("td", { title: b.batch_id }, short(b.batch_id, 12)), h("td", {}, String(b.block)), h("td", {}, when(b.time)),
     h("td", {}, amount(b.amount, token, "batch-amount")), h("td", {}, b.claimed ? "claimed" : "claimable"),
@@ -103,7 +105,7 @@ export async function renderContributor(ctx, address) {
     h("td", {}, amount(r.price, token, "price")), h("td", {}, amount(r.share, token, "share")),
     h("td", {}, r.status), h("td", {}, completion(r.segments))));
   const total = wei(data.earned);
-  main.replaceChildren(
+  fill(main, 
     h("h2", {}, "Contributor ", h("code", { id: "who" }, data.address)), form,
     h("section", { class: "cards" },
       card("earned", data.earned, token, "earned", data.unsettled_local === null ? "settled only (no local receipts)"
@@ -120,6 +122,8 @@ export async function renderContributor(ctx, address) {
       h("p", { class: "note" }, "Static share: the receipts' contributor weights, split over this address's " +
         "contributions by the Datanet's latest published version. Matched spans: receipts that carry span evidence.")),
     roleRows.length ? h("section", {}, h("h2", {}, "Other roles"), table(["role", "gross"], roleRows, { id: "by-role" })) : null,
+    h("section", {}, h("h2", {}, "Per adapter (gross, settled and not)"),
+      table(["adapter", "share"], adapterRows, { id: "by-adapter" })),
     h("section", {}, h("h2", {}, "Batches"),
       table(["batch", "block", "time", "amount", "state", "tx"], batchRows, { id: "batches" })),
     h("section", {}, h("h2", {}, `Receipts (${data.receipts.length} of ${data.receipts_total}, newest first)`),

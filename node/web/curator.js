@@ -1,7 +1,7 @@
 // Curator view: a Datanet's pending contributions with their duplicate flags, every contribution's status and
 // weight, the versions published, and its usage (adapters registered on it, this node's requests to them).
 
-import { h, table, short, when } from "./dom.js";
+import { fill, h, table, short, when } from "./dom.js";
 import { formatUnits } from "./amounts.js";
 
 async function picker(ctx) {
@@ -11,7 +11,7 @@ async function picker(ctx) {
     h("td", {}, h("a", { href: `#/curator/${d.datanet_id}` }, `#${d.datanet_id}`)),
     h("td", {}, d.metadata.name || "–"), h("td", { title: d.curator }, short(d.curator)),
     h("td", {}, String(d.contributions)), h("td", {}, String(d.versions))));
-  main.replaceChildren(h("h2", {}, "Datanets"),
+  fill(main, h("h2", {}, "Datanets"),
     table(["id", "name", "curator", "contributions", "versions"], rows, { id: "datanets" }));
 }
 
@@ -45,7 +45,7 @@ export async function renderCurator(ctx, id) {
     h("td", {}, a.tokens === undefined ? "–" : formatUnits(String(a.tokens), 0)),
     h("td", {}, a.value === undefined ? "–" : formatUnits(a.value, 0))));
   const meta = d.metadata || {};
-  main.replaceChildren(
+  fill(main, 
     h("h2", {}, `Datanet ${d.datanet_id}`, meta.name ? ` · ${meta.name}` : ""),
     h("p", { class: "note" }, meta.description || "", meta.license ? ` License ${meta.license}.` : "",
       " Curator ", h("code", {}, d.curator), `, created ${when(d.created_at)}.`),

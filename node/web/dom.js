@@ -38,3 +38,9 @@ export function when(seconds) {
   if (!seconds) return "–";
   return new Date(seconds * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
 }
+
+// replace an element's children (arrays flattened; null, undefined and false skipped)
+export function fill(el, ...children) {
+  el.replaceChildren();
+  return build(el, {}, children);
+}

@@ -1,7 +1,7 @@
 // Operator view: adapters by tier with hits and loads, throughput and queue over time, KV use, settlement state.
 // Polls /v1/dashboard/operator every second (or ?poll=ms in the page's address) while it is shown.
 
-import { h, table, short, when } from "./dom.js";
+import { fill, h, table, short, when } from "./dom.js";
 import { lineChart, bar } from "./charts.js";
 
 const TIERS = ["device", "host", "loading", "disk", "failed"];
@@ -24,7 +24,7 @@ function render(main, d, updates) {
   const pts = (k) => d.series.map((p) => ({ x: p.time, y: p[k] }));
   const st = d.settlement;
   const r = st.receipts || {};
-  main.replaceChildren(
+  fill(main, 
     h("h2", {}, "Operator ", h("span", { class: "note", id: "updates", "data-updates": updates }, `updated ${updates}×`)),
     d.node.dead ? h("div", { class: "error" }, "the engine stopped: restart the node") : null,
     h("section", { class: "cards" },
@@ -66,7 +66,7 @@ export async function renderOperator(ctx) {
       updates += 1;
       render(main, d, updates);
     } catch (e) {
-      if (!stopped) main.replaceChildren(ctx.errorBox(e));
+      if (!stopped) fill(main, ctx.errorBox(e));
     }
     if (!stopped) timer = setTimeout(tick, poll);
   };
