@@ -1,7 +1,11 @@
-"""`openlora-node adapters add|list|rm|pull|export-car|import-car`: the node's content-addressed adapters.
+"""`openlora-node adapters add|register|announce|list|rm|pull|export-car|import-car`: the node's adapters.
 
-Blocks live under `<home>/ipfs/`; `add` prints the adapter's CID, `pull` fetches one (peers from config, the
-configured Kubo RPC API and trustless gateways, or those given on the command line), verifying every block.
+Blocks live under `<home>/ipfs/`; `add` prints the adapter's CID (after the engine's own checks against the base
+model), `pull` fetches one (peers from config, the configured Kubo RPC API and trustless gateways, or those given on
+the command line), verifying every block. `register` puts an adapter in AdapterRegistry without lineage (its price
+and Datanet weights: what a node needs to charge for it; attribution.lineage), then `announce`s it: a signed gossip
+announcement (node/p2p) sent from a short-lived libp2p host to the node running on this home, the configured
+bootstrap peers and --peer addresses; the running node re-sends it every announce period to its mesh.
 With a config, the store is bounded by adapters.disk_store_bytes (node/ipfs/disk_tier.py): `add` and `pull` evict
 least-recently-used adapters beyond it, sparing adapters.pinned and what a running node on this home holds (asked
 over its HTTP API); `rm` removes one adapter; `list` shows sizes, last use and pins.
@@ -90,6 +94,9 @@ def add(obj, directory: Path, author: str | None, base_model: str | None, model_
                    err=True)
     cid, manifest = _store(obj, cfg).add(directory, author=author, base_model=base_model, validate=validate)
     click.echo(str(cid))
+    if cfg is not None and cfg.path(cfg.chain.deployment_file).is_file():
+        click.echo(f"next: register it on chain so that nodes can serve it for a price: `openlora-node adapters "
+                   f"register {cid} --price WEI_PER_TOKEN --datanet ID:BPS`", err=True)
 
 
 def _validator(cfg, model_dir: Path | None):
@@ -110,6 +117,202 @@ def _validator(cfg, model_dir: Path | None):
     if cfg is None:
         return engine_validator(spec)
     return engine_validator(spec, max_rank=cfg.adapters.max_rank, max_bytes=int(cfg.adapters.max_adapter_bytes))
+
+
+def _datanet_weights(values: tuple[str, ...]) -> list[tuple[int, int]]:
+    """--datanet ID:BPS (repeatable; a lone --datanet ID takes all 10,000 bps) as (id, bps) pairs."""
+    out = []
+    for v in values:
+        ident, sep, bps = v.partition(":")
+        try:
+            pair = (int(ident), int(bps) if sep else (10_000 if len(values) == 1 else -1))
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is not ID:BPS (e.g. 1:10000, or 1:6000 with 2:4000)",
+                                     param_hint="--datanet") from None
+        if pair[1] == -1:
+            raise click.BadParameter(f"{v!r}: give each Datanet's weight as ID:BPS when there are several",
+                                     param_hint="--datanet")
+        out.append(pair)
+    return out
+
+
+@command.command("register")
+@click.argument("cid")
+@click.option("--price", "price", required=True, type=click.IntRange(min=0),
+              help="The adapter's price per token in wei (the token's smallest unit), added to the node's price.")
+@click.option("--datanet", "datanets", multiple=True, required=True, metavar="ID:BPS",
+              help="A Datanet the adapter was trained from and its weight in basis points (repeatable; the weights "
+                   "sum to 10000). A lone --datanet ID takes all 10000.")
+@click.option("--base-model", default=None,
+              help="Base model id (default: the one in the adapter's manifest in this home's store).")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The author's key (JSON keystore or hex private key). Default: the node's keystore.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keystore password file (else $OPENLORA_PASSWORD_FILE, $OPENLORA_PASSWORD, or a prompt).")
+@click.option("--announce/--no-announce", default=True, show_default=True,
+              help="Announce the adapter over gossip once registered (see `adapters announce`).")
+@click.option("--peer", "peers", multiple=True, help="Also announce to this peer multiaddr (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the registration as one JSON object.")
+@click.pass_obj
+def register(obj, cid: str, price: int, datanets: tuple[str, ...], base_model: str | None, key_file: Path | None,
+             password_file: Path | None, announce: bool, peers: tuple[str, ...], as_json: bool) -> None:
+    """Register adapter CID in AdapterRegistry (no lineage: an adapter made outside the Model Factory), signed by
+    its author, so that nodes can serve it and pay its Datanets' contributors; then announce it.
+
+    The author is the node's account unless --key-file is given; an adapter held here must have been added with
+    that author (`adapters add --author`), since peers accept its announcement only from the registered author."""
+    from openlora.attribution.lineage import LineageError, register_adapter
+    from openlora.content.cid import as_cid
+    from openlora.node.commands.claim import _signer
+    from openlora.node.commands.payouts import chain_context
+    from openlora.node.errors import NodeError
+    weights = _datanet_weights(datanets)
+    cid = str(as_cid(cid))
+    cfg, w3, dep = chain_context(obj)
+    store = _store(obj, cfg)
+    manifest = store.list().get(cid, {}).get("manifest")
+    if manifest is not None:
+        held = str(manifest.get("base_model") or "")
+        if base_model is not None and held and base_model != held:
+            raise NodeError(f"--base-model {base_model!r} differs from the adapter's manifest ({held!r}); peers "
+                            f"would refuse its announcement: leave --base-model out")
+        base_model = base_model or held
+    if not base_model:
+        raise NodeError(f"adapter {cid} is not held in this home ({obj.home}): give --base-model, or "
+                        f"`openlora-node adapters add DIR` (or `adapters pull {cid}`) first")
+    account = _signer(cfg, key_file, password_file)
+    author = str((manifest or {}).get("author") or "")
+    if author and author.lower() != account.address.lower():
+        raise NodeError(f"adapter {cid} was added with author {author}, but {account.address} would register it; "
+                        f"register with the author's key (--key-file) or add it again with --author "
+                        f"{account.address}")
+    try:
+        r = register_adapter(w3, dep, account, cid, base_model, price, weights)
+    except LineageError as e:
+        raise NodeError(str(e)) from None
+    shown = ", ".join(f"{d}:{b}" for d, b in sorted(weights))
+    if as_json:
+        click.echo(json.dumps({"cid": r.cid, "adapter_id": r.adapter_id, "author": r.author, "base_model": base_model,
+                               "price_per_token": price, "datanets": [list(p) for p in sorted(weights)],
+                               "tx": r.tx_hash, "block": r.block, "gas_used": r.gas_used}, indent=2))
+    else:
+        click.echo(f"registered adapter {r.cid} (id {r.adapter_id}) by {r.author}: base {base_model}, "
+                   f"{price} wei/token, Datanets {shown} bps; tx {r.tx_hash} in block {r.block}")
+    if not announce:
+        return
+    if manifest is None:
+        click.echo(f"not announced: this home does not hold {cid}; a node holding it announces it with "
+                   f"`openlora-node adapters announce {cid}`", err=True)
+        return
+    try:
+        click.echo(_announce(obj, cfg, store, account, cid, base_model, peers), err=True)
+    except NodeError as e:
+        click.echo(f"registered, but not announced: {e}; retry with `openlora-node adapters announce {cid}`",
+                   err=True)
+
+
+@command.command("announce")
+@click.argument("cid")
+@click.option("--peer", "peers", multiple=True, help="Peer multiaddr (/ip4/.../tcp/.../p2p/ID) to announce to "
+                                                     "(repeatable); the node running on this home and the config's "
+                                                     "bootstrap peers are always included.")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The author's key (JSON keystore or hex private key). Default: the node's keystore.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keystore password file (else $OPENLORA_PASSWORD_FILE, $OPENLORA_PASSWORD, or a prompt).")
+@click.option("--timeout", default=15.0, show_default=True, help="Seconds to wait for peers to join the topic.")
+@click.pass_obj
+def announce_cmd(obj, cid: str, peers: tuple[str, ...], key_file: Path | None, password_file: Path | None,
+                 timeout: float) -> None:
+    """Announce a held, registered adapter over gossip, signed by its author, so that other nodes can serve it.
+
+    Sent from a short-lived libp2p host to the node running on this home (which holds it and re-sends the
+    announcement every announce period), the config's bootstrap peers and --peer addresses."""
+    from openlora.content.cid import as_cid
+    from openlora.node.commands.claim import _signer
+    from openlora.node.errors import NodeError
+    cfg = _config(obj)
+    if cfg is None:
+        raise NodeError(f"no config in {obj.home}: run `openlora-node init` first")
+    cid = str(as_cid(cid))
+    store = _store(obj, cfg)
+    manifest = store.list().get(cid, {}).get("manifest")
+    if manifest is None:
+        raise NodeError(f"adapter {cid} is not held in this home; `adapters add` or `adapters pull` it first")
+    account = _signer(cfg, key_file, password_file)
+    author = str(manifest.get("author") or "")
+    if author and author.lower() != account.address.lower():
+        raise NodeError(f"adapter {cid} is authored by {author}; only its author can announce it ({account.address} "
+                        f"is signing: give the author's --key-file)")
+    click.echo(_announce(obj, cfg, store, account, cid, str(manifest.get("base_model") or ""), peers,
+                         timeout=timeout))
+
+
+def _local_node_addr(cfg) -> str | None:
+    """The libp2p address of a node running on this home (its identity file and [p2p] listen), else None."""
+    import re
+    ident = cfg.home / "p2p" / "identity.key"
+    if not cfg.p2p.enabled or not ident.is_file() or _running_node(cfg) is None:
+        return None
+    listen = re.sub(r"^/ip4/0\.0\.0\.0/", "/ip4/127.0.0.1/", re.sub(r"^/ip6/::/", "/ip6/::1/", cfg.p2p.listen))
+    if re.search(r"/tcp/0(/|$)", listen):
+        return None                       # an ephemeral port: not knowable from here
+    try:
+        from libp2p.peer.id import ID
+
+        from openlora.node.p2p.host import load_or_create_identity
+        peer_id = ID.from_pubkey(load_or_create_identity(ident).public_key)
+    except (OSError, ValueError):
+        return None
+    return f"{listen}/p2p/{peer_id}"
+
+
+def _announce(obj, cfg, store, account, cid: str, base_model: str, peers: tuple[str, ...],
+              timeout: float = 15.0) -> str:
+    """Publish the author's signed announcement of `cid` from a short-lived host (ephemeral peer identity) to the
+    local node, the bootstrap peers and `peers`, once at least one of them is in the announce topic's mesh."""
+    import time
+
+    from openlora.node.errors import NodeError
+    from openlora.node.p2p import gossip
+    from openlora.node.p2p.host import P2PSettings
+    from openlora.node.p2p.service import P2PService
+    local = _local_node_addr(cfg)
+    targets = list(dict.fromkeys(([local] if local else []) + list(peers) + list(cfg.p2p.bootstrap)))
+    if not targets:
+        raise NodeError("no peer to announce to: no node is running on this home and neither --peer nor "
+                        "p2p.bootstrap names one; start the node (`openlora-node start`) and run "
+                        f"`openlora-node adapters announce {cid}`")
+    service = P2PService(obj.home, store, account, P2PSettings(listen="/ip4/127.0.0.1/tcp/0", base_model=base_model),
+                         ephemeral_identity=True).start()
+    try:
+        errors, reached = [], []
+        for addr in targets:
+            try:
+                service.connect(addr)
+                reached.append(addr)
+            except Exception as e:  # noqa: BLE001 - libp2p raises many types; report them together
+                errors.append(f"{addr}: {type(e).__name__}: {e}"[:300])
+        if not reached:
+            raise NodeError("could not connect to any peer to announce to: " + "; ".join(errors))
+
+        def mesh() -> int:
+            router = service.node.pubsub.router
+            return len(getattr(router, "mesh", {}).get(gossip.TOPIC_ANNOUNCE, ()))
+        deadline = time.monotonic() + timeout
+        while not service.bridge.call(service._async(mesh)):
+            if time.monotonic() > deadline:
+                raise NodeError(f"no peer joined the announce topic within {timeout:g}s (connected to "
+                                f"{len(reached)})")
+            time.sleep(0.05)
+        service.announce(cid)
+        time.sleep(0.5)               # let the streams flush the message before the host goes away
+    finally:
+        service.stop()
+    note = f" ({len(errors)} unreachable: {'; '.join(errors)})" if errors else ""
+    return (f"announced {cid} (author {account.address}, base {base_model}) to {len(reached)} peer(s)"
+            + (" including the node running on this home, which re-sends it every announce period" if local in
+               reached else "") + note)
 
 
 @command.command("list")
