@@ -3,6 +3,8 @@
 What it does: `Batch.build(...)` takes the receipt hashes, the requester debits (each with the voucher signature
 that backs it) and the credit map, checks what the contract will check (sums, protocol share, caps are the
 requester's business), and gives `settle_args()` for web3 and `claim_args(recipient)` for a recipient.
+`receipt_credits(receipts, total, fee_bps, protocol, operator)` is the credit map of a batch of receipts (each price
+split exactly by its attribution weights): what the node's settlement sends and what `audit` recomputes.
 What it does not do: price receipts, choose attribution weights, submit transactions or persist anything.
 """
 
@@ -14,7 +16,8 @@ from eth_utils import keccak, to_checksum_address
 
 from openlora.attribution.eip712 import Domain, Voucher, sign, to_compact
 from openlora.attribution.merkle import CreditTree, receipts_root
-from openlora.attribution.split import protocol_fee
+from openlora.attribution.receipts import checksum
+from openlora.attribution.split import batch_credits, merge, protocol_fee, split_exact
 from openlora.attribution.errors import AttributionError
 
 
@@ -83,3 +86,20 @@ class Batch:
         """(batchId, recipient, amount, proof) for `Settlement.claim`."""
         amount, proof = self.credits.proof_for(recipient)
         return self.batch_id, to_checksum_address(recipient), amount, proof
+
+
+def receipt_credits(receipts: list, total: int, fee_bps: int, protocol: str, operator: str) -> dict[str, int]:
+    """Exact credits for receipts (each price split by its attribution weights, floors to the operator), with the
+    protocol's fee taken from the total; sum == total. A weight naming the protocol goes to the operator (the
+    contract reserves the protocol address)."""
+    protocol, operator = checksum(protocol), checksum(operator)
+    per_receipt = []
+    for r in receipts:
+        weights: dict[str, int] = {}
+        for who, w in r.attribution:
+            who = checksum(who)
+            who = operator if who == protocol else who
+            weights[who] = weights.get(who, 0) + w
+        per_receipt.append(split_exact(r.price, weights, operator))
+    gross = merge(*per_receipt)
+    return batch_credits(total, fee_bps, protocol, gross, operator)

@@ -1,7 +1,7 @@
 """One request's way through the node, step by step, with typed values between the steps:
 
     resolve the model -> check the signature (no tokenizing yet) -> tokenize (off the event loop) -> price
-    -> reserve the maximum cost with the nonce -> submit to the engine -> stream -> commit the receipt
+    -> reserve the maximum cost with the nonce -> submit to the engine -> stream -> attribute -> commit the receipt
 
 What it does: `admit()` runs every check before compute and returns an `Admission` (the request id, the token ids,
 the reservation); `outputs()` streams the engine's outputs; `commit()` writes the receipt of a finished request
@@ -9,6 +9,12 @@ the reservation); `outputs()` streams the engine's outputs; `commit()` writes th
 away (what was generated is owed), or releases the reservation when nothing was served. Cheap checks come first:
 a prompt is bounded in characters before anything else, the signature is checked before the prompt is tokenized,
 and tokenizing, chat templates, chain reads and database writes run in threads, never on the event loop.
+Attribute: for an adapter with lineage, the completion's token ids (the prompt's are not searched) are matched
+against the span index of the Datanet version it was trained on (node/attribution_index.py, in a worker thread;
+the index build starts at admission so that it overlaps generation), and the receipt carries the vector and the
+evidence (attribution/evidence.py). It runs before the receipt is committed, so the receipt is durable, with its
+evidence, before the response ends. If attribution fails (the version's rows are not in this home), the receipt
+has the static vector and no evidence, and the failure is logged.
 What it does not do: speak HTTP (node/api.py translates to and from it), or settle receipts (node/settlement.py).
 """
 
@@ -44,6 +50,7 @@ class ServedRequest:
     completion_tokens: int
     request_digest: bytes | None
     max_price: int | None
+    attributed: Any = None       # attribution.attribute.Attributed (vector + evidence); None: static vector
 
 
 @dataclass
@@ -64,6 +71,7 @@ class NodeService:
     metrics: Metrics = field(default_factory=Metrics)
     name: str = "openlora-node"                  # node.name: how the operator calls this node (GET /v1/node)
     import_adapter: Callable[[str], str] | None = None   # local dir -> CID in the node's blockstore (validated)
+    attributor: Any = None                       # node.attribution_index.Attributor (span attribution); None: static
 
     @property
     def base_model(self) -> str:
@@ -154,6 +162,8 @@ async def admit(svc: NodeService, *, body: dict, prompt: str | list[int] | list[
             svc.metrics.rejected.labels(code=e.code).inc()
             raise RequestRejected(e.status, e.code, str(e), "authorization_error") from None
         reserved = authorized.reserved
+    if svc.attributor is not None and cid is not None:
+        svc.attributor.prepare(cid)          # loads or builds the version's span index while the request runs
     return Admission(rid, model, adapter, cid, prompt_ids, params, authorized, reserved, time.monotonic())
 
 
@@ -170,16 +180,31 @@ async def _release(svc: NodeService, adm: Admission) -> None:
         await asyncio.shield(asyncio.to_thread(svc.store.release, adm.request_id))
 
 
-async def _write_receipt(svc: NodeService, adm: Admission, prompt_tokens: int, completion_tokens: int) -> str | None:
-    """Commit the receipt (durable when this returns); it replaces the request's reservation."""
+async def _attribute(svc: NodeService, adm: Admission, completion_ids: list[int]) -> Any:
+    """Span attribution of the completion (a worker thread); None (static vector, logged) when it cannot run."""
+    if svc.attributor is None or adm.cid is None:
+        return None
+    try:
+        found = await asyncio.shield(asyncio.to_thread(svc.attributor.attribute, adm.cid, list(completion_ids)))
+    except Exception as e:  # noqa: BLE001 - attribution must not lose the receipt: static vector instead
+        log.warning("span attribution failed; the receipt gets the static vector",
+                    extra={"fields": {"request_id": adm.request_id, "adapter": adm.cid,
+                                      "error": f"{type(e).__name__}: {e}"[:300]}})
+        return None
+    return found
+
+
+async def _write_receipt(svc: NodeService, adm: Admission, prompt_tokens: int, completion_ids: list[int]) -> str | None:
+    """Attribute, then commit the receipt (durable when this returns); it replaces the request's reservation."""
     adm.closed = True
     if svc.write_receipt is None or (adm.authorized is None and svc.store is None):
         return None
     a = adm.authorized
     # a signed request never pays more than it reserved (nor than its signed maxPrice)
     cap = min(a.request.maxPrice, adm.reserved) if a is not None else None
+    attributed = await _attribute(svc, adm, completion_ids)
     served = ServedRequest(adm.request_id, a.request.requester if a else None, adm.cid, prompt_tokens,
-                           completion_tokens, a.digest if a else None, cap)
+                           len(completion_ids), a.digest if a else None, cap, attributed)
     try:  # shielded: a client that hangs up while the receipt is written does not cancel the commit
         rid = await asyncio.shield(asyncio.to_thread(svc.write_receipt, served))
     except Exception as e:
@@ -206,7 +231,7 @@ async def commit(svc: NodeService, adm: Admission, out: Any) -> dict:
     usage = {"prompt_tokens": len(out.prompt_token_ids), "completion_tokens": len(out.token_ids),
              "total_tokens": len(out.prompt_token_ids) + len(out.token_ids)}
     extra = {}
-    receipt = await _write_receipt(svc, adm, usage["prompt_tokens"], usage["completion_tokens"])
+    receipt = await _write_receipt(svc, adm, usage["prompt_tokens"], list(out.token_ids))
     if receipt is not None:
         extra["receipt"] = receipt
     label = adm.adapter or "base"
@@ -228,7 +253,7 @@ async def close_partial(svc: NodeService, adm: Admission) -> None:
         if generated == 0:
             await _release(svc, adm)
             return
-        await _write_receipt(svc, adm, len(last.prompt_token_ids), generated)
+        await _write_receipt(svc, adm, len(last.prompt_token_ids), list(last.token_ids))
         log.info("client left mid-stream; receipt for the tokens generated",
                  extra={"fields": {"request_id": adm.request_id, "completion_tokens": generated}})
     except Exception as e:  # logged; the reservation stays until the next start releases it

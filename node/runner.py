@@ -112,6 +112,8 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
         await net.register_all(client)
         svc = build_service(cfg, account, client, store, chain, p2p_ready=net.ready,
                             import_adapter=net.importer(engine))
+        from openlora.node.attribution_index import build_attributor
+        svc.attributor = await asyncio.to_thread(build_attributor, cfg, chain, model_dir, svc.node_address)
         await pin_configured(client, cfg.adapters.pinned)
         net.follow_announcements(client)
         from openlora.node.dashboard_data import sources_from

@@ -29,12 +29,11 @@ from typing import Any, Callable
 from eth_utils import to_checksum_address
 from web3.exceptions import ContractLogicError, TransactionNotFound
 
-from openlora.attribution.batch import Batch, Debit
+from openlora.attribution.batch import Batch, Debit, receipt_credits
 from openlora.attribution.deployment import Deployment
 from openlora.attribution.eip712 import Domain, Voucher, is_signed_by
 from openlora.attribution.receipts import checksum, dumps, receipt_hash
 from openlora.attribution.chain import redact, send_raw, sign_call
-from openlora.attribution.split import batch_credits, merge, split_exact
 from openlora.fsutil import atomic_write
 from openlora.node.errors import ChainUnavailable, NodeError
 from openlora.node.storage import Store
@@ -67,21 +66,7 @@ def rpc_url(w3: Any) -> str:
     return redact(str(getattr(w3.provider, "endpoint_uri", None) or w3.provider))
 
 
-def batch_credit_map(receipts: list, total: int, fee_bps: int, protocol: str, operator: str) -> dict[str, int]:
-    """Exact credits for receipts (each price split by its attribution weights, floors to the operator), with the
-    protocol's fee taken from the total; sum == total. A weight naming the protocol goes to the operator (the
-    contract reserves the protocol address)."""
-    protocol, operator = checksum(protocol), checksum(operator)
-    per_receipt = []
-    for r in receipts:
-        weights: dict[str, int] = {}
-        for who, w in r.attribution:
-            who = checksum(who)
-            who = operator if who == protocol else who
-            weights[who] = weights.get(who, 0) + w
-        per_receipt.append(split_exact(r.price, weights, operator))
-    gross = merge(*per_receipt)
-    return batch_credits(total, fee_bps, protocol, gross, operator)
+batch_credit_map = receipt_credits      # the credits of a batch of receipts (attribution/batch.py)
 
 
 class SettlementLoop:

@@ -53,6 +53,14 @@ class _OverLimit(Exception):
         self.total = total
 
 
+def _evidence(text_: str | None) -> Any:
+    """A stored receipt's evidence (written by this node; parsed strictly all the same)."""
+    if not text_:
+        return None
+    from openlora.attribution.evidence import Evidence
+    return Evidence.from_json(json.loads(text_))
+
+
 def big(n: int) -> str:
     if not 0 <= n < 10**_W:
         raise StorageError(f"{n} does not fit a uint256")
@@ -79,7 +87,8 @@ receipts = Table(
     Column("created_at", Time, nullable=False), Column("node_signature", LargeBinary, nullable=False),
     Column("receipt_hash", LargeBinary, nullable=False),
     Column("status", String(12), nullable=False, index=True),  # pending | submitted | settled
-    Column("batch_id", String(66), index=True), Column("batch_index", Integer))
+    Column("batch_id", String(66), index=True), Column("batch_index", Integer),
+    Column("evidence", Text))   # attribution evidence (attribution/evidence.py) as JSON; NULL: static vector
 batches = Table(
     "batches", meta, Column("batch_id", String(66), primary_key=True),
     Column("state", String(12), nullable=False, index=True),  # prepared | submitted | settled | failed
@@ -187,7 +196,8 @@ class Store:
         """Create what is missing, checked again under a lock: nodes (or threads) starting together on an empty
         database would otherwise all see no table, and every CREATE TABLE but the first would fail."""
         with self.engine.connect() as c:
-            if set(meta.tables) <= set(inspect(c).get_table_names()):
+            if set(meta.tables) <= set(inspect(c).get_table_names()) and \
+                    "evidence" in {col["name"] for col in inspect(c).get_columns("receipts")}:
                 return  # the usual restart: nothing to create, no lock taken
         with self.engine.begin() as c:
             if self.dialect == "postgresql":
@@ -196,6 +206,8 @@ class Store:
                 c.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock; waits up to the busy timeout
             had = set(inspect(c).get_table_names())
             meta.create_all(c)
+            if "receipts" in had and "evidence" not in {col["name"] for col in inspect(c).get_columns("receipts")}:
+                c.exec_driver_sql("ALTER TABLE receipts ADD COLUMN evidence TEXT")   # before span attribution
             if "unsettled" not in had and "receipts" in had:
                 # a database from before the running totals: sum its unsettled receipts once
                 totals: dict[str, int] = {}
@@ -327,7 +339,8 @@ class Store:
                     node=r.node.lower(), adapter_cid=r.adapter_cid, prompt_tokens=r.prompt_tokens,
                     completion_tokens=r.completion_tokens, price=big(r.price),
                     attribution=json.dumps([[a, str(w)] for a, w in r.attribution]), created_at=r.created_at,
-                    node_signature=bytes(r.node_signature), receipt_hash=receipt_hash(r), status="pending"))
+                    node_signature=bytes(r.node_signature), receipt_hash=receipt_hash(r), status="pending",
+                    evidence=json.dumps(r.evidence.to_json()) if r.evidence is not None else None))
                 self._drop_reservation(c, r.request_id)
                 if r.price:
                     self._add_unsettled(c, {r.requester.lower(): r.price})
@@ -343,7 +356,8 @@ class Store:
                        requester=cs(row.requester), node=cs(row.node), adapter_cid=row.adapter_cid,
                        prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
                        price=int(row.price), attribution=tuple((cs(a), int(w)) for a, w in json.loads(row.attribution)),
-                       created_at=row.created_at, node_signature=bytes(row.node_signature))
+                       created_at=row.created_at, node_signature=bytes(row.node_signature),
+                       evidence=_evidence(row.evidence))
 
     def receipt(self, request_id: str) -> Receipt | None:
         with self.engine.connect() as c:

@@ -241,10 +241,13 @@ def build_service(cfg: NodeConfig, account, client, store, chain: Chain | None, 
             price = 0
         elif served.max_price is not None:
             price = min(price, served.max_price)
+        evidence = None
+        if served.attributed is not None:     # span attribution (node/attribution_index.py): vector + evidence
+            vector, evidence = served.attributed.vector, served.attributed.evidence
         r = Receipt(request_id=served.request_id, request_digest=served.request_digest or bytes(32),
                     requester=served.requester or ZERO_ADDRESS, node=node, adapter_cid=served.adapter_cid,
                     prompt_tokens=served.prompt_tokens, completion_tokens=served.completion_tokens, price=price,
-                    attribution=vector, created_at=int(time.time()))
+                    attribution=vector, created_at=int(time.time()), evidence=evidence)
         store.add_receipt(sign_receipt(r, account))
         return served.request_id
 

@@ -1,10 +1,15 @@
-"""`openlora-node payouts [--address A] [--json]`: what an address earned, what settled, what it can still claim.
+"""`openlora-node payouts [--address A] [--rpc-url URL --deployment FILE] [--json]`: what an address earned, what
+settled, what it can still claim, and per Datanet and contribution how much came through matched spans and how
+much through the static share.
 
 What it does: reads the chain alone (attribution.payouts: BatchSettled events + the settleBatch calldata) for the
 settled credits of the address, per batch with claimed / claimable; breaks them down per adapter from the
 published receipts where this machine can read them (file:// receiptsUri, or ipfs://CID from the home's blockstore,
-its Kubo RPC or its gateways; every block verified against its CID); and, when this home has a receipt
-database, adds what this node served that is not settled yet. Default address: the node's own (keystore).
+its Kubo RPC or its gateways; every block verified against its CID); per Datanet and contribution, matched-span
+share vs static share and the receipts behind them (attribution.payouts.contributor_report, which the dashboard
+calls too); and, when this home has a receipt database, adds what this node served that is not settled yet.
+Default address: the node's own (keystore). With --rpc-url and --deployment it needs no node home nor keystore
+(then --address is required).
 What it does not do: send anything (`openlora-node claim` does).
 """
 
@@ -56,7 +61,7 @@ def chain_context(obj: Any) -> tuple[Any, Any, Any]:
 
 def resolve_address(cfg: Any, address: str | None) -> str:
     from eth_utils import is_address, to_checksum_address
-    if address is None:
+    if address is None and cfg is not None:
         from openlora.node.keystore import read_address
         return read_address(cfg.keystore_path)
     if not is_address(address):
@@ -139,17 +144,32 @@ def unsettled_here(cfg: Any, who: str) -> int | None:
 
 @click.command("payouts")
 @click.option("--address", default=None, help="Address to report (default: this node's, from its keystore).")
+@click.option("--rpc-url", default=None, help="Chain RPC URL (default: the home's chain.rpc_url); with "
+                                              "--deployment no node home is needed.")
+@click.option("--deployment", default=None, metavar="FILE", help="Deployment file with the contracts' addresses "
+                                                                  "(default: the home's).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
-def command(obj: Any, address: str | None, as_json: bool) -> None:
-    """Show what an address has earned, settled and can claim (per batch and per adapter)."""
-    from openlora.attribution.payouts import payouts_of
-    cfg, w3, dep = chain_context(obj)
+def command(obj: Any, address: str | None, rpc_url: str | None, deployment: str | None, as_json: bool) -> None:
+    """Show what an address has earned, settled and can claim (per batch, adapter, Datanet and contribution)."""
+    from openlora.attribution.errors import AttributionError
+    from openlora.attribution.payouts import contributor_report, payouts_of
+    from openlora.node.commands.attribution import chain, reader
+    if rpc_url is None and deployment is None:
+        cfg, w3, dep = chain_context(obj)
+    else:
+        cfg, w3, dep = chain(obj, rpc_url, deployment)
+    if cfg is None and address is None:
+        raise PayoutsError("give --address: there is no node home (and keystore) to take the address from")
     who = resolve_address(cfg, address)
     report = payouts_of(w3, dep, who, from_block=dep.block)
     claimed = sum(p.amount for p in report.payouts if p.claimed)
     adapters = by_adapter(w3, dep, report, cfg)
-    pending = unsettled_here(cfg, who)
+    pending = unsettled_here(cfg, who) if cfg is not None else None
+    try:
+        detail = contributor_report(w3, dep, who, reader(cfg))
+    except AttributionError as e:
+        raise PayoutsError(str(e).splitlines()[0]) from None
     if as_json:
         click.echo(json.dumps({
             "address": who, "settled": str(report.earned), "claimed": str(claimed),
@@ -157,7 +177,8 @@ def command(obj: Any, address: str | None, as_json: bool) -> None:
             "batches": [{"batch_id": "0x" + p.batch_id.hex(), "block": p.block, "tx_hash": p.tx_hash,
                          "amount": str(p.amount), "claimed": p.claimed} for p in report.payouts],
             "by_adapter": None if adapters is None else {k: str(v) for k, v in adapters.items()},
-            "skipped": report.skipped}, indent=2))
+            "gross": detail["gross"], "by_datanet": detail["by_datanet"], "receipts": detail["receipts"],
+            "unreadable": detail["unreadable"], "skipped": report.skipped}, indent=2))
         return
     click.echo(f"address:    {who}")
     if pending is not None:
@@ -174,6 +195,15 @@ def command(obj: Any, address: str | None, as_json: bool) -> None:
             click.echo(f"  {k}: {fmt(v)}")
     elif adapters is None:
         click.echo("by adapter: some batches' published receipts are not readable here")
+    g = detail["gross"]
+    if any(int(v) for v in g.values()):
+        click.echo(f"by role (gross): matched spans {fmt(int(g['span']))}, static shares {fmt(int(g['static']))}, "
+                   f"author {fmt(int(g['author']))}, operator {fmt(int(g['operator']))}")
+    for d, dn in sorted(detail["by_datanet"].items()):
+        click.echo(f"datanet {d}: matched spans {fmt(int(dn['span']))}, static {fmt(int(dn['static']))}")
+        for c, cn in sorted(dn["contributions"].items()):
+            click.echo(f"  contribution #{c}: matched spans {fmt(int(cn['span']))}, static {fmt(int(cn['static']))}, "
+                       f"{len(cn['receipts'])} receipt(s)" + (f" e.g. {cn['receipts'][0]}" if cn["receipts"] else ""))
     if report.skipped:
         click.echo(f"skipped {len(report.skipped)} batch(es) settled through another contract: "
                    + ", ".join(report.skipped))
