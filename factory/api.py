@@ -134,13 +134,10 @@ def _walk(path: str, a: Any, b: Any, out: list[str]) -> None:
 
 def differences(old: dict[str, bytes], new: dict[str, bytes]) -> list[str]:
     """What differs between two factory outputs (file by file; the factory manifests field by field)."""
-    out: list[str] = []
+    out = [f"{name}: the bytes differ" for name in (output.WEIGHTS, output.CONFIG) if old.get(name) != new.get(name)]
     om = output.read_factory_manifest(old[output.FACTORY], "original")
     nm = output.read_factory_manifest(new[output.FACTORY], "reproduction")
     _walk("factory-manifest", om, nm, out)
-    for name in (output.WEIGHTS, output.CONFIG):
-        if old.get(name) != new.get(name):
-            out.append(f"{name}: the bytes differ")
     if old.get(output.MANIFEST) != new.get(output.MANIFEST) and not out:
         out.append(f"{output.MANIFEST}: the bytes differ")
     return out

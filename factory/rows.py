@@ -108,10 +108,10 @@ def records_from_version(manifest_cid: str, get: Callable, *, max_row_bytes: int
 
 
 def rows_digest(records: list[Record]) -> str:
-    """sha256 over the rows in training order (their CIDs when they have them, else their canonical JSON)."""
+    """sha256 over the rows' canonical JSON in training order (what a Datanet row's CID addresses)."""
     h = hashlib.sha256()
     for r in records:
-        h.update(r.cid.encode() if r.cid else canonical_json(r.as_dict()))
+        h.update(canonical_json(r.as_dict()))
         h.update(b"\n")
     return h.hexdigest()
 
