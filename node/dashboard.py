@@ -178,8 +178,25 @@ async def contributor(request: web.Request) -> web.Response:
     st = _state(request)
     address = parse_address(request.match_info["address"])
     st.sources.chain()
-    return _json(await st.cached(("contributor", address), read, st.sources, st.svc.store, address, st.shares(),
-                                 st.svc.node_address))
+    data = await st.cached(("contributor", address), read, st.sources, st.svc.store, address, st.shares(),
+                           st.svc.node_address)
+    await _highlight(st.svc, data["receipts"])
+    return _json(data)
+
+
+async def _highlight(svc: Any, receipts: list[dict]) -> None:
+    """The completions of this node's receipts that carry matched spans, as runs of text marked with the matching
+    contribution (decoded by this node's tokenizer, the one that produced them); done once per cached answer."""
+    from openlora.node.dashboard_data import MAX_SEGMENT_TOKENS, segments
+    for r in receipts:
+        ids = r.get("completion_ids")
+        if r.get("segments") is not None or not ids or not r.get("spans") or r.get("node") != svc.node_address:
+            continue
+        try:
+            texts = await svc.client.decode_each([int(t) for t in ids[:MAX_SEGMENT_TOKENS]])
+        except Exception:  # noqa: BLE001 - ids this tokenizer cannot decode: the row shows no highlight
+            continue
+        r["segments"] = segments(texts, r["spans"])
 
 
 async def datanets(request: web.Request) -> web.Response:

@@ -202,12 +202,70 @@ class _Static:
         return out
 
 
-def _receipt_row(r: Any, who: str, share: int, status: str, batch: str | None) -> dict[str, Any]:
-    evidence = getattr(r, "evidence", None)
+def _receipt_row(r: Any, share: int, status: str, batch: str | None) -> dict[str, Any]:
     return {"request_id": r.request_id, "adapter": r.adapter_cid or "base model", "created_at": r.created_at,
             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens, "price": str(r.price),
-            "share": str(share), "status": status, "batch_id": batch, "requester": r.requester,
-            "segments": evidence.get("segments") if isinstance(evidence, dict) else None}
+            "share": str(share), "status": status, "batch_id": batch, "requester": r.requester, "node": r.node,
+            "matched": None, "spans": [], "completion_ids": None, "segments": None}
+
+
+MAX_SEGMENT_TOKENS = 8192
+
+
+def segments(texts: list[str], spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A completion's token texts cut into runs, each marked with the contribution its span matched (the first
+    occurrence's) or None: what the page highlights. `spans`: [{start, length, occurrences: [[contribution, ...]]}]
+    in completion-token positions; out-of-range parts are ignored."""
+    marks: list[Any] = [None] * len(texts)
+    for sp in spans[:4096]:
+        try:
+            start, length = int(sp["start"]), int(sp["length"])
+            occ = sp.get("occurrences") or []
+            who = int(occ[0][0]) if occ else -1
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        for i in range(max(0, start), min(len(texts), start + max(0, length))):
+            if marks[i] is None:
+                marks[i] = who
+    out: list[dict[str, Any]] = []
+    for text, m in zip(texts, marks):
+        if out and out[-1]["contribution"] == m:
+            out[-1]["text"] += text
+        else:
+            out.append({"text": text, "contribution": m})
+    return out
+
+
+def _merge_report(rep: dict[str, Any], receipts: list[dict[str, Any]], datanets: dict, roles: dict) -> set[str]:
+    """Fold attribution.payouts.contributor_report's settled split (matched spans vs static, per Datanet and per
+    contribution, with each receipt's spans) into the view's own, for the receipts that carry evidence; returns
+    the request ids of those that do not (the caller splits them, and the node's unsettled ones, by _Static)."""
+    for k in ("author", "operator"):
+        v = int(rep.get("gross", {}).get(k, "0"))
+        if v:
+            roles[k] = roles.get(k, 0) + v
+    for d, entry in rep.get("by_datanet", {}).items():
+        if not str(d).isdigit():
+            continue          # receipts without evidence: the caller splits them by the static weights itself
+        key = int(d)
+        dn = datanets.setdefault(key, {"matched": 0, "static": 0, "contributions": {}})
+        dn["matched"] += int(entry.get("span", "0"))
+        dn["static"] += int(entry.get("static", "0"))
+        for c, ce in entry.get("contributions", {}).items():
+            ckey = int(c) if str(c).isdigit() else None
+            cn = dn["contributions"].setdefault(ckey, {"matched": 0, "static": 0})
+            cn["matched"] += int(ce.get("span", "0"))
+            cn["static"] += int(ce.get("static", "0"))
+    by_id = {r["request_id"]: r for r in receipts}
+    with_evidence = set()
+    for x in rep.get("receipts", []):
+        row = by_id.get(x.get("request_id"))
+        if row is not None and x.get("evidence"):
+            with_evidence.add(row["request_id"])
+            row["matched"] = x.get("span")
+            row["spans"] = x.get("spans") or []
+            row["completion_ids"] = x.get("completion_ids")
+    return {rid for rid, r in by_id.items() if r["status"] != "unsettled" and rid not in with_evidence}
 
 
 def contributor(src: Sources, store: Any, address: str, shares: Any, node: str | None) -> dict[str, Any]:
@@ -221,15 +279,24 @@ def contributor(src: Sources, store: Any, address: str, shares: Any, node: str |
     claimed = sum(p.amount for p in report.payouts if p.claimed)
     batches, receipts, by_adapter = [], [], {}
     roles: dict[str, int] = {}
-    datanets: dict[int, int] = {}
+    datanets: dict[Any, dict[str, Any]] = {}
     unreadable = []
+    report_fn = _report_function()
+    settled_objs: dict[str, tuple[Any, int]] = {}
 
-    def account(r: Any, share: int) -> None:
+    def account(r: Any, share: int, split: bool = True, count: bool = True) -> None:
         key = r.adapter_cid or "base model"
-        by_adapter[key] = by_adapter.get(key, 0) + share
+        if count:
+            by_adapter[key] = by_adapter.get(key, 0) + share
+        if not split:
+            return
         for role, k, part in static.parts(r, share):
             if role == "datanet":
-                datanets[k] = datanets.get(k, 0) + part
+                dn = datanets.setdefault(k, {"matched": 0, "static": 0, "contributions": {}})
+                dn["static"] += part
+                for cid, v in static.by_contribution(k, part).items():
+                    cn = dn["contributions"].setdefault(cid, {"matched": 0, "static": 0})
+                    cn["static"] += v
             else:
                 roles[role] = roles.get(role, 0) + part
 
@@ -247,9 +314,17 @@ def contributor(src: Sources, store: Any, address: str, shares: Any, node: str |
             for r in rs:
                 share = share_of(r, address)
                 if share:
-                    account(r, share)
-                    receipts.append(_receipt_row(r, address, share, "claimed" if p.claimed else "settled", bid))
+                    account(r, share, split=report_fn is None)
+                    settled_objs[r.request_id] = (r, share)
+                    receipts.append(_receipt_row(r, share, "claimed" if p.claimed else "settled", bid))
     _chain_call(read_batches, "the settled batches' receipts")
+    if report_fn is not None:
+        from openlora.node.commands.payouts import read_published
+        rep = _chain_call(lambda: report_fn(w3, dep, address, lambda uri: read_published(uri, src.cfg)),
+                          "the settled receipts' attribution")
+        for rid in _merge_report(rep, receipts, datanets, roles):
+            r, share = settled_objs[rid]
+            _chain_call(lambda r=r, share=share: account(r, share, count=False), "the adapters' terms")
     pending = None
     if store is not None:
         pending = 0
@@ -258,7 +333,7 @@ def contributor(src: Sources, store: Any, address: str, shares: Any, node: str |
             if share:
                 pending += share
                 _chain_call(lambda r=r, share=share: account(r, share), "the adapters' terms")
-                receipts.append(_receipt_row(r, address, share, "unsettled", None))
+                receipts.append(_receipt_row(r, share, "unsettled", None))
     series, cumulative = [], 0
     for b in sorted(batches, key=lambda b: (b["block"], b["batch_id"])):
         cumulative += int(b["amount"])
@@ -268,11 +343,12 @@ def contributor(src: Sources, store: Any, address: str, shares: Any, node: str |
     if items:
         calldata = st.encode_abi("claimMany", args=[address, items])
     per_datanet = []
-    for d in sorted(datanets):
-        per_contribution = static.by_contribution(d, datanets[d])
-        per_datanet.append({"datanet_id": d, "static": str(datanets[d]), "matched": "0",
-                            "contributions": [{"id": i, "static": str(v), "matched": "0"}
-                                              for i, v in sorted(per_contribution.items())]})
+    for d in sorted(datanets, key=lambda k: (k is None, k or 0)):
+        dn = datanets[d]
+        per_datanet.append({"datanet_id": d, "static": str(dn["static"]), "matched": str(dn["matched"]),
+                            "contributions": [{"id": i, "static": str(v["static"]), "matched": str(v["matched"])}
+                                              for i, v in sorted(dn["contributions"].items(),
+                                                                 key=lambda kv: (kv[0] is None, kv[0] or 0))]})
     receipts.sort(key=lambda x: (-x["created_at"], x["request_id"]))
     return {
         "address": address, "token": token, "chain_id": dep.chain_id,
@@ -282,12 +358,20 @@ def contributor(src: Sources, store: Any, address: str, shares: Any, node: str |
         "batches": batches, "series": series, "skipped": report.skipped, "unreadable_batches": unreadable,
         "by_adapter": {k: str(v) for k, v in sorted(by_adapter.items())},
         "by_role": {k: str(v) for k, v in sorted(roles.items())},
-        "by_datanet": per_datanet,
+        "by_datanet": per_datanet, "attribution": "spans" if report_fn is not None else "static",
         "receipts": receipts[:MAX_RECEIPTS_SHOWN], "receipts_total": len(receipts),
         "claim": {"settlement": st.address, "items": len(items), "amount": str(report.claimable),
                   "calldata": calldata,
                   "command": f"openlora-node claim --address {address}" if items else None},
     }
+
+
+def _report_function() -> Any:
+    """attribution.payouts.contributor_report (matched spans vs static share per Datanet and contribution, the
+    function `payouts` prints) where this version of attribution/ has it; else None and the view estimates the
+    static split itself (_Static)."""
+    from openlora.attribution import payouts
+    return getattr(payouts, "contributor_report", None)
 
 
 # ---- curator --------------------------------------------------------------------------------------------------

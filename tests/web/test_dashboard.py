@@ -76,7 +76,9 @@ def test_contributor_view_shows_what_payouts_json_says(web, page):
         assert js["receipts_total"] == len(js["receipts"])
         parts = sum(int(d["static"]) + int(d["matched"]) for d in js["by_datanet"]) + \
             sum(int(v) for v in js["by_role"].values())
-        assert parts == sum(int(v) for v in js["by_adapter"].values())
+        # (settlement's exact split gives the node the rounding remainders: at most one wei a receipt more)
+        slack = js["receipts_total"] if who == web["node"] and js["attribution"] == "spans" else 0
+        assert 0 <= parts - sum(int(v) for v in js["by_adapter"].values()) <= slack
         assert settled_gross == sum(int(v) for v in cli["by_adapter"].values())
         for d in js["by_datanet"]:
             assert sum(int(c["static"]) for c in d["contributions"]) == int(d["static"])
@@ -276,3 +278,51 @@ def test_a_node_without_a_chain_still_shows_its_operator_view(web):
         status, js = http_json(f"{server.url}/v1/dashboard/operator")
         assert status == 200 and any(a["name"] == "law" for a in js["adapters"])
         assert js["settlement"] == {"enabled": False, "receipts": None, "batches_in_flight": None}
+
+
+def test_matched_spans_are_highlighted_in_the_completion(web, page):
+    """segments() marks each token run with the contribution its span matched; the page renders those runs as
+    <mark> (the contributor answer is replaced in the browser to hold one receipt with evidence)."""
+    from openlora.node.dashboard_data import segments
+    texts = ["The", " CID", " of", " a", " block", " is", " its", " hash", "."]
+    spans = [{"start": 1, "length": 4, "occurrences": [[3, 0, 17]]}, {"start": 6, "length": 2,
+                                                                      "occurrences": [[1, 2, 0], [4, 1, 9]]},
+             {"start": 50, "length": 3, "occurrences": [[9, 0, 0]]}, {"start": "x"}]
+    segs = segments(texts, spans)
+    assert segs == [{"text": "The", "contribution": None}, {"text": " CID of a block", "contribution": 3},
+                    {"text": " is", "contribution": None}, {"text": " its hash", "contribution": 1},
+                    {"text": ".", "contribution": None}]
+    assert "".join(s["text"] for s in segs) == "".join(texts)
+    who = web["contributor"]
+    status, data = http_json(f"{web['server'].url}/v1/dashboard/contributors/{who}")
+    assert status == 200
+    data["receipts"][0]["segments"] = segs + [{"text": "<b>not html</b>", "contribution": None}]
+    page.route(f"**/v1/dashboard/contributors/{who}", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(data)))
+    page.goto(f"{web['server'].url}/dashboard/#/contributor/{who}")
+    page.wait_for_selector("#receipts mark")
+    marks = page.query_selector_all("#receipts mark")
+    assert [(m.inner_text(), m.get_attribute("data-contribution")) for m in marks] == \
+        [(" CID of a block", "3"), (" its hash", "1")]
+    assert page.locator("#receipts b").count() == 0          # text stays text
+    assert "<b>not html</b>" in page.inner_text("#receipts")
+
+
+def test_static_split_without_the_span_report_matches(web, monkeypatch):
+    """The view's own static split (used where attribution/ offers no contributor_report, and for receipts
+    without evidence) gives the same per-Datanet and per-contribution amounts as the report path."""
+    from openlora.node import dashboard_data as dd
+    from openlora.node.dashboard import KEY
+    src = dd.Sources(w3=web["w3"], deployment=web["dep"], blocks=None, cfg=web["cfg"])
+    shares = web["app"][KEY]["state"].shares()
+    who = web["contributor"]
+    with_report = dd.contributor(src, web["store"], who, shares, web["node"])
+    monkeypatch.setattr(dd, "_report_function", lambda: None)
+    static = dd.contributor(src, web["store"], who, shares, web["node"])
+    assert static["attribution"] == "static"
+    assert static["by_datanet"] == with_report["by_datanet"] and static["by_datanet"]
+    assert static["by_datanet"][0]["datanet_id"] == web["extra"]["datanet_id"]
+    mine = {c["id"] for c in web["extra"]["contributions"] if c["contributor"] == who and c["weight"]}
+    assert {c["id"] for c in static["by_datanet"][0]["contributions"]} == mine
+    for k in ("settled", "claimed", "claimable", "batches", "by_adapter"):
+        assert static[k] == with_report[k]
