@@ -162,6 +162,10 @@ async def admit(svc: NodeService, *, body: dict, prompt: str | list[int] | list[
             svc.metrics.rejected.labels(code=e.code).inc()
             raise RequestRejected(e.status, e.code, str(e), "authorization_error") from None
         reserved = authorized.reserved
+    elif cid is not None and svc.write_receipt is not None and svc.store is not None:
+        # a free local request still gets a receipt, priced from the adapter's on-chain terms: an unregistered
+        # adapter is refused here (404 adapter_not_registered), not after compute when the receipt is written
+        await asyncio.to_thread(svc.price_per_token, cid)
     if svc.attributor is not None and cid is not None:
         svc.attributor.prepare(cid)          # loads or builds the version's span index while the request runs
     return Admission(rid, model, adapter, cid, prompt_ids, params, authorized, reserved, time.monotonic())

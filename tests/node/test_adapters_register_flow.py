@@ -1,10 +1,10 @@
 """Regression of the README flow on a devnet: `adapters add DIR`, then `request --model CID` to a real node process.
 
 Before issue 17 nothing registered an adapter on chain, so the signed request was refused (earlier: a TypeError
-traceback in the SDK) and an unsigned one failed after generating. Now `adapters register CID --price --datanet`
-sits between the two: before it the signed request is refused in one line (404 adapter_not_registered, nothing
-computed), after it the same command is served and its receipt prices the adapter and pays its Datanet's
-contributors."""
+traceback in the SDK) and an unsigned one (free local mode) failed after generating (503 receipt_store_unavailable).
+Now `adapters register CID --price --datanet` sits between the two: before it both requests are refused in one line
+(404 adapter_not_registered, before any compute), after it the same commands are served and the signed request's
+receipt prices the adapter and pays its Datanet's contributors."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def wait_for(cond, what: str, proc: subprocess.Popen, deadline_s: float = 120.0)
 @pytest.fixture
 def node_env(tmp_path, anvil, deployment, accounts, tiny, monkeypatch):
     """A home for the seeded demo node (requesters' lanes go to it), on the session's devnet, serving the tiny
-    Llama; the same settings for the CLI (this process) and the node (a subprocess)."""
+    Llama in free local mode (unsigned requests are served too; signed ones are checked and charged as always);
+    the same settings for the CLI (this process) and the node (a subprocess)."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text(DEFAULT_CONFIG_TOML)
@@ -68,7 +69,7 @@ def node_env(tmp_path, anvil, deployment, accounts, tiny, monkeypatch):
     port = free_port()
     env = {"OPENLORA_PASSWORD": PASSWORD, "OPENLORA_CHAIN_RPC_URL": anvil.url, "OPENLORA_MODEL_PATH": str(tiny.model()),
            "OPENLORA_API_PORT": str(port), "OPENLORA_P2P_ENABLED": "false",
-           "OPENLORA_SETTLEMENT_BATCH_MAX_AGE_S": "3600"}
+           "OPENLORA_SETTLEMENT_BATCH_MAX_AGE_S": "3600", "OPENLORA_API_FREE_LOCAL_MODE": "true"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return home, f"http://127.0.0.1:{port}", env
@@ -98,17 +99,29 @@ def test_readme_flow_add_register_request(node_env, tiny, tmp_path, accounts, de
         request = ["request", "--url", url, "--key-file", str(key_file), "--model", cid, "--max-tokens", "4",
                    "Hello"]
 
-        # before registration: one line, nothing computed or charged
-        code, out, err = run(capsys, *request)
-        assert code == 1 and "Traceback" not in err, err
-        assert err.splitlines()[-1] == (f"error: 404 adapter_not_registered: adapter {cid} is not registered in "
-                                        f"AdapterRegistry {deployment.address('AdapterRegistry')}")
+        unsigned = ["request", "--url", url, "--unsigned", "--model", cid, "--max-tokens", "4", "Hello"]
+
+        def submitted() -> list[str]:       # requests handed to the engine for this adapter
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+                text = r.read().decode()
+            return [line for line in text.splitlines() if line.startswith(f'openlora_requests_total{{adapter="{cid}"}}')]
+
+        # before registration: one line, nothing computed or charged, signed or not
+        for args in (request, unsigned):
+            code, out, err = run(capsys, *args)
+            assert code == 1 and "Traceback" not in err, err
+            assert err.splitlines()[-1] == (f"error: 404 adapter_not_registered: adapter {cid} is not registered "
+                                            f"in AdapterRegistry {deployment.address('AdapterRegistry')}")
+        assert submitted() == []
 
         code, out, err = run(capsys, "--home", str(home), "adapters", "register", cid, "--price", "5",
                              "--datanet", f"{deployment.extra['datanet_id']}")
         assert code == 0 and out.startswith(f"registered adapter {cid}"), err
         assert "not announced" in err and "openlora-node start" in err      # this node runs without p2p
 
+        code, out, err = run(capsys, *unsigned)
+        assert code == 0 and "-- request cmpl-" in err, err
+        assert submitted() == [f'openlora_requests_total{{adapter="{cid}"}} 1.0']
         code, out, err = run(capsys, *request)
         assert code == 0 and "Traceback" not in err, err
         rid = err.splitlines()[-1].split()[2].rstrip(",")
