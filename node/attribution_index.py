@@ -250,6 +250,9 @@ def build_attributor(cfg: Any, chain: Any, model_dir: Path, operator: str) -> At
     s = cfg.settlement
     shares = Shares(author_bps=s.author_share_bps, operator_bps=s.operator_share_bps,
                     contributors_bps=10_000 - s.author_share_bps - s.operator_share_bps)
-    indexes = IndexStore(cfg.home / "attribution" / "indexes", tok, tok.identity)
+    a = cfg.attribution
+    indexes = IndexStore(cfg.home / "attribution" / "indexes", tok, tok.identity, threads=a.index_threads)
+    log.info("span attribution on", extra={"fields": {"tokenizer": tok.identity, "min_span_tokens": a.min_span_tokens,
+                                                      "max_span_occurrences": a.max_span_occurrences}})
     return Attributor(chain.w3, chain.deployment, indexes, Blockstore(cfg.home / "ipfs").get, operator=operator,
-                      shares=shares)
+                      shares=shares, min_len=a.min_span_tokens, max_occurrences=a.max_span_occurrences)

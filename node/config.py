@@ -266,10 +266,25 @@ class DatanetsSection:
         return round(self.near_duplicate_threshold * 10_000)
 
 
+@dataclass(frozen=True)
+class AttributionSection:
+    """[attribution]: span attribution per request (node/attribution_index.py; the rule in docs/attribution.md).
+    Receipts record the values they were attributed with, so verifiers re-derive them whatever a node configures."""
+    min_span_tokens: int = 12          # L: shortest span that counts (docs/attribution.md, "Choosing L")
+    max_span_occurrences: int = 16     # K: a span found more often in the version is boilerplate and dropped
+    index_threads: int = 1             # threads that build a version's span index (the bytes are the same)
+
+    def __post_init__(self) -> None:
+        _check_range("attribution.min_span_tokens", self.min_span_tokens, 1, 1 << 20)
+        _check_range("attribution.max_span_occurrences", self.max_span_occurrences, 1, 1 << 16)
+        _check_range("attribution.index_threads", self.index_threads, 1, 256)
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeSection, "model": ModelSection, "engine": EngineSection, "adapters": AdaptersSection,
     "api": ApiSection, "chain": ChainSection, "settlement": SettlementSection, "p2p": P2PSection,
     "ipfs": IpfsSection, "storage": StorageSection, "datanets": DatanetsSection,
+    "attribution": AttributionSection,
 }
 
 
@@ -288,6 +303,7 @@ class NodeConfig:
     ipfs: IpfsSection = field(default_factory=IpfsSection)
     storage: StorageSection = field(default_factory=StorageSection)
     datanets: DatanetsSection = field(default_factory=DatanetsSection)
+    attribution: AttributionSection = field(default_factory=AttributionSection)
 
     def path(self, relative: str) -> Path:
         """A path from the config, resolved against the home directory."""
@@ -549,4 +565,9 @@ max_rows = 1000000              # most rows in one contribution
 max_row_bytes = "1MiB"          # largest row (its canonical JSON)
 near_duplicate_threshold = 0.6  # 0 < t <= 1: estimated Jaccard similarity from which a row is a near duplicate
                                 #   (pending, publish; verify uses the threshold written in each manifest)
+
+[attribution]
+min_span_tokens = 12            # L: shortest completion span matched against the adapter's Datanet version
+max_span_occurrences = 16       # K: a span found more often than this in the version is boilerplate, dropped
+index_threads = 1               # threads that build a version's span index (same bytes on any count)
 """
