@@ -6,8 +6,11 @@ reads a Datanet's weights as {contributor: weight} (its latest published version
 ((adapter price + node price) x tokens); `attribution_vector` turns the terms, the contributors and the configured
 `Shares` (author / operator / contributors, in bps) into integer (recipient, weight) pairs that split a price
 exactly as intended. Reads use a sync web3 `Web3` (call them from a thread in asyncio code).
-What it does not do: per-request span matching of outputs against contributions (a later stage adds weights to
-the vector), cache chain reads (the caller does), or turn weights into wei (attribution.split does, per batch).
+`version_weights(w3, dep, id, n)` reads version n of a Datanet (manifest CID, per-contribution contributor and
+weight): the static weights of span attribution (attribution/attribute.py applies the rule, attribution/evidence.py
+documents it; `attribution_vector` is then called with the weights it chose per Datanet).
+What it does not do: match spans (attribution.spans), cache chain reads (the caller does), or turn weights into
+wei (attribution.split does, per batch).
 
 Unattributable parts go to the author (else the operator): a Datanet with no accepted contribution yet, and
 the author's share when there is no author (the base model). The contributors' part of an adapter is split
