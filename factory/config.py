@@ -43,11 +43,11 @@ class TrainConfig:
         for name in ("rank", "epochs", "batch", "max_len", "seed", "threads", "samples", "sample_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
-                bad(f"{name} must be an integer, got {v!r}")
+                bad(f"{name} must be an integer, got {v!r:.80}")
         for name in ("alpha", "lr", "eval_split", "grad_clip"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                bad(f"{name} must be a finite number, got {v!r}")
+                bad(f"{name} must be a finite number, got {v!r:.80}")
         if not 1 <= self.rank <= 256:
             bad(f"rank must be 1..256, got {self.rank}")
         if self.alpha <= 0:
@@ -97,7 +97,8 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise FactoryInputError(f"unknown hyper-parameter(s): {', '.join(unknown)}")
+            names = ", ".join(f"{k[:40]!r}" if not k.isidentifier() else k for k in unknown[:5])
+            raise FactoryInputError(f"unknown hyper-parameter(s): {names}{' ...' if len(unknown) > 5 else ''}")
         kw = dict(d)
         if isinstance(kw.get("targets"), list):
             if not all(isinstance(t, str) for t in kw["targets"]):

@@ -64,7 +64,7 @@ def _hparams(fn: Callable) -> Callable:
         click.option("--max-len", type=int, default=256, show_default=True, help="Tokens per row (truncated)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Fixes LoRA init, split and order."),
         click.option("--eval-split", type=float, default=0.1, show_default=True, help="Share of rows held out."),
-        click.option("--threads", type=int, default=2, show_default=True,
+        click.option("--threads", type=int, default=1, show_default=True,
                      help="torch threads (recorded: part of the bit-identical result)."),
         click.option("--samples", type=int, default=3, show_default=True, help="Sample generations, base vs adapter."),
     ]
