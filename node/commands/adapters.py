@@ -1,11 +1,12 @@
-"""`openlora-node adapters add|register|announce|list|rm|pull|export-car|import-car`: the node's adapters.
+"""`openlora-node adapters add|register|show|announce|list|rm|pull|export-car|import-car`: the node's adapters.
 
 Blocks live under `<home>/ipfs/`; `add` prints the adapter's CID (after the engine's own checks against the base
 model), `pull` fetches one (peers from config, the configured Kubo RPC API and trustless gateways, or those given on
 the command line), verifying every block. `register` puts an adapter in AdapterRegistry without lineage (its price
 and Datanet weights: what a node needs to charge for it; attribution.lineage), then `announce`s it: a signed gossip
 announcement (node/p2p) sent from a short-lived libp2p host to the node running on this home, the configured
-bootstrap peers and --peer addresses; the running node re-sends it every announce period to its mesh.
+bootstrap peers and --peer addresses; the running node re-sends it every announce period to its mesh. `show` reads
+an adapter's on-chain record back, its lineage included.
 With a config, the store is bounded by adapters.disk_store_bytes (node/ipfs/disk_tier.py): `add` and `pull` evict
 least-recently-used adapters beyond it, sparing adapters.pinned and what a running node on this home holds (asked
 over its HTTP API); `rm` removes one adapter; `list` shows sizes, last use and pins.
@@ -209,6 +210,43 @@ def register(obj, cid: str, price: int, datanets: tuple[str, ...], base_model: s
     except NodeError as e:
         click.echo(f"registered, but not announced: {e}; retry with `openlora-node adapters announce {cid}`",
                    err=True)
+
+
+@command.command("show")
+@click.argument("cid")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON object.")
+@click.pass_obj
+def show(obj, cid: str, as_json: bool) -> None:
+    """Show what AdapterRegistry holds for adapter CID: author, base model, price, Datanet weights, state, and its
+    lineage (the Datanet versions it was trained on, its training manifest CID, its base weights CID) if any."""
+    from openlora.attribution.lineage import LineageError, read_adapter
+    from openlora.node.commands.payouts import chain_context
+    from openlora.node.errors import NodeError
+    cfg, w3, dep = chain_context(obj)
+    try:
+        r = read_adapter(w3, dep, cid)
+    except LineageError as e:
+        raise NodeError(str(e)) from None
+    lin = r.lineage
+    if as_json:
+        click.echo(json.dumps({"cid": r.cid, "adapter_id": r.adapter_id, "author": r.author, "retired": r.retired,
+                               "registered_at": r.registered_at, "base_model": r.base_model,
+                               "price_per_token": r.price_per_token,
+                               "datanets": [list(p) for p in r.datanet_weights],
+                               "lineage": None if lin is None else {
+                                   "datanet_versions": [list(p) for p in lin.datanet_versions],
+                                   "manifest_cid": lin.manifest_cid, "base_weights_cid": lin.base_weights_cid}},
+                              indent=2))
+        return
+    click.echo(f"adapter {r.cid} (id {r.adapter_id}){'  RETIRED' if r.retired else ''}")
+    click.echo(f"  author {r.author}, registered {_when(r.registered_at)}, base {r.base_model}, "
+               f"{r.price_per_token} wei/token")
+    click.echo("  Datanets " + ", ".join(f"{d}: {b} bps" for d, b in r.datanet_weights))
+    if lin is None:
+        click.echo("  lineage: none (registered without one: `adapters register`)")
+    else:
+        click.echo("  lineage: trained on " + ", ".join(f"Datanet {d} version {v}" for d, v in lin.datanet_versions)
+                   + f"; training manifest {lin.manifest_cid}; base weights {lin.base_weights_cid}")
 
 
 @command.command("announce")

@@ -130,6 +130,8 @@ def test_register_without_lineage_then_refuse_a_second_time(home, adapter_dir, w
     rec = read_adapter(w3, deployment, cid)
     assert (rec.author, rec.price_per_token, rec.datanet_weights, rec.lineage) == (node, 7, ((1, 10_000),), None)
     assert rec.base_model == AdapterStore(home / "ipfs").list()[cid]["manifest"]["base_model"]
+    code, out, err = run(capsys, "--home", str(home), "adapters", "show", cid)
+    assert code == 0 and "lineage: none" in out and f"author {node}" in out and "1: 10000 bps" in out, err
     code, out, err = run(capsys, "--home", str(home), "adapters", "register", cid, "--price", "7", "--datanet", "1")
     assert f"adapter {cid} is already registered in AdapterRegistry (author {node})" in one_line_error(code, err)
 
@@ -245,3 +247,27 @@ def test_announce_refusals(home, adapter_dir, tmp_path, capsys):
     code, out, err = run(capsys, "--home", str(home), "adapters", "announce",
                          "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")
     assert "is not held in this home" in one_line_error(code, err)
+
+
+def test_show_reads_the_record_and_the_lineage(home, w3, deployment, accounts, capsys):
+    from openlora.attribution.lineage import Lineage, register_adapter
+    from openlora.content.importer import add_bytes
+    author = Account.from_key(accounts[ROLES["author"]].key)
+    d, v = int(deployment.extra["datanet_id"]), int(deployment.extra["datanet_version"]["version"])
+    cid = str(add_bytes(b"an adapter trained by the factory (test_show)").cid)
+    lin = Lineage({d: v}, str(add_bytes(b"training manifest").cid), str(add_bytes(b"base weights").cid))
+    register_adapter(w3, deployment, author, cid, "smollm2-135m-instruct", 9, {d: 10_000}, lin)
+    code, out, err = run(capsys, "--home", str(home), "adapters", "show", cid, "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert (got["author"], got["base_model"], got["price_per_token"], got["datanets"], got["retired"]) == \
+        (author.address, "smollm2-135m-instruct", 9, [[d, 10_000]], False)
+    assert got["lineage"] == {"datanet_versions": [[d, v]], "manifest_cid": lin.manifest_cid,
+                              "base_weights_cid": lin.base_weights_cid}
+    code, out, err = run(capsys, "--home", str(home), "adapters", "show", cid)
+    assert code == 0 and f"trained on Datanet {d} version {v}; training manifest {lin.manifest_cid}" in out, err
+    other = str(add_bytes(b"never registered (test_show)").cid)
+    code, out, err = run(capsys, "--home", str(home), "adapters", "show", other)
+    assert f"adapter {other} is not registered in AdapterRegistry" in one_line_error(code, err)
+    code, out, err = run(capsys, "--home", str(home), "adapters", "show", "nope")
+    assert "is not a CID" in one_line_error(code, err)
