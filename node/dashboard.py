@@ -33,6 +33,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 CACHE_TTL_S = 3.0
 CACHE_ENTRIES = 256
+MAX_QUEUED = 16           # chain queries waiting for one of the two workers; more is 429 (retry in a few seconds)
 MAX_ID = 2**63 - 1
 ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 DECIMAL_ID = re.compile(r"[0-9]{1,19}")
@@ -92,6 +93,8 @@ class _State:
             return await asyncio.shield(running)
         if self.slots is None:
             self.slots = asyncio.Semaphore(2)
+        if len(self.inflight) >= MAX_QUEUED:
+            raise RequestRejected(429, "busy", "the dashboard is answering many queries; retry in a few seconds")
         fut = asyncio.get_running_loop().create_future()
         self.inflight[key] = fut
         try:

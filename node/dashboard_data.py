@@ -16,10 +16,12 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eth_utils import to_checksum_address
 
+from openlora.content.errors import ContentError
 from openlora.node.errors import NodeError, RequestRejected
 from openlora.safejson import loads as safe_loads
 
@@ -40,7 +42,8 @@ class Sources:
     w3: Any = None                  # sync web3 `Web3` of the node's chain
     deployment: Any = None          # attribution.deployment.Deployment
     blocks: Any = None              # content.blockstore.Blockstore: published receipts (ipfs://), Datanet content
-    cfg: Any = None                 # NodeConfig: fetchers for published receipts not held here, Datanet limits
+    cfg: Any = None                 # NodeConfig: Datanet limits and dedup threshold
+    publish_dirs: tuple[Path, ...] = ()   # where this node writes its published receipts (<home>/receipts)
     _published: OrderedDict = field(default_factory=OrderedDict)
     _token: dict | None = None
     _block_time: dict = field(default_factory=dict)
@@ -56,9 +59,10 @@ class Sources:
 def sources_from(cfg: Any, chain: Any, network: Any) -> Sources:
     """The node's sources: its chain (node.wiring.Chain or None) and its network's blockstore (or None)."""
     blocks = getattr(getattr(network, "store", None), "blocks", None)
+    dirs = (Path(cfg.home) / "receipts",)            # node.settlement.start_settlement's publish_dir
     if chain is None:
-        return Sources(blocks=blocks, cfg=cfg)
-    return Sources(w3=chain.w3, deployment=chain.deployment, blocks=blocks, cfg=cfg)
+        return Sources(blocks=blocks, cfg=cfg, publish_dirs=dirs)
+    return Sources(w3=chain.w3, deployment=chain.deployment, blocks=blocks, cfg=cfg, publish_dirs=dirs)
 
 
 def _chain_call(fn, what: str):
@@ -103,20 +107,56 @@ def share_of(receipt: Any, who: str) -> int:
     return receipt.price * mine // total if total else 0
 
 
+def read_receipts_file(src: Sources, uri: str) -> bytes:
+    """The bytes of a published receipts file, read only from where this node keeps them: a file:// URI inside the
+    node's own receipts folder (a regular file, no link, no FIFO or device, at most MAX_PUBLISHED_BYTES), or an
+    ipfs:// CID whose blocks this node's blockstore already holds (read with the same bound). Anything else is
+    refused with ValueError: a batch's receiptsUri is chosen by whoever settled it, and a public page must not make
+    the node read /dev/zero, a file elsewhere on its disk, or the network."""
+    import io
+    from urllib.parse import unquote, urlparse
+
+    from openlora.safejson import UnsafeJSONError, read_regular_file
+    if not isinstance(uri, str) or len(uri) > 4096:
+        raise ValueError("not a receipts URI")
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if not src.publish_dirs:
+            raise ValueError("this node has no receipts folder")
+        path = Path(unquote(parsed.path))
+        if not path.is_absolute() or ".." in path.parts or not any(
+                path.parent == d or path.parent.resolve() == d.resolve() for d in src.publish_dirs):
+            raise ValueError(f"{uri[:200]}: not in this node's receipts folder")
+        try:
+            return read_regular_file(path, MAX_PUBLISHED_BYTES)
+        except UnsafeJSONError as e:
+            raise ValueError(str(e)) from None
+    if parsed.scheme == "ipfs":
+        from openlora.content.cid import as_cid
+        from openlora.content.dag import cat, missing_blocks
+        if src.blocks is None:
+            raise ValueError("this node has no blockstore")
+        cid = as_cid(parsed.netloc or parsed.path.lstrip("/"))
+        if not src.blocks.has(cid) or missing_blocks(cid, src.blocks):
+            raise ValueError(f"{uri[:200]}: not held by this node")
+        out = io.BytesIO()
+        cat(cid, src.blocks.get, out, max_bytes=MAX_PUBLISHED_BYTES)
+        return out.getvalue()
+    raise ValueError(f"{uri[:200]}: neither file:// in this node's receipts folder nor ipfs://")
+
+
 def published_receipts(src: Sources, uri: str) -> list | None:
-    """The receipts of a published batch file (file:// or ipfs://, as `payouts` reads them), parsed with bounds;
-    None when the file cannot be read here or is not a receipts file."""
+    """The receipts of a published batch file (read_receipts_file), parsed with bounds; None when it cannot be read
+    here or is not a receipts file."""
     from openlora.attribution.receipts import ReceiptError, receipt_from_json
-    from openlora.node.commands.payouts import read_published
-    from openlora.node.ipfs.errors import IpfsError
     with src._lock:
         if uri in src._published:
             src._published.move_to_end(uri)
             return src._published[uri]
     try:
-        doc = safe_loads(read_published(uri, src.cfg), max_bytes=MAX_PUBLISHED_BYTES)
+        doc = safe_loads(read_receipts_file(src, uri), max_bytes=MAX_PUBLISHED_BYTES)
         receipts = [receipt_from_json(x) for x in doc["receipts"]]
-    except (OSError, ValueError, KeyError, TypeError, ReceiptError, IpfsError):
+    except (OSError, ValueError, KeyError, TypeError, ReceiptError, ContentError):
         return None
     with src._lock:
         src._published[uri] = receipts
@@ -319,8 +359,7 @@ def contributor(src: Sources, store: Any, address: str, shares: Any, node: str |
                     receipts.append(_receipt_row(r, share, "claimed" if p.claimed else "settled", bid))
     _chain_call(read_batches, "the settled batches' receipts")
     if report_fn is not None:
-        from openlora.node.commands.payouts import read_published
-        rep = _chain_call(lambda: report_fn(w3, dep, address, lambda uri: read_published(uri, src.cfg)),
+        rep = _chain_call(lambda: report_fn(w3, dep, address, lambda uri: read_receipts_file(src, uri)),
                           "the settled receipts' attribution")
         for rid in _merge_report(rep, receipts, datanets, roles):
             r, share = settled_objs[rid]

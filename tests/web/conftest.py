@@ -128,7 +128,8 @@ def web(tiny, tmp_path_factory):
         loop = SettlementLoop(store, w3, dep, node, batch_max_age_s=0.1, confirmations=1,
                               publish_dir=home / "receipts", poll_s=0.05)
         svc.settlement = loop
-        app = build_app(svc, dashboard=Sources(w3=w3, deployment=dep, blocks=blocks, cfg=cfg))
+        app = build_app(svc, dashboard=Sources(w3=w3, deployment=dep, blocks=blocks, cfg=cfg,
+                                              publish_dirs=(home / "receipts",)))
         app[KEY]["state"].sampler.period_s = 0.25
         with ServerThread(app) as server:
             sdks = [OpenLoRAClient(server.url, accts[ROLES[k]].key) for k in ("requester", "requester2")]

@@ -313,7 +313,8 @@ def test_static_split_without_the_span_report_matches(web, monkeypatch):
     without evidence) gives the same per-Datanet and per-contribution amounts as the report path."""
     from openlora.node import dashboard_data as dd
     from openlora.node.dashboard import KEY
-    src = dd.Sources(w3=web["w3"], deployment=web["dep"], blocks=None, cfg=web["cfg"])
+    src = dd.Sources(w3=web["w3"], deployment=web["dep"], blocks=None, cfg=web["cfg"],
+                     publish_dirs=(web["home"] / "receipts",))
     shares = web["app"][KEY]["state"].shares()
     who = web["contributor"]
     with_report = dd.contributor(src, web["store"], who, shares, web["node"])
@@ -326,3 +327,36 @@ def test_static_split_without_the_span_report_matches(web, monkeypatch):
     assert {c["id"] for c in static["by_datanet"][0]["contributions"]} == mine
     for k in ("settled", "claimed", "claimable", "batches", "by_adapter"):
         assert static[k] == with_report[k]
+
+
+def test_published_receipts_are_read_only_from_this_nodes_own_store(web, tmp_path):
+    """A batch's receiptsUri is whatever its settler wrote on chain: the dashboard reads a file:// URI only inside
+    the node's receipts folder (regular files, bounded) and ipfs:// only from blocks it already holds."""
+    import os
+
+    from openlora.content.blockstore import Blockstore
+    from openlora.content.importer import add_bytes
+    from openlora.node import dashboard_data as dd
+    folder = web["home"] / "receipts"
+    good = sorted(folder.glob("*.json"))[0]
+    blocks = Blockstore(tmp_path / "ipfs")
+    src = dd.Sources(blocks=blocks, publish_dirs=(folder,))
+    assert dd.read_receipts_file(src, good.as_uri()) == good.read_bytes()
+    assert dd.published_receipts(src, good.as_uri())
+    held = add_bytes(good.read_bytes(), sink=blocks.put_trusted).cid
+    assert dd.read_receipts_file(src, f"ipfs://{held}") == good.read_bytes()
+    (folder / "link.json").symlink_to(good)
+    os.mkfifo(folder / "fifo.json")
+    (folder / "big.json").write_bytes(b" " * (dd.MAX_PUBLISHED_BYTES + 1))
+    (folder / "deep.json").write_bytes(b"[" * 100_000)
+    refused = ["file:///dev/zero", "file:///etc/passwd", (web["home"] / "config.toml").as_uri(),
+               f"file://{folder}/../config.toml", (folder / "link.json").as_uri(), (folder / "fifo.json").as_uri(),
+               (folder / "big.json").as_uri(), "receipts/x.json", "http://127.0.0.1:1/x.json", "ipfs://notacid",
+               "ipfs://bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba", "x" * 5000, ""]
+    for uri in refused:
+        with pytest.raises((ValueError, OSError)):
+            dd.read_receipts_file(src, uri)
+        assert dd.published_receipts(src, uri) is None, uri
+    assert dd.published_receipts(src, (folder / "deep.json").as_uri()) is None
+    for name in ("link.json", "fifo.json", "big.json", "deep.json"):
+        (folder / name).unlink()
