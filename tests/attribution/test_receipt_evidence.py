@@ -232,3 +232,31 @@ def test_span_vectors_are_exact_integers(rows, completion, min_len, max_occ):
     assert got <= expected
     price = 10**18 + 7
     assert sum(split_exact(price, dict(a.vector), NODE.address).values()) == price
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=20) |
+                           st.floats(allow_nan=False, allow_infinity=False),
+                           lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                           max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_receipt_parser_fuzz_raises_only_receipt_error(index, data):
+    """Random mutations of a valid receipt with evidence (any field replaced by any JSON value, at the top level,
+    in the evidence, in a span): the parser accepts or raises ReceiptError, nothing else."""
+    good = receipt_to_json(_receipt(_attr(index, [9999, 9998] + PASSAGE[:30] + [9997]).evidence))
+    d = json.loads(json.dumps(good))
+    target = data.draw(st.sampled_from(["top", "evidence", "datanet", "span"]))
+    if target == "span":         # [start, length, [[contribution, row, offset], ...]]
+        span = d["evidence"]["datanets"][0]["spans"][0]
+        where = data.draw(st.sampled_from([span, span[2], span[2][0]]))
+        where[data.draw(st.integers(0, len(where) - 1))] = data.draw(json_values)
+    else:
+        obj = {"top": d, "evidence": d["evidence"], "datanet": d["evidence"]["datanets"][0]}[target]
+        obj[data.draw(st.sampled_from(sorted(obj) + ["extra"]))] = data.draw(json_values)
+    try:
+        r = receipt_from_json(d)
+    except ReceiptError:
+        return
+    receipt_hash(r)     # whatever parses also hashes
