@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from openlora.node.dashboard_data import DashboardError, Sampler, Sources
+from openlora.node.dashboard_data import DashboardError, Sources
 from openlora.node.errors import RequestRejected
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -114,6 +114,34 @@ class _State:
             self.cache.clear()
         self.cache[key] = (time.monotonic(), value)
         return value
+
+
+class Sampler:
+    """A ring of (time, tokens/s, requests/s, queue, running, KV blocks) samples taken every `period_s` on the
+    event loop from the engine's published stats snapshot and the request counters: the operator view's charts."""
+
+    def __init__(self, svc: Any, period_s: float = 1.0, keep: int = 300):
+        self.svc, self.period_s, self.keep = svc, period_s, keep
+        self.samples: list[dict[str, Any]] = []
+        self._last: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _total(counter: Any) -> float:
+        return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+    def sample(self) -> None:
+        m, stats = self.svc.metrics, self.svc.client.stats()
+        now, tokens, requests = time.time(), self._total(m.tokens), self._total(m.requests)
+        tps = rps = 0.0
+        if self._last is not None and now > self._last[0]:
+            dt = now - self._last[0]
+            tps, rps = (tokens - self._last[1]) / dt, (requests - self._last[2]) / dt
+        self._last = (now, tokens, requests)
+        self.samples.append({"time": round(now, 3), "tokens_per_s": round(tps, 3), "requests_per_s": round(rps, 3),
+                             "waiting": stats.waiting if stats else 0, "running": stats.running if stats else 0,
+                             "kv_blocks_used": stats.kv_blocks_used if stats else 0,
+                             "tokens_total": int(tokens), "requests_total": int(requests)})
+        del self.samples[:-self.keep]
 
 
 def _state(request: web.Request) -> _State:
@@ -208,7 +236,8 @@ async def datanets(request: web.Request) -> web.Response:
 
     def read():
         from openlora.datanets.registry import Registry
-        from openlora.node.dashboard_data import _chain_call, _metadata
+        from openlora.node.dashboard_curator import _metadata
+        from openlora.node.dashboard_data import _chain_call
         infos = _chain_call(lambda: Registry(w3, dep).datanets()[:1000], "the Datanets")
         return {"datanets": [{"datanet_id": d.id, "curator": d.curator, "contributions": d.contribution_count,
                               "versions": d.versions, "metadata": _metadata(st.sources, d.metadata_cid)}
@@ -217,7 +246,7 @@ async def datanets(request: web.Request) -> web.Response:
 
 
 async def datanet(request: web.Request) -> web.Response:
-    from openlora.node.dashboard_data import curator
+    from openlora.node.dashboard_curator import curator
     st = _state(request)
     datanet_id = parse_id(request.match_info["datanet_id"])
     st.sources.chain()

@@ -1,9 +1,9 @@
-"""The dashboard's read models: what the contributor, curator and operator views show, as JSON-able dicts.
+"""The dashboard's sources and its contributor view, as JSON-able dicts (the curator's: node/dashboard_curator.py).
 
 What it does: reads public chain data (the token's symbol and decimals, settled credits and claims through
-attribution.payouts, the published receipts of the batches that credit an address, Datanets, contributions,
-versions and the adapters built on them) and the node's own receipt store, and returns plain dicts in which every
-amount is a decimal string (never a float, never a JSON number). The functions here are blocking (chain reads,
+attribution.payouts, the published receipts of the batches that credit an address, from this node's own store
+only) and the node's own receipt store, and returns plain dicts in which every amount is a decimal string (never a
+float, never a JSON number). The functions here are blocking (chain reads,
 database reads, blockstore reads): node/dashboard.py runs them in worker threads, one cache in front.
 What it does not do: speak HTTP (node/dashboard.py), send transactions (a claim is sent by the visitor's wallet or
 by `openlora-node claim`), or decide who is paid (the receipts and the chain say it; the static per-Datanet and
@@ -13,7 +13,6 @@ per-contribution breakdown below is a read of the same weights pricing used).
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ from openlora.safejson import loads as safe_loads
 MAX_PUBLISHED_BYTES = 64 << 20      # as `payouts`: a published batch, ~600 bytes a receipt
 MAX_METADATA_BYTES = 64 << 10       # a Datanet's metadata record
 MAX_RECEIPTS_SHOWN = 100            # newest receipts listed for one address
-MAX_ADAPTER_EVENTS = 10_000         # AdapterRegistered events read for a Datanet's usage
 PUBLISHED_CACHE = 32                # published receipts files kept parsed (immutable: content-addressed)
 
 
@@ -411,144 +409,3 @@ def _report_function() -> Any:
     static split itself (_Static)."""
     from openlora.attribution import payouts
     return getattr(payouts, "contributor_report", None)
-
-
-# ---- curator --------------------------------------------------------------------------------------------------
-
-def _metadata(src: Sources, cid: str) -> dict[str, str]:
-    """The Datanet's name/description/license from its metadata record, when this node holds it."""
-    import io
-
-    from openlora.content.dag import cat
-    if src.blocks is None or not cid:
-        return {}
-    try:
-        out = io.BytesIO()
-        cat(cid, src.blocks.get, out, max_bytes=MAX_METADATA_BYTES)
-        meta = safe_loads(out.getvalue(), max_bytes=MAX_METADATA_BYTES, max_depth=4)
-    except Exception:  # noqa: BLE001 - not held here, too big, not JSON: the view shows the CID only
-        return {}
-    if not isinstance(meta, dict):
-        return {}
-    return {k: str(meta[k])[:500] for k in ("name", "description", "license") if isinstance(meta.get(k), str)}
-
-
-def _assess(src: Sources, reg: Any, datanet_id: int, c: Any) -> dict[str, Any]:
-    """Duplicate flags of a pending contribution against the accepted rows (datanets.Registry.assess), when this
-    node holds the content; otherwise why not."""
-    from openlora.datanets.errors import DatanetError
-    if src.blocks is None:
-        return {"readable": False, "why": "this node has no blockstore"}
-    from openlora.datanets.dedup import DedupParams
-    from openlora.node.commands._datanet_support import _limits
-    kw: dict[str, Any] = {"limits": _limits(src.cfg)}       # config.toml's [datanets], as `datanet pending`
-    if src.cfg is not None:
-        kw["dedup"] = DedupParams(threshold_bps=src.cfg.datanets.near_duplicate_threshold_bps)
-    try:
-        entry = reg.assess(datanet_id, c.id, src.blocks.get, **kw)
-    except (DatanetError, NodeError, KeyError, ValueError) as e:
-        return {"readable": False, "why": str(e)[:300]}
-    rows = entry["rows"]
-    return {"readable": True, "rows": len(rows), "tokens": sum(r["tokens"] for r in rows),
-            "exact_duplicates": sum(r.get("duplicate") == "exact" for r in rows),
-            "near_duplicates": sum(r.get("duplicate") == "near" for r in rows),
-            "weight": str(entry["weight"]), "license": entry.get("license")}
-
-
-def curator(src: Sources, store: Any, datanet_id: int) -> dict[str, Any]:
-    """The curator view of Datanet `datanet_id`: pending contributions with duplicate flags, every contribution's
-    status, the published versions, and its usage (adapters registered on it; this node's requests to them)."""
-    from openlora.datanets.errors import DatanetError
-    from openlora.datanets.registry import Registry
-    w3, dep = src.chain()
-
-    def read():
-        reg = Registry(w3, dep)
-        try:
-            info = reg.datanet(datanet_id)
-        except DatanetError as e:
-            raise DashboardError(404, "datanet_not_found", str(e)) from None
-        contributions = reg.contributions(datanet_id)
-        versions = [reg.version(datanet_id, v) for v in range(1, info.versions + 1)]
-        return reg, info, contributions, versions
-    reg, info, contributions, versions = _chain_call(read, f"Datanet {datanet_id}")
-    pending = [{"id": c.id, "contributor": c.contributor, "cid": c.cid, "size": c.size,
-                **_assess(src, reg, datanet_id, c)} for c in contributions if c.status == "pending"]
-    latest = versions[-1].weights if versions else {}
-    adapters = _chain_call(lambda: _adapters_on(w3, dep, datanet_id), "the adapters registered on the Datanet")
-    served = _served(store, [a["cid"] for a in adapters]) if store is not None else None
-    for a in adapters:
-        a.update(served.get(a["cid"], {"requests": 0, "tokens": 0, "value": "0"}) if served is not None else {})
-    return {
-        "datanet_id": datanet_id, "curator": info.curator, "created_at": info.created_at,
-        "metadata_cid": info.metadata_cid, "metadata": _metadata(src, info.metadata_cid),
-        "pending": pending,
-        "contributions": [{"id": c.id, "contributor": c.contributor, "cid": c.cid, "size": c.size,
-                           "status": c.status, "weight": str(latest.get(c.id, 0))} for c in contributions],
-        "versions": [{"version": v.version, "manifest_cid": v.manifest_cid, "published_at": v.published_at,
-                      "total_weight": str(v.total_weight), "contributions": len(v.weights)} for v in versions],
-        "usage": {"adapters": adapters, "node_receipts": served is not None},
-    }
-
-
-def _adapters_on(w3: Any, dep: Any, datanet_id: int) -> list[dict[str, Any]]:
-    reg = dep.contract(w3, "AdapterRegistry")
-    out = []
-    for ev in reg.events.AdapterRegistered().get_logs(from_block=dep.block)[:MAX_ADAPTER_EVENTS]:
-        a = ev["args"]
-        ids = [int(i) for i in a["datanetIds"]]
-        if datanet_id in ids:
-            out.append({"cid": a["cid"], "author": a["author"], "base_model": a["baseModel"],
-                        "price_per_token": str(a["pricePerToken"]),
-                        "weight_bps": int(a["weightsBps"][ids.index(datanet_id)]), "block": ev["blockNumber"]})
-    return out
-
-
-def _served(store: Any, cids: list[str]) -> dict[str, dict[str, Any]]:
-    """This node's receipts for the adapters `cids`: requests, tokens and their summed price (exact)."""
-    from sqlalchemy import select
-    from openlora.node.storage import receipts
-    out: dict[str, dict[str, Any]] = {}
-    if not cids:
-        return out
-    with store.engine.connect() as c:
-        q = select(receipts.c.adapter_cid, receipts.c.prompt_tokens, receipts.c.completion_tokens,
-                   receipts.c.price).where(receipts.c.adapter_cid.in_(cids))
-        for cid, p, comp, price in c.execute(q):
-            d = out.setdefault(cid, {"requests": 0, "tokens": 0, "value": 0})
-            d["requests"] += 1
-            d["tokens"] += int(p) + int(comp)
-            d["value"] += int(price)
-    for d in out.values():
-        d["value"] = str(d["value"])
-    return out
-
-
-# ---- operator -------------------------------------------------------------------------------------------------
-
-class Sampler:
-    """A ring of (time, tokens/s, requests/s, queue, running, KV blocks) samples taken every `period_s` on the
-    event loop from the engine's published stats snapshot and the request counters: the operator view's charts."""
-
-    def __init__(self, svc: Any, period_s: float = 1.0, keep: int = 300):
-        self.svc, self.period_s, self.keep = svc, period_s, keep
-        self.samples: list[dict[str, Any]] = []
-        self._last: tuple[float, float, float] | None = None
-
-    @staticmethod
-    def _total(counter: Any) -> float:
-        return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
-
-    def sample(self) -> None:
-        m, stats = self.svc.metrics, self.svc.client.stats()
-        now, tokens, requests = time.time(), self._total(m.tokens), self._total(m.requests)
-        tps = rps = 0.0
-        if self._last is not None and now > self._last[0]:
-            dt = now - self._last[0]
-            tps, rps = (tokens - self._last[1]) / dt, (requests - self._last[2]) / dt
-        self._last = (now, tokens, requests)
-        self.samples.append({"time": round(now, 3), "tokens_per_s": round(tps, 3), "requests_per_s": round(rps, 3),
-                             "waiting": stats.waiting if stats else 0, "running": stats.running if stats else 0,
-                             "kv_blocks_used": stats.kv_blocks_used if stats else 0,
-                             "tokens_total": int(tokens), "requests_total": int(requests)})
-        del self.samples[:-self.keep]
