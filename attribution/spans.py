@@ -55,6 +55,8 @@ _COUNTS = struct.Struct("<QQ")
 _HEADER = len(_MAGIC) + _COUNTS.size
 _I64 = np.int64
 _PARALLEL_MIN = 1 << 20        # fewer active suffixes than this: one sort, no threads
+_FANOUT = 2                    # probes per query and search round (a 3-ary search: fewer numpy rounds)
+_KEY_TOKENS = 4                # tokens packed into each suffix's u64 key (fewer when ids need more than 16 bits)
 
 
 class SpanIndexError(AttributionError, ValueError):
@@ -241,22 +243,16 @@ class SpanIndex:
     """A Datanet version's suffix array with its row map; built by `build`, read by `from_bytes`."""
 
     def __init__(self, tokens: np.ndarray, sa: np.ndarray, contributions: np.ndarray, row_indices: np.ndarray,
-                 starts: np.ndarray) -> None:
+                 starts: np.ndarray, rowend: np.ndarray) -> None:
         # Private: use build() or from_bytes(), which check their input.
         self._tokens = tokens                 # [n] u32
         self._sa = sa                         # [n] u32
         self._contributions = contributions   # [r] u64
         self._rows = row_indices              # [r] u64
         self._starts = np.append(starts.astype(_I64), _I64(tokens.size))  # [r + 1] i64: row starts, then n
-        if tokens.size:
-            first = tokens[sa]   # [n] the first token of each suffix, ascending
-            cut = np.flatnonzero(first[1:] != first[:-1]) + 1
-            self._bucket_tok = first[np.concatenate(([0], cut))].astype(_I64)          # [V] distinct first tokens
-            self._bucket_lo = np.concatenate(([0], cut, [tokens.size])).astype(_I64)   # [V + 1]
-            del first
-        else:
-            self._bucket_tok = np.zeros(0, dtype=_I64)
-            self._bucket_lo = np.zeros(1, dtype=_I64)
+        self._vocab, self._bits, self._k, self._keys = _prefix_keys(tokens, sa, rowend)
+
+    # ---- building and bytes -----------------------------------------------------------------------------------
 
     # ---- building and bytes -----------------------------------------------------------------------------------
 
@@ -290,13 +286,9 @@ class SpanIndex:
         del chunks
         lens = np.array(lengths, dtype=_I64)
         starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(_I64) if lens.size else np.zeros(0, dtype=_I64)
-        if tokens.size:
-            rowend = np.repeat((starts + lens).astype(np.uint32), lens)   # [n] end of each position's row
-            sa = _suffix_array(tokens, rowend, int(lens.max()), threads)
-            del rowend
-        else:
-            sa = np.zeros(0, dtype=np.uint32)
-        return cls(tokens, sa, contrib, rowidx, starts)
+        rowend = np.repeat((starts + lens).astype(np.uint32), lens)   # [n] end of each position's row
+        sa = _suffix_array(tokens, rowend, int(lens.max()), threads) if tokens.size else np.zeros(0, np.uint32)
+        return cls(tokens, sa, contrib, rowidx, starts, rowend)
 
     def to_bytes(self) -> bytes:
         r = self._contributions.size
@@ -338,12 +330,10 @@ class SpanIndex:
                 raise SpanIndexError("span index: row starts go backwards")
         _check_unique_rows(contrib, rowidx)
         starts64 = starts.astype(_I64)
-        if n:
-            lens = np.diff(np.append(starts64, _I64(n)))
-            rowend = np.repeat((starts64 + lens).astype(np.uint32), lens)
-            _check_suffix_array(tokens, sa, rowend)
-            del rowend
-        return cls(tokens, sa, contrib, rowidx, starts64)
+        lens = np.diff(np.append(starts64, _I64(n)))
+        rowend = np.repeat((starts64 + lens).astype(np.uint32), lens)
+        _check_suffix_array(tokens, sa, rowend)
+        return cls(tokens, sa, contrib, rowidx, starts64, rowend)
 
     def cid(self) -> str:
         from openlora.content.importer import add_bytes
@@ -361,93 +351,132 @@ class SpanIndex:
     def nbytes(self) -> int:
         """Bytes of memory the loaded index holds (arrays and lookup tables)."""
         return sum(int(a.nbytes) for a in (self._tokens, self._sa, self._contributions, self._rows, self._starts,
-                                           self._bucket_tok, self._bucket_lo))
+                                           self._vocab, self._keys))
 
     # ---- queries ----------------------------------------------------------------------------------------------
 
-    def _compare(self, comp: np.ndarray, qi: np.ndarray, qlen: np.ndarray, p: np.ndarray
+    def _compare(self, comp: np.ndarray, qi: np.ndarray, qlen: np.ndarray, p: np.ndarray, depth: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Compare queries comp[qi : qi + qlen] with the suffixes at p (each ending at its row's end).
+        """Compare queries comp[qi : qi + qlen] with the suffixes at p (each ending at its row's end), each pair
+        known to agree on its first depth[i] tokens.
 
         Returns (lcp, sign): the common prefix length, and sign 0 when the query is a prefix of the suffix (or
         equal), +1 when the suffix sorts before the query, -1 when after. Compares in growing chunks, so a
         mismatch in the first few tokens (the usual case) costs one small gather."""
         tokens, m = self._tokens, comp.size
         plen = self._starts[np.searchsorted(self._starts, p, side="right")] - p
-        a = qi.size
-        lcp = np.zeros(a, dtype=_I64)
-        sign = np.zeros(a, dtype=np.int8)
-        todo = np.arange(a)
-        base, width = 0, 4
+        lcp = np.zeros(qi.size, dtype=_I64)
+        sign = np.zeros(qi.size, dtype=np.int8)
+        todo = np.arange(qi.size)
+        base = depth.astype(_I64)
+        width = 32
+        room = np.minimum(qlen, plen) - base   # tokens left to compare: past them one side has ended
         while todo.size:
-            j = base + np.arange(width, dtype=_I64)                         # [w]
-            tq, tp = qi[todo], p[todo]
-            ql, pl = qlen[todo], plen[todo]
-            qok = j[None, :] < ql[:, None]                                  # [t, w]
-            pok = j[None, :] < pl[:, None]
-            qv = np.where(qok, comp[np.minimum(tq[:, None] + j, m - 1)], -1)
-            sv = np.where(pok, tokens[np.minimum(tp[:, None] + j, tokens.size - 1)].astype(_I64), -2)
+            w = max(1, min(width, int(room[todo].max()) + 1))
+            j = base[todo][:, None] + np.arange(w, dtype=_I64)[None, :]                 # [t, w]
+            tq, tp = qi[todo][:, None], p[todo][:, None]
+            qv = np.where(j < qlen[todo][:, None], comp[np.minimum(tq + j, m - 1)], -1)
+            sv = np.where(j < plen[todo][:, None], tokens[np.minimum(tp + j, tokens.size - 1)].astype(_I64), -2)
             diff = qv != sv
             found = diff.any(axis=1)
             at = diff.argmax(axis=1)
             f = np.flatnonzero(found)
             done = todo[f]
             k = at[f]
-            lcp[done] = base + k
+            lcp[done] = base[done] + k
             q_at, s_at = qv[f, k], sv[f, k]
             sign[done] = np.where(q_at == -1, 0, np.where(q_at > s_at, 1, -1))
-            todo = todo[~found]
-            base += width
-            width *= 4
+            rest = todo[~found]
+            base[rest] += w
+            room[rest] -= w
+            todo = rest
+            width = 1 << 30   # then all that is left
         return lcp, sign
 
     def _search(self, comp: np.ndarray, qi: np.ndarray, qlen: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                upper: bool) -> np.ndarray:
-        """For each query, the first SA index in [lo, hi) whose suffix sorts after it (upper) or does not sort
-        before it (lower bound); the answer lies in [lo, hi] by the caller's choice of bounds."""
+                upper: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each query, the first SA index in [lo, hi) whose suffix sorts after it (where upper[i]) or does
+        not sort before it (lower bound); the answer lies in [lo, hi] by the caller's choice of bounds, where every suffix
+        shares `depth` tokens with the query. Returns (index, llcp, rlcp): the common prefix of the query with the
+        suffix just before the index and at the index (`depth` where that suffix is outside [lo, hi)).
+        Each probe starts comparing at min(llcp, rlcp), which every suffix between the bounds shares (the
+        classic Manber-Myers bound), and `_FANOUT` probes per query split the range each round."""
         lo, hi = lo.copy(), hi.copy()
+        llcp = np.full(lo.size, depth, dtype=_I64)
+        rlcp = llcp.copy()
+        fan = _FANOUT
+        steps = np.arange(1, fan + 1, dtype=_I64)
         while True:
             act = np.flatnonzero(lo < hi)
             if not act.size:
-                return lo
-            mid = (lo[act] + hi[act]) >> 1
-            _, sign = self._compare(comp, qi[act], qlen[act], self._sa[mid].astype(_I64))
-            right = sign >= 0 if upper else sign > 0
-            lo[act] = np.where(right, mid + 1, lo[act])
-            hi[act] = np.where(right, hi[act], mid)
+                return lo, llcp, rlcp
+            a_lo = lo[act]
+            probe = a_lo[:, None] + ((hi[act] - a_lo)[:, None] * steps[None, :]) // (fan + 1)   # [a, fan] sorted
+            q = np.repeat(act, fan)
+            lcp, sign = self._compare(comp, qi[q], qlen[q], self._sa[probe.ravel()].astype(_I64),
+                                      np.minimum(llcp[q], rlcp[q]))
+            lcp = lcp.reshape(-1, fan)
+            right = np.where(upper[q], sign >= 0, sign > 0).reshape(-1, fan)   # the probe sorts before: go right
+            r = right.sum(axis=1)          # probes are sorted, so the first r go right
+            moved = np.flatnonzero(r > 0)
+            lo[act[moved]] = probe[moved, r[moved] - 1] + 1
+            llcp[act[moved]] = lcp[moved, r[moved] - 1]
+            stop = np.flatnonzero(r < fan)
+            hi[act[stop]] = probe[stop, r[stop]]
+            rlcp[act[stop]] = lcp[stop, r[stop]]
 
     def matching_statistics(self, completion: Sequence[int]) -> np.ndarray:
         """ms[i] = the length of the longest prefix of completion[i:] that occurs in one row of the index."""
-        comp = _completion(completion)
-        return self._matching(comp)[0]
+        return self._matching(_completion(completion))[0]
 
-    def _matching(self, comp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        m = comp.size
-        ms = np.zeros(m, dtype=_I64)
+    def _prefix_ranges(self, comp: np.ndarray, every_depth: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For every completion position i and depth d in 1..k: the SA range [lo, hi) [m, k] of the suffixes that
+        begin with comp[i : i + d] (searchsorted on the packed keys), and whether that prefix occurs at all.
+        Without every_depth only depth k is looked up (the other columns say nothing)."""
+        m, k, bits = comp.size, self._k, self._bits
+        j = np.minimum(np.searchsorted(self._vocab, comp), self._vocab.size - 1)
+        dense = np.where(self._vocab[j] == comp, j + 1, 0).astype(np.uint64)     # [m] 0: a token the index lacks
+        at = np.arange(m)[:, None] + np.arange(k)[None, :]                        # [m, k]
+        fields = np.where(at < m, dense[np.minimum(at, m - 1)], np.uint64(0))     # [m, k]
+        shifts = np.array([(k - 1 - d) * bits for d in range(k)], dtype=np.uint64)
+        packed = np.cumsum(fields << shifts[None, :], axis=1, dtype=np.uint64)   # [m, k] prefix d+1, then zeros
+        ones = np.array([(1 << int(x)) - 1 for x in shifts], dtype=np.uint64)
+        if not every_depth:
+            packed, ones = packed[:, k - 1:], ones[k - 1:]
+        lo = np.searchsorted(self._keys, packed.ravel(), side="left").reshape(packed.shape)
+        hi = np.searchsorted(self._keys, (packed | ones[None, :]).ravel(), side="right").reshape(packed.shape)
+        if not every_depth:
+            lo = np.concatenate((np.zeros((m, k - 1), dtype=lo.dtype), lo), axis=1)
+            hi = np.concatenate((np.zeros((m, k - 1), dtype=hi.dtype), hi), axis=1)
+        exists = np.cumprod(fields != 0, axis=1).astype(bool) & (hi > lo)       # [m, k]
+        return lo, hi, exists
+
+    def _matching(self, comp: np.ndarray, every_depth: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ms [m], lo/hi [m, k], pos [m]): the matching statistics of comp; the SA range of comp[i : i + d + 1]
+        for each depth d < k; and for positions whose first k tokens occur, where comp[i:] sorts in the array.
+        Without every_depth, ms values below k are 0 (for callers that only want spans longer than k)."""
+        m, k = comp.size, self._k
         if not m or not self._tokens.size:
             z = np.zeros(m, dtype=_I64)
-            return ms, z, z, z
-        b = np.searchsorted(self._bucket_tok, comp)
-        b = np.minimum(b, self._bucket_tok.size - 1)
-        hit = self._bucket_tok[b] == comp
-        blo = np.where(hit, self._bucket_lo[b], 0)
-        bhi = np.where(hit, self._bucket_lo[np.minimum(b + 1, self._bucket_lo.size - 1)], 0)
-        qi = np.arange(m, dtype=_I64)
-        qlen = m - qi
-        pos = self._search(comp, qi, qlen, blo, bhi, upper=False)
-        best = np.zeros(m, dtype=_I64)
-        for cand in (pos - 1, pos):
-            ok = np.flatnonzero(hit & (cand >= blo) & (cand < bhi))
-            if ok.size:
-                lcp, _ = self._compare(comp, qi[ok], qlen[ok], self._sa[cand[ok]].astype(_I64))
-                best[ok] = np.maximum(best[ok], lcp)
-        return best, blo, bhi, pos
+            return z, np.zeros((m, k), _I64), np.zeros((m, k), _I64), z
+        lo, hi, exists = self._prefix_ranges(comp, every_depth)
+        ms = exists.sum(axis=1).astype(_I64) if every_depth else np.where(exists[:, k - 1], k, 0)
+        pos = lo[:, k - 1].copy()
+        deep = np.flatnonzero(exists[:, k - 1] & (np.arange(m) + k < m))
+        if deep.size:
+            at, llcp, rlcp = self._search(comp, deep, m - deep, lo[deep, k - 1], hi[deep, k - 1],
+                                          np.zeros(deep.size, bool), k)
+            pos[deep] = at
+            ms[deep] = np.maximum(llcp, rlcp)   # the longest match is with a neighbour of where comp[i:] sorts
+        return ms, lo, hi, pos
 
     def find_spans(self, completion: Sequence[int], params: SpanParams = SpanParams()) -> list[Span]:
         if not isinstance(params, SpanParams):
             raise SpanIndexError(f"params must be SpanParams, got {type(params).__name__}")
         comp = _completion(completion)
-        ms, blo, bhi, pos = self._matching(comp)
+        k, cap = self._k, params.max_occurrences
+        ms, plo, phi, pos = self._matching(comp, every_depth=params.min_len <= k)
         if not ms.size:
             return []
         prev = np.concatenate(([-1], ms[:-1]))
@@ -455,8 +484,22 @@ class SpanIndex:
         if not starts.size:
             return []
         lens = ms[starts]
-        lo = self._search(comp, starts, lens, blo[starts], pos[starts], upper=False)
-        hi = self._search(comp, starts, lens, pos[starts], bhi[starts], upper=True)
+        depth = np.minimum(lens, k) - 1
+        lo, hi = plo[starts, depth], phi[starts, depth]        # exact ranges for spans of up to k tokens
+        long_ = np.flatnonzero(lens > k)
+        if long_.size:
+            # A longer span's occurrences are a run around pos (where comp[s:] sorts), inside the depth-k range.
+            # Only runs of up to `cap` matter: search [pos - cap - 1, pos) and [pos, pos + cap + 1), both at once.
+            s, n_ = starts[long_], lens[long_]
+            p0, klo, khi = pos[s], plo[s, k - 1], phi[s, k - 1]
+            wlo, whi = np.maximum(klo, p0 - cap - 1), np.minimum(khi, p0 + cap + 1)
+            two = np.concatenate
+            got = self._search(comp, two((s, s)), two((n_, n_)), two((wlo, p0)), two((p0, whi)),
+                               np.repeat([False, True], s.size), k)[0]
+            a, z = got[:s.size], got[s.size:]
+            over = ((a == wlo) & (wlo > klo)) | ((z == whi) & (whi < khi))   # a run reaching a window's far end
+            lo[long_] = a
+            hi[long_] = np.where(over, a + cap + 1, z)
         spans = []
         for s, length, a, z in zip(starts.tolist(), lens.tolist(), lo.tolist(), hi.tolist()):
             if z - a > params.max_occurrences:
@@ -467,6 +510,34 @@ class SpanIndex:
                          zip(self._contributions[row], self._rows[row], p - self._starts[row]))
             spans.append(Span(s, length, tuple(occ)))
         return spans
+
+
+def _prefix_keys(tokens: np.ndarray, sa: np.ndarray, rowend: np.ndarray) -> tuple[np.ndarray, int, int, np.ndarray]:
+    """(vocab [V] sorted distinct tokens, bits, k, keys [n] u64): keys[x] packs the first k tokens of the suffix
+    at sa[x] as dense ids (1 + the token's place in vocab; 0 past the row's end), `bits` bits each, first token
+    highest. The suffix order sorts these keys too, so one searchsorted finds the range of any prefix of up to
+    k tokens (k = 4 for vocabularies under 65,536 distinct ids, fewer above)."""
+    n = tokens.size
+    if not n:
+        return np.zeros(0, dtype=_I64), 1, 1, np.zeros(0, dtype=np.uint64)
+    first = tokens[sa]                                     # [n] ascending
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(first[1:], first[:-1], out=new[1:])
+    vocab = first[new].astype(_I64)
+    dense = np.empty(n, dtype=np.uint32)                   # [n] by position
+    dense[sa] = np.cumsum(new, dtype=np.uint32)
+    del first, new
+    bits = int(vocab.size).bit_length()
+    k = max(1, min(_KEY_TOKENS, 64 // bits))
+    p = sa.astype(_I64)
+    end = rowend[p]
+    keys = np.zeros(n, dtype=np.uint64)
+    for d in range(k):
+        q = p + d
+        field = np.where(q < end, dense[np.minimum(q, n - 1)], 0).astype(np.uint64)
+        keys |= field << np.uint64((k - 1 - d) * bits)
+    return vocab, bits, k, keys
 
 
 def _check_unique_rows(contrib: np.ndarray, rowidx: np.ndarray) -> None:

@@ -100,10 +100,20 @@ def corpora(draw):
 
 # ---- the index against the references ---------------------------------------------------------------------------
 
-@fuzz(150)
-@given(corpora())
-def test_spans_match_brute_force(case):
+@fuzz(250)
+@given(corpora(), st.sampled_from([1, 2, 4]), st.sampled_from([1, 2, 5]))
+def test_spans_match_brute_force(case, key_tokens, fanout):
     rows, comp, params = case
+    saved = spans_mod._KEY_TOKENS, spans_mod._FANOUT
+    # the packed-key depth (1 and 2 as with huge vocabularies, 4 as usual) and the search's probes per round
+    spans_mod._KEY_TOKENS, spans_mod._FANOUT = key_tokens, fanout
+    try:
+        check_against_references(rows, comp, params)
+    finally:
+        spans_mod._KEY_TOKENS, spans_mod._FANOUT = saved
+
+
+def check_against_references(rows, comp, params):
     index = SpanIndex.build(rows)
     assert index._sa.tolist() == ref_suffix_array(rows)
     assert index.matching_statistics(comp).tolist() == ref_matching(rows, comp)
@@ -326,3 +336,16 @@ def test_weights_are_exact(raw):
             expected[c] = expected.get(c, 0) + Fraction(1, len(cs))
     assert {c: Fraction(w, scale) for c, w in weights.items()} == expected
     assert all(w > 0 for w in weights.values())
+
+
+def test_large_vocabulary_packs_fewer_tokens_per_key():
+    big = list(range(0, 140_000, 2))                   # 70,000 distinct ids: 17 bits each, 3 per key
+    rows = [(1, 0, big), (2, 0, [TOP, TOP - 1, 5, 6, 7]), (2, 1, big[:40])]
+    index = SpanIndex.build(rows)
+    assert index._k == 3
+    comp = [1] + big[100:130] + [TOP, TOP - 1, 5, 6] + big[38:40] + [3]
+    assert index.find_spans(comp, SpanParams(2, 4)) == [
+        Span(1, 30, (Occurrence(1, 0, 100),)),
+        Span(31, 4, (Occurrence(2, 0, 0),)),
+        Span(35, 2, (Occurrence(1, 0, 38), Occurrence(2, 1, 38))),
+    ]
