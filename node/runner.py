@@ -109,6 +109,7 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
         if released:  # requests admitted by the previous run that it never finished: nothing is owed for them
             log.info(f"released {released} reservation(s) of requests the previous run did not finish")
         chain = await asyncio.to_thread(connect_chain, cfg)
+        await asyncio.to_thread(net.use_chain, chain, account)   # gossip checked against, and own adapters on, chain
         await net.register_all(client)
         svc = build_service(cfg, account, client, store, chain, p2p_ready=net.ready,
                             import_adapter=net.importer(engine))

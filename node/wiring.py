@@ -156,6 +156,36 @@ class Network:
     def ready(self) -> bool | str:
         return "disabled" if self.p2p is None else True
 
+    def use_chain(self, chain: Chain | None, account) -> int:
+        """With a chain: gossip announcements are accepted only for adapters registered in AdapterRegistry by
+        their author for the announced base model (node/p2p/registry.py), and this node announces the held
+        adapters its account authored and registered (the host re-sends them every announce period). Blocking
+        (chain reads); returns how many it announces."""
+        if self.p2p is None or chain is None:
+            return 0
+        from openlora.node.p2p.registry import AdapterRegistryCheck
+        check = AdapterRegistryCheck.from_deployment(chain.w3, chain.deployment)
+        self.p2p.validator.registry_check = check
+        registry, me = chain.deployment.address("AdapterRegistry"), str(account.address)
+        node = self.p2p.node
+
+        async def announce(cid: str, manifest: dict) -> None:
+            try:
+                await node.announce(cid, manifest, registry)
+            except Exception as e:  # noqa: BLE001 - a failed announcement must not take the p2p host down
+                log.warning("announcing a held adapter failed", extra={"fields": {"cid": cid, "error": repr(e)}})
+        n = 0
+        for cid, meta in self.store.list().items():
+            m = meta.get("manifest", {})
+            if str(m.get("author") or "").lower() != me.lower():
+                continue
+            if check({"cid": cid, "author": me, "base_model": str(m.get("base_model") or "")}):
+                self.p2p.bridge.spawn(announce, cid, m)
+                n += 1
+        if n:
+            log.info(f"announcing {n} registered adapter(s) this node authored")
+        return n
+
     async def register_all(self, client) -> int:
         """Every adapter in the local blockstore, registered lazily under its CID (the engine's adapter manager is
         the node's one registry of adapters). Returns how many."""

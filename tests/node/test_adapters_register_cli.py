@@ -271,3 +271,47 @@ def test_show_reads_the_record_and_the_lineage(home, w3, deployment, accounts, c
     assert f"adapter {other} is not registered in AdapterRegistry" in one_line_error(code, err)
     code, out, err = run(capsys, "--home", str(home), "adapters", "show", "nope")
     assert "is not a CID" in one_line_error(code, err)
+
+
+def _mesh(service) -> int:
+    from openlora.node.p2p import gossip
+    return service.bridge.call(service._async(
+        lambda: len(service.node.pubsub.router.mesh.get(gossip.TOPIC_ANNOUNCE, ()))))
+
+
+def test_a_running_node_checks_announcements_on_chain_and_announces_its_registered_adapters(
+        home, tiny, tmp_path, w3, deployment, accounts, capsys):
+    """node/wiring.py Network.use_chain (what `start` runs once the chain is connected)."""
+    from openlora.node.config import load_config
+    from openlora.node.p2p.host import P2PSettings
+    from openlora.node.p2p.service import P2PService
+    from openlora.node.wiring import Chain, Network
+    from tests.p2p.p2p_waiting import wait_for
+
+    dirs = {}
+    for seed in (13, 14):
+        dirs[seed] = tmp_path / f"a{seed}"
+        shutil.copytree(tiny.adapter(tiny.model(), rank=4, seed=seed), dirs[seed])
+    registered, unregistered = _add(capsys, home, dirs[13]), _add(capsys, home, dirs[14])
+    code, out, err = run(capsys, "--home", str(home), "adapters", "register", registered, "--price", "2",
+                         "--datanet", "1", "--no-announce")
+    assert code == 0, err
+    node_account = Account.from_key(accounts[ROLES["node"]].key)
+    net = Network(load_config(home), node_account, "openlora/tiny-llama-s0")
+    stranger = Account.create()
+    b = P2PService(tmp_path / "b", AdapterStore(tmp_path / "b" / "ipfs"), stranger, P2PSettings()).start()
+    try:
+        b.connect(net.p2p.addrs[0])
+        wait_for(lambda: _mesh(net.p2p) and _mesh(b), what="both hosts in the announce mesh")
+        assert net.use_chain(Chain(w3, deployment), node_account) == 1
+        wait_for(lambda: "announcement" in b.known_adapters().get(registered, {}), what="the node's announcement")
+        assert b.known_adapters()[registered]["announcement"]["author"] == node_account.address
+        assert "announcement" not in b.known_adapters().get(unregistered, {})     # (its heartbeat lists it)
+        # announcements the node receives are now checked on chain: a stranger's unregistered adapter is dropped
+        cid, _ = b.store.add(dirs[14], author=stranger.address)
+        b.announce(str(cid))
+        wait_for(lambda: net.p2p.stats()["dropped"].get("not-registered"), what="the node dropping it")
+        assert "announcement" not in net.p2p.known_adapters().get(str(cid), {})
+    finally:
+        b.stop()
+        net.stop()
