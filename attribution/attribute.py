@@ -159,13 +159,22 @@ def verify(r: Receipt, w3: Any, dep: Any, index_for: IndexFor, *,
     terms = registered_terms(w3, dep, r.adapter_cid)
     ev = r.evidence
     if ev is None:
-        if terms.datanet_weights:
-            diffs.append("the receipt carries no attribution evidence (written before span attribution, or by a "
-                         "node without the adapter's Datanet version): its static vector cannot be re-derived")
-        else:
+        if not terms.datanet_weights:       # the base model: everything to the node, whatever its shares
             want = pricing.attribution_vector(terms, {}, r.node, pricing.Shares())
             if tuple(r.attribution) != want:
                 diffs.append(f"attribution: receipt {_fmt(r.attribution)}, recomputed {_fmt(want)}")
+        elif lineage_versions(w3, dep, r.adapter_cid):
+            diffs.append("the adapter has a lineage on chain, but the receipt carries no span evidence: the node "
+                         "attributed it with static weights (its version's rows were not available to it?)")
+        else:   # an adapter without lineage: the static rule; its weights depend on the node's shares (not
+            # recorded), so only who may be paid is checked
+            allowed = {checksum(r.node)} | ({checksum(terms.author)} if terms.author else set())
+            for d, _ in terms.datanet_weights:
+                allowed |= set(pricing.contributor_weights(w3, dep, d))
+            strangers = sorted({a for a, _ in r.attribution} - allowed)
+            if strangers:
+                diffs.append(f"attribution pays {', '.join(strangers)}, neither the node, the author nor a "
+                             f"contributor of the adapter's Datanets")
         return diffs
     ids = ev.completion_ids if ev.completion_ids is not None else \
         (tuple(completion_ids) if completion_ids is not None else None)

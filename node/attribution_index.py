@@ -183,6 +183,7 @@ class Attributor:
         self.min_len, self.max_occurrences = min_len, max_occurrences
         self._lineage: dict[str, dict] = {}
         self._terms: dict[str, Any] = {}
+        self._ready: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openlora-span-index")
 
@@ -210,13 +211,14 @@ class Attributor:
 
     def prepare(self, cid: str | None) -> None:
         """Start loading (or building) the adapter's version indexes in the background; errors are logged."""
-        if cid is not None:
+        if cid is not None and cid not in self._ready:
             self._pool.submit(self._prepare, cid)
 
     def _prepare(self, cid: str) -> None:
         try:
             for v in self.versions(cid).values():
                 self.indexes.get(v.manifest_cid, self.get)
+            self._ready.add(cid)     # loaded once; an index evicted from memory is reloaded by its next request
         except Exception as e:  # noqa: BLE001 - the request's own attribution reports it again
             log.warning("span index not ready for adapter %s: %s: %s", cid, type(e).__name__, e)
 

@@ -309,3 +309,30 @@ def test_attribution_failure_keeps_the_receipt_with_the_static_vector(env, monke
     for who, w in static.items():
         assert _share(r.attribution, who) == pytest.approx(0.5 * w / total)
     assert any("span attribution failed" in rec.getMessage() for rec in caplog.records)
+    from openlora.attribution.attribute import verify
+    (why,) = verify(r, env["w3"], env["dep"], lambda d, v: None)
+    assert "lineage on chain, but the receipt carries no span evidence" in why
+
+
+def test_receipts_without_evidence_verify_by_the_static_rule(env):
+    """An adapter registered without lineage keeps static receipts without evidence: verify checks who is paid
+    (the node, the author, contributors of its Datanets); the base model pays the node alone."""
+    import time
+    from openlora.attribution.attribute import verify
+    from openlora.attribution.lineage import register_adapter
+    from openlora.attribution.receipts import Receipt
+    other = raw_cid(b"an outside adapter, no lineage")
+    register_adapter(env["w3"], env["dep"], Account.from_key(dev_accounts()[ROLES["author"]].key), other,
+                     "openlora/tiny-llama-s0", 1, {env["datanet"]: 10_000})
+    node = env["node"]
+
+    def receipt(cid, vector):
+        return sign_receipt(Receipt("cmpl-static", b"\x01" * 32, env["requester"].address, node.address, cid, 3, 4,
+                                    700, tuple(vector), int(time.time())), node)
+    fair = [(node.address, 3), (env["author"], 2), (env["alice"], 1), (env["bob"], 1)]
+    assert verify(receipt(other, fair), env["w3"], env["dep"], lambda d, v: None) == []
+    stranger = Account.create().address
+    (why,) = verify(receipt(other, fair + [(stranger, 1)]), env["w3"], env["dep"], lambda d, v: None)
+    assert stranger in why
+    assert verify(receipt(None, [(node.address, 1)]), env["w3"], env["dep"], lambda d, v: None) == []
+    assert verify(receipt(None, [(env["alice"], 1)]), env["w3"], env["dep"], lambda d, v: None)
