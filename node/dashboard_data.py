@@ -64,12 +64,20 @@ def sources_from(cfg: Any, chain: Any, network: Any) -> Sources:
 
 
 def _chain_call(fn, what: str):
-    """Run a chain read; a transport error is a 503 that names what was read, never the RPC URL."""
+    """Run a chain read; a transport or contract-call error is a 503 that names what was read (never the RPC URL,
+    which may carry a key). Anything else is a bug and propagates (the API answers 500 with a reference)."""
+    import requests
+    from web3.exceptions import Web3Exception
+
+    from openlora.attribution.errors import AttributionError
+    from openlora.datanets.errors import DatanetError
     try:
         return fn()
     except NodeError:
         raise
-    except Exception as e:  # noqa: BLE001 - requests/web3 transport errors
+    except DatanetError as e:       # e.g. no DatanetRegistry at the deployment's address: the wrong network
+        raise DashboardError(503, "chain_unavailable", f"reading {what}: {str(e)[:300]}") from None
+    except (OSError, TimeoutError, requests.RequestException, Web3Exception, AttributionError) as e:
         raise DashboardError(503, "chain_unavailable", f"reading {what} from the chain failed "
                                                        f"({type(e).__name__})") from None
 

@@ -255,6 +255,9 @@ def test_pages_are_self_contained_and_locked_to_this_origin(web):
         # no CDN, no remote font, no framework: the only URL is the SVG namespace
         assert not re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text.replace("http://www.w3.org/2000/svg", "")), f
         assert "innerHTML" not in text and "eval(" not in text, f
+        if f.name in ("amounts.js", "contributor.js", "curator.js"):    # the modules that handle amounts
+            assert not re.findall(r"Number\(|parseFloat|parseInt|Math\.|\.toFixed\(", text.split("\n", 1)[1]
+                                  .replace("(a.weight_bps / 100).toFixed(2)", "")), f
         status, _ = _raw(f"{url}/dashboard/{f.name}")
         assert status == 200, f.name
     import urllib.request
@@ -360,3 +363,21 @@ def test_published_receipts_are_read_only_from_this_nodes_own_store(web, tmp_pat
     assert dd.published_receipts(src, (folder / "deep.json").as_uri()) is None
     for name in ("link.json", "fifo.json", "big.json", "deep.json"):
         (folder / name).unlink()
+
+
+def test_a_chain_that_does_not_answer_is_a_503_not_a_crash(web):
+    from web3 import Web3
+
+    from openlora.devnet.chain import free_port
+    from openlora.node.api import build_app
+    from openlora.node.dashboard_data import Sources
+    from tests.service.server_util import ServerThread
+    dead = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{free_port()}", request_kwargs={"timeout": 2},
+                                  exception_retry_configuration=None))
+    with ServerThread(build_app(web["svc"], dashboard=Sources(w3=dead, deployment=web["dep"]))) as server:
+        status, js = http_json(f"{server.url}/v1/dashboard")
+        assert status == 200 and js["chain"]["token"] is None and js["chain"]["chain_id"] == web["dep"].chain_id
+        for path in (f"contributors/{web['contributor']}", "datanets", f"datanets/{web['extra']['datanet_id']}"):
+            status, js = http_json(f"{server.url}/v1/dashboard/{path}")
+            assert status == 503 and js["error"]["code"] == "chain_unavailable", (path, js)
+            assert "127.0.0.1" not in js["error"]["message"]
