@@ -42,8 +42,10 @@ def chain(obj: Any, rpc_url: str | None, deployment: str | None) -> tuple[Any, A
     from openlora.attribution.chain import connect, redact
     from openlora.attribution.deployment import DeploymentError, read_deployment
     cfg = home_config(obj)
+    if cfg is None and deployment is None and (obj.home / "deployment.json").is_file():
+        deployment = str(obj.home / "deployment.json")      # `devnet up` without `init` writes it there
     if cfg is None and (rpc_url is None or deployment is None):
-        raise AttributionCommandError(f"no node home at {obj.home}: give --rpc-url URL and --deployment FILE (the "
+        raise AttributionCommandError(f"no node config at {obj.home}: give --rpc-url URL and --deployment FILE (the "
                                       f"contracts' addresses, as `devnet up` writes them)")
     url = rpc_url or cfg.chain.rpc_url
     try:

@@ -336,3 +336,13 @@ def test_receipts_without_evidence_verify_by_the_static_rule(env):
     assert stranger in why
     assert verify(receipt(None, [(node.address, 1)]), env["w3"], env["dep"], lambda d, v: None) == []
     assert verify(receipt(None, [(env["alice"], 1)]), env["w3"], env["dep"], lambda d, v: None)
+
+
+def test_payouts_with_an_rpc_url_and_the_deployment_devnet_up_left(env, tmp_path):
+    """A home with only the deployment file `devnet up` writes (no config, no keystore): `payouts --rpc-url URL
+    --address X` runs (issue 19)."""
+    (tmp_path / "deployment.json").write_text(env["dep_file"].read_text())
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path), "payouts", "--rpc-url", env["anvil"], "--address",
+                                   env["bob"], "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["address"] == env["bob"]
