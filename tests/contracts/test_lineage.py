@@ -186,3 +186,46 @@ def test_revert_reason_decoding_of_odd_data():
     assert L.revert_reason(abi, "0x" + sel.hex() + "00") == ("UnknownDatanetVersion", {})   # truncated args
     for junk in (None, "", "0x", "0xzz", "0x1234", 12, "0x" + "ff" * 40, [1]):
         assert L.revert_reason(abi, junk) is None
+
+
+def test_lineage_values_are_normalised():
+    m, b = str(add_bytes(b"m").cid), str(add_bytes(b"b").cid)
+    assert L.Lineage({2: 1, 1: 3}, m, b).datanet_versions == ((1, 3), (2, 1))
+    assert L.Lineage([(2, 1), (1, 3)], m, b) == L.Lineage({1: 3, 2: 1}, m, b)
+    assert L.Lineage({1: 1}, m, b).version_of(2) is None
+
+
+def test_fuzz_arguments_and_revert_data_never_escape_as_other_errors():
+    """Any value in any argument is a LineageError (or accepted), never another exception; any revert data
+    decodes to a known error or None."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from openlora.attribution import artifacts
+    from tests.fuzz.fuzzing import any_values, fuzz
+
+    abi = artifacts.load("AdapterRegistry").abi
+    selectors = [bytes.fromhex(s) for s in ("57c64d8c", "9b7e7a0e", "00000000")]
+
+    @fuzz(150)
+    @given(any_values, any_values, any_values, any_values)
+    def lineage(versions, manifest, base, weights):
+        try:
+            lin = L.Lineage(versions, manifest, base)
+            assert all(v >= 1 for _, v in lin.datanet_versions)
+        except L.LineageError:
+            pass
+        try:
+            pairs = L._weights(weights)
+            assert sum(w for _, w in pairs) == L.BPS
+        except L.LineageError:
+            pass
+
+    @fuzz(150)
+    @given(st.sampled_from(selectors), st.binary(max_size=200))
+    def revert(selector, rest):
+        got = L.revert_reason(abi, "0x" + (selector + rest).hex())
+        assert got is None or isinstance(got[0], str) and isinstance(got[1], dict)
+
+    lineage()
+    revert()
