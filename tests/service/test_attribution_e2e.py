@@ -96,6 +96,7 @@ def env(tiny, tmp_path_factory):
                    "contributions": contributions, "bob": signer[ROLES["contributors"][1]].address,
                    "alice": signer[ROLES["contributors"][0]].address, "node": node, "author": author.address,
                    "requester": accts[ROLES["requester"]], "tmp": tmp, "anvil": anvil.url, "svc": svc}
+        svc.attributor.close()
         client.shutdown()
         store.close()
 
