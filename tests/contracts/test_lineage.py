@@ -207,7 +207,7 @@ def test_fuzz_arguments_and_revert_data_never_escape_as_other_errors():
     abi = artifacts.load("AdapterRegistry").abi
     selectors = [bytes.fromhex(s) for s in ("57c64d8c", "9b7e7a0e", "00000000")]
 
-    @fuzz(150)
+    @fuzz(40)
     @given(any_values, any_values, any_values, any_values)
     def lineage(versions, manifest, base, weights):
         try:
@@ -221,7 +221,7 @@ def test_fuzz_arguments_and_revert_data_never_escape_as_other_errors():
         except L.LineageError:
             pass
 
-    @fuzz(150)
+    @fuzz(100)
     @given(st.sampled_from(selectors), st.binary(max_size=200))
     def revert(selector, rest):
         got = L.revert_reason(abi, "0x" + (selector + rest).hex())
