@@ -187,6 +187,10 @@ def verify(r: Receipt, w3: Any, dep: Any, index_for: IndexFor, *,
         diffs.append(f"completion_tokens: receipt says {r.completion_tokens}, the evidence holds {len(ids)} ids")
     if ev.rule != RULE:
         return diffs + [f"rule: {ev.rule!r} is not one this verifier knows ({RULE!r})"]
+    given = getattr(index_for, "tokenizer", None)      # the verifier's base tokenizer identity, when it says
+    if given is not None and given != ev.tokenizer:
+        return diffs + [f"tokenizer: the receipt was attributed with {ev.tokenizer}, the base model given here has "
+                        f"{given} (give the adapter's base model with --base)"]
     try:
         shares = pricing.Shares(*ev.shares)
     except pricing.PricingError as e:

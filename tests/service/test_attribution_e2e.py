@@ -183,6 +183,25 @@ def test_tampered_evidence_fails_verify(env, served, tmp_path):
     (tmp_path / "unsigned.json").write_text(json.dumps(d))
     res = _verify_cli(env, str(tmp_path / "unsigned.json"))
     assert res.exit_code == 1 and "node signature" in res.output
+    # another base model's tokenizer: said in one line, not as a list of span differences
+    path = tmp_path / "receipt.json"
+    path.write_text(json.dumps(receipt_to_json(r)))
+    res = CliRunner().invoke(cli, ["--home", str(env["tmp"] / "no-home"), "attribution", "verify", str(path),
+                                   "--rpc-url", env["anvil"], "--deployment", str(env["dep_file"]),
+                                   "--base", str(tiny_other(env)), "--blocks", str(env["home"] / "ipfs")])
+    assert res.exit_code == 1 and "tokenizer: the receipt was attributed with" in res.stdout, res.output
+
+
+def tiny_other(env):
+    """A base model directory whose tokenizer differs from the adapter's (same files, one vocabulary entry
+    renamed in tokenizer.json)."""
+    import shutil
+    d = env["tmp"] / "other-base"
+    if not d.exists():
+        shutil.copytree(env["model"], d)
+        text = (d / "tokenizer.json").read_text()
+        (d / "tokenizer.json").write_text(text.replace('"<unk>"', '"<unknown>"', 1))
+    return d
 
 
 def test_settled_batch_passes_audit_and_payouts_split_by_contribution(env, served, tmp_path):
