@@ -78,6 +78,11 @@ export async function renderContributor(ctx, address) {
         h("a", { href: `#/contributor/${node && node.address}` }, node && node.address)));
     return;
   }
+  if (!/^0x[0-9a-fA-F]{40}$/.test(address)) {
+    fill(main, h("h2", {}, "Contributor"), form, ctx.errorBox({ code: "invalid_address",
+      message: "not an address: expected 0x followed by 40 hexadecimal digits" }));
+    return;
+  }
   const data = await getJSON(`/v1/dashboard/contributors/${encodeURIComponent(address)}`);
   const token = data.token;
   const series = data.series.map((p) => ({ x: p.block, t: p.time, y: wei(p.cumulative) }));

@@ -97,6 +97,15 @@ def test_contributor_view_shows_what_payouts_json_says(web, page):
             assert "operator" in js["by_role"]
 
 
+def test_a_bad_address_in_the_page_is_one_clear_line(web, page):
+    page.goto(f"{web['server'].url}/dashboard/#/contributor/0x12345")
+    assert "not an address" in page.wait_for_selector(".error[data-code=invalid_address]").inner_text()
+    page.fill("#address", web["author"])
+    page.click("form.address-form button")
+    page.wait_for_selector("#who")
+    assert page.inner_text("#who") == web["author"]
+
+
 def test_browser_wallet_claims_on_chain(web, page):
     """An EIP-1193 provider in the page (forwarding to Anvil, whose dev accounts are unlocked) sends the claim the
     view built; the author is paid exactly its claimable amount, and the view then shows nothing to claim."""
