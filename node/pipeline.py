@@ -189,7 +189,7 @@ async def _attribute(svc: NodeService, adm: Admission, completion_ids: list[int]
     if svc.attributor is None or adm.cid is None:
         return None
     try:
-        found = await asyncio.shield(asyncio.to_thread(svc.attributor.attribute, adm.cid, list(completion_ids)))
+        found = await asyncio.to_thread(svc.attributor.attribute, adm.cid, list(completion_ids))
     except Exception as e:  # noqa: BLE001 - attribution must not lose the receipt: static vector instead
         log.warning("span attribution failed; the receipt gets the static vector",
                     extra={"fields": {"request_id": adm.request_id, "adapter": adm.cid,
@@ -206,11 +206,15 @@ async def _write_receipt(svc: NodeService, adm: Admission, prompt_tokens: int, c
     a = adm.authorized
     # a signed request never pays more than it reserved (nor than its signed maxPrice)
     cap = min(a.request.maxPrice, adm.reserved) if a is not None else None
-    attributed = await _attribute(svc, adm, completion_ids)
-    served = ServedRequest(adm.request_id, a.request.requester if a else None, adm.cid, prompt_tokens,
-                           len(completion_ids), a.digest if a else None, cap, attributed)
-    try:  # shielded: a client that hangs up while the receipt is written does not cancel the commit
-        rid = await asyncio.shield(asyncio.to_thread(svc.write_receipt, served))
+
+    async def attribute_and_write() -> str:
+        attributed = await _attribute(svc, adm, completion_ids)
+        served = ServedRequest(adm.request_id, a.request.requester if a else None, adm.cid, prompt_tokens,
+                               len(completion_ids), a.digest if a else None, cap, attributed)
+        return await asyncio.to_thread(svc.write_receipt, served)
+    try:  # shielded: a client that hangs up while the completion is attributed or the receipt written does not
+        # cancel either: the receipt is committed all the same
+        rid = await asyncio.shield(attribute_and_write())
     except Exception as e:
         log.error("receipt commit failed", extra={"fields": {"request_id": adm.request_id,
                                                              "error": type(e).__name__}})
