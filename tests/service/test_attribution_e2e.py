@@ -237,6 +237,11 @@ def test_settled_batch_passes_audit_and_payouts_split_by_contribution(env, serve
     assert res.exit_code == 0, res.output
     js = json.loads(res.output)
     assert js["by_datanet"] == rep["by_datanet"] and js["settled"] == rep["settled"]
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "no-home"), "payouts", "--address", bob, "--rpc-url",
+                                   env["anvil"], "--deployment", str(env["dep_file"])])
+    assert res.exit_code == 0, res.output
+    line = f"  contribution #{env['contributions'][bob]}: matched spans {bob_c['span']} wei"
+    assert any(ln.startswith(line) for ln in res.stdout.splitlines()), res.stdout
     # a published file whose evidence was tampered with fails the audit
     doc = json.loads(published.read_text())
     for rj in doc["receipts"]:
