@@ -159,7 +159,7 @@ def contributor_report(w3: Any, dep: Deployment, address: str, read_uri: Callabl
     batches' net credits (after the protocol fee) come from the chain (`payouts_of`). A batch whose receipts file
     cannot be read here is listed in `unreadable`.
     """
-    from openlora.attribution.attribute import registered_terms, span_refs  # noqa: F401
+    from openlora.attribution.attribute import registered_terms
     from openlora.attribution.audit import AuditError, find_batch, parse_published
     from openlora.attribution.pricing import PricingError, version_weights
     from openlora.attribution.split import split_exact
