@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from openlora.attribution.errors import AttributionError
 
@@ -55,7 +56,8 @@ _COUNTS = struct.Struct("<QQ")
 _HEADER = len(_MAGIC) + _COUNTS.size
 _I64 = np.int64
 _PARALLEL_MIN = 1 << 20        # fewer active suffixes than this: one sort, no threads
-_FANOUT = 2                    # probes per query and search round (a 3-ary search: fewer numpy rounds)
+_FANOUT = 4                    # probes per query and search round (a 5-ary search: fewer numpy rounds)
+_CHUNK, _LONG_CHUNK = 16, 256  # ids compared per step: first, then each further step
 _KEY_TOKENS = 4                # tokens packed into each suffix's u64 key (fewer when ids need more than 16 bits)
 
 
@@ -250,7 +252,7 @@ class SpanIndex:
         self._contributions = contributions   # [r] u64
         self._rows = row_indices              # [r] u64
         self._starts = np.append(starts.astype(_I64), _I64(tokens.size))  # [r + 1] i64: row starts, then n
-        self._vocab, self._bits, self._k, self._keys = _prefix_keys(tokens, sa, rowend)
+        self._vocab, self._bits, self._k, self._keys, self._ids = _prefix_keys(tokens, sa, rowend, self._starts)
 
     # ---- building and bytes -----------------------------------------------------------------------------------
 
@@ -351,49 +353,48 @@ class SpanIndex:
     def nbytes(self) -> int:
         """Bytes of memory the loaded index holds (arrays and lookup tables)."""
         return sum(int(a.nbytes) for a in (self._tokens, self._sa, self._contributions, self._rows, self._starts,
-                                           self._vocab, self._keys))
+                                           self._vocab, self._keys, self._ids))
 
     # ---- queries ----------------------------------------------------------------------------------------------
 
-    def _compare(self, comp: np.ndarray, qi: np.ndarray, qlen: np.ndarray, p: np.ndarray, depth: np.ndarray
+    def _compare(self, cq: np.ndarray, qi: np.ndarray, qlen: np.ndarray, p: np.ndarray, depth: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Compare queries comp[qi : qi + qlen] with the suffixes at p (each ending at its row's end), each pair
-        known to agree on its first depth[i] tokens.
+        """Compare queries cq[qi : qi + qlen] (dense ids, see _query_ids) with the suffixes at p (each ending at
+        its row's end), each pair known to agree on its first depth[i] tokens.
 
         Returns (lcp, sign): the common prefix length, and sign 0 when the query is a prefix of the suffix (or
-        equal), +1 when the suffix sorts before the query, -1 when after. Compares in growing chunks, so a
-        mismatch in the first few tokens (the usual case) costs one small gather."""
-        tokens, m = self._tokens, comp.size
-        plen = self._starts[np.searchsorted(self._starts, p, side="right")] - p
-        lcp = np.zeros(qi.size, dtype=_I64)
+        equal), +1 when the suffix sorts before the query, -1 when after. Reads whole windows of _CHUNK, then
+        _LONG_CHUNK, ids (row gathers from sliding-window views: one index per row, not per token); a row's end
+        reads as id 0, which sorts before every token."""
+        ps = p + np.searchsorted(self._starts, p, side="right") - 1   # position in _ids (one 0 after each row)
+        lcp = np.empty(qi.size, dtype=_I64)
         sign = np.zeros(qi.size, dtype=np.int8)
         todo = np.arange(qi.size)
         base = depth.astype(_I64)
-        width = 32
-        room = np.minimum(qlen, plen) - base   # tokens left to compare: past them one side has ended
+        room = qlen - base                                             # query tokens left to compare
+        width = _CHUNK
         while todo.size:
-            w = max(1, min(width, int(room[todo].max()) + 1))
-            j = base[todo][:, None] + np.arange(w, dtype=_I64)[None, :]                 # [t, w]
-            tq, tp = qi[todo][:, None], p[todo][:, None]
-            qv = np.where(j < qlen[todo][:, None], comp[np.minimum(tq + j, m - 1)], -1)
-            sv = np.where(j < plen[todo][:, None], tokens[np.minimum(tp + j, tokens.size - 1)].astype(_I64), -2)
-            diff = qv != sv
-            found = diff.any(axis=1)
+            b, r = base[todo], room[todo]
+            qw = sliding_window_view(cq, width)[qi[todo] + b]           # [t, width]
+            sw = sliding_window_view(self._ids, width)[ps[todo] + b]    # [t, width]
+            diff = qw != sw
             at = diff.argmax(axis=1)
-            f = np.flatnonzero(found)
-            done = todo[f]
-            k = at[f]
-            lcp[done] = base[done] + k
-            q_at, s_at = qv[f, k], sv[f, k]
-            sign[done] = np.where(q_at == -1, 0, np.where(q_at > s_at, 1, -1))
-            rest = todo[~found]
-            base[rest] += w
-            room[rest] -= w
+            rows = np.arange(todo.size)
+            differs = diff[rows, at] & (at < r)
+            ends = ~differs & (r <= width)            # the query is used up first: a prefix of the suffix
+            f = np.flatnonzero(differs)
+            lcp[todo[f]] = b[f] + at[f]
+            sign[todo[f]] = np.where(qw[f, at[f]] > sw[f, at[f]], 1, -1)
+            e = np.flatnonzero(ends)
+            lcp[todo[e]] = b[e] + r[e]
+            rest = todo[~(differs | ends)]
+            base[rest] += width
+            room[rest] -= width
             todo = rest
-            width = 1 << 30   # then all that is left
+            width = _LONG_CHUNK
         return lcp, sign
 
-    def _search(self, comp: np.ndarray, qi: np.ndarray, qlen: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+    def _search(self, cq: np.ndarray, qi: np.ndarray, qlen: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                 upper: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For each query, the first SA index in [lo, hi) whose suffix sorts after it (where upper[i]) or does
         not sort before it (lower bound); the answer lies in [lo, hi] by the caller's choice of bounds, where every suffix
@@ -413,7 +414,7 @@ class SpanIndex:
             a_lo = lo[act]
             probe = a_lo[:, None] + ((hi[act] - a_lo)[:, None] * steps[None, :]) // (fan + 1)   # [a, fan] sorted
             q = np.repeat(act, fan)
-            lcp, sign = self._compare(comp, qi[q], qlen[q], self._sa[probe.ravel()].astype(_I64),
+            lcp, sign = self._compare(cq, qi[q], qlen[q], self._sa[probe.ravel()].astype(_I64),
                                       np.minimum(llcp[q], rlcp[q]))
             lcp = lcp.reshape(-1, fan)
             right = np.where(upper[q], sign >= 0, sign > 0).reshape(-1, fan)   # the probe sorts before: go right
@@ -429,13 +430,22 @@ class SpanIndex:
         """ms[i] = the length of the longest prefix of completion[i:] that occurs in one row of the index."""
         return self._matching(_completion(completion))[0]
 
-    def _prefix_ranges(self, comp: np.ndarray, every_depth: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _query_ids(self, comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dense [m] u64: 1 + the token's place in vocab, 0 for a token the index lacks; cq [m + pad]: the same
+        ids as _compare reads them, a lacking token as V + 1 (after every token: it never matches, and any
+        consistent place keeps the search right), then padding)."""
+        v = self._vocab.size
+        j = np.minimum(np.searchsorted(self._vocab, comp), v - 1)
+        dense = np.where(self._vocab[j] == comp, j + 1, 0).astype(np.uint64)
+        cq = np.full(comp.size + _LONG_CHUNK, v + 2, dtype=self._ids.dtype)
+        cq[:comp.size] = np.where(dense == 0, v + 1, dense)
+        return dense, cq
+
+    def _prefix_ranges(self, dense: np.ndarray, every_depth: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For every completion position i and depth d in 1..k: the SA range [lo, hi) [m, k] of the suffixes that
         begin with comp[i : i + d] (searchsorted on the packed keys), and whether that prefix occurs at all.
         Without every_depth only depth k is looked up (the other columns say nothing)."""
-        m, k, bits = comp.size, self._k, self._bits
-        j = np.minimum(np.searchsorted(self._vocab, comp), self._vocab.size - 1)
-        dense = np.where(self._vocab[j] == comp, j + 1, 0).astype(np.uint64)     # [m] 0: a token the index lacks
+        m, k, bits = dense.size, self._k, self._bits
         at = np.arange(m)[:, None] + np.arange(k)[None, :]                        # [m, k]
         fields = np.where(at < m, dense[np.minimum(at, m - 1)], np.uint64(0))     # [m, k]
         shifts = np.array([(k - 1 - d) * bits for d in range(k)], dtype=np.uint64)
@@ -452,31 +462,33 @@ class SpanIndex:
         return lo, hi, exists
 
     def _matching(self, comp: np.ndarray, every_depth: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(ms [m], lo/hi [m, k], pos [m]): the matching statistics of comp; the SA range of comp[i : i + d + 1]
-        for each depth d < k; and for positions whose first k tokens occur, where comp[i:] sorts in the array.
+        for each depth d < k; for positions whose first k tokens occur, where comp[i:] sorts in the array; and
+        the completion's ids as _compare reads them.
         Without every_depth, ms values below k are 0 (for callers that only want spans longer than k)."""
         m, k = comp.size, self._k
         if not m or not self._tokens.size:
             z = np.zeros(m, dtype=_I64)
-            return z, np.zeros((m, k), _I64), np.zeros((m, k), _I64), z
-        lo, hi, exists = self._prefix_ranges(comp, every_depth)
+            return z, np.zeros((m, k), _I64), np.zeros((m, k), _I64), z, z
+        dense, cq = self._query_ids(comp)
+        lo, hi, exists = self._prefix_ranges(dense, every_depth)
         ms = exists.sum(axis=1).astype(_I64) if every_depth else np.where(exists[:, k - 1], k, 0)
         pos = lo[:, k - 1].copy()
         deep = np.flatnonzero(exists[:, k - 1] & (np.arange(m) + k < m))
         if deep.size:
-            at, llcp, rlcp = self._search(comp, deep, m - deep, lo[deep, k - 1], hi[deep, k - 1],
+            at, llcp, rlcp = self._search(cq, deep, m - deep, lo[deep, k - 1], hi[deep, k - 1],
                                           np.zeros(deep.size, bool), k)
             pos[deep] = at
             ms[deep] = np.maximum(llcp, rlcp)   # the longest match is with a neighbour of where comp[i:] sorts
-        return ms, lo, hi, pos
+        return ms, lo, hi, pos, cq
 
     def find_spans(self, completion: Sequence[int], params: SpanParams = SpanParams()) -> list[Span]:
         if not isinstance(params, SpanParams):
             raise SpanIndexError(f"params must be SpanParams, got {type(params).__name__}")
         comp = _completion(completion)
         k, cap = self._k, params.max_occurrences
-        ms, plo, phi, pos = self._matching(comp, every_depth=params.min_len <= k)
+        ms, plo, phi, pos, cq = self._matching(comp, every_depth=params.min_len <= k)
         if not ms.size:
             return []
         prev = np.concatenate(([-1], ms[:-1]))
@@ -494,7 +506,7 @@ class SpanIndex:
             p0, klo, khi = pos[s], plo[s, k - 1], phi[s, k - 1]
             wlo, whi = np.maximum(klo, p0 - cap - 1), np.minimum(khi, p0 + cap + 1)
             two = np.concatenate
-            got = self._search(comp, two((s, s)), two((n_, n_)), two((wlo, p0)), two((p0, whi)),
+            got = self._search(cq, two((s, s)), two((n_, n_)), two((wlo, p0)), two((p0, whi)),
                                np.repeat([False, True], s.size), k)[0]
             a, z = got[:s.size], got[s.size:]
             over = ((a == wlo) & (wlo > klo)) | ((z == whi) & (whi < khi))   # a run reaching a window's far end
@@ -512,14 +524,18 @@ class SpanIndex:
         return spans
 
 
-def _prefix_keys(tokens: np.ndarray, sa: np.ndarray, rowend: np.ndarray) -> tuple[np.ndarray, int, int, np.ndarray]:
-    """(vocab [V] sorted distinct tokens, bits, k, keys [n] u64): keys[x] packs the first k tokens of the suffix
-    at sa[x] as dense ids (1 + the token's place in vocab; 0 past the row's end), `bits` bits each, first token
-    highest. The suffix order sorts these keys too, so one searchsorted finds the range of any prefix of up to
-    k tokens (k = 4 for vocabularies under 65,536 distinct ids, fewer above)."""
+def _prefix_keys(tokens: np.ndarray, sa: np.ndarray, rowend: np.ndarray, starts: np.ndarray
+                 ) -> tuple[np.ndarray, int, int, np.ndarray, np.ndarray]:
+    """The lookup tables a loaded index derives from its arrays (not persisted):
+    - vocab [V]: the distinct token ids, sorted; a token's dense id is 1 + its place there;
+    - keys [n] u64: keys[x] packs the dense ids of the first k tokens of the suffix at sa[x], `bits` bits each,
+      first token highest, 0 past the row's end. The suffix order sorts these keys too, so one searchsorted finds
+      the range of any prefix of up to k tokens (k = 4 for vocabularies under 65,536 distinct ids, fewer above);
+    - ids [n + rows + pad]: the dense ids of the rows, each row followed by a 0, for _compare's windows
+      (u16 when the vocabulary allows it, else u32)."""
     n = tokens.size
     if not n:
-        return np.zeros(0, dtype=_I64), 1, 1, np.zeros(0, dtype=np.uint64)
+        return np.zeros(0, dtype=_I64), 1, 1, np.zeros(0, dtype=np.uint64), np.zeros(_LONG_CHUNK, dtype=np.uint16)
     first = tokens[sa]                                     # [n] ascending
     new = np.empty(n, dtype=bool)
     new[0] = True
@@ -537,7 +553,13 @@ def _prefix_keys(tokens: np.ndarray, sa: np.ndarray, rowend: np.ndarray) -> tupl
         q = p + d
         field = np.where(q < end, dense[np.minimum(q, n - 1)], 0).astype(np.uint64)
         keys |= field << np.uint64((k - 1 - d) * bits)
-    return vocab, bits, k, keys
+    del p, end
+    r = starts.size - 1
+    width = np.uint16 if vocab.size + 2 <= 0xFFFF else np.uint32 if vocab.size + 2 <= 0xFFFFFFFF else np.uint64
+    ids = np.zeros(n + r + _LONG_CHUNK, dtype=width)
+    lens = np.diff(starts)
+    ids[np.arange(n, dtype=_I64) + np.repeat(np.arange(r, dtype=_I64), lens)] = dense
+    return vocab, bits, k, keys, ids
 
 
 def _check_unique_rows(contrib: np.ndarray, rowidx: np.ndarray) -> None:

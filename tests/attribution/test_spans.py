@@ -100,7 +100,7 @@ def corpora(draw):
 
 # ---- the index against the references ---------------------------------------------------------------------------
 
-@fuzz(250)
+@fuzz(150)
 @given(corpora(), st.sampled_from([1, 2, 4]), st.sampled_from([1, 2, 5]))
 def test_spans_match_brute_force(case, key_tokens, fanout):
     rows, comp, params = case
