@@ -132,6 +132,7 @@ class IndexStore:
         return hashlib.sha256(f"{version_cid}\n{self.tokenizer_id}".encode()).hexdigest()
 
     def get(self, version_cid: str, get: Callable[[Any], bytes]) -> Any:
+        from openlora.attribution.attribute import index_cid
         from openlora.attribution.spans import SpanIndex, SpanIndexError
         key = self.key(version_cid)
         with self._lock:
@@ -149,7 +150,7 @@ class IndexStore:
                 try:
                     index = SpanIndex.from_bytes(path.read_bytes())
                     meta = json.loads(meta_path.read_text())
-                    if meta.get("index_cid") != str(index.cid()) or meta.get("version_cid") != version_cid:
+                    if meta.get("index_cid") != index_cid(index) or meta.get("version_cid") != version_cid:
                         raise SpanIndexError("index file and its record disagree")
                 except (OSError, ValueError, SpanIndexError) as e:
                     log.warning("span index %s unreadable (%s); rebuilding", path, e)
@@ -161,10 +162,10 @@ class IndexStore:
                 self.root.mkdir(parents=True, exist_ok=True)
                 atomic_write(path, index.to_bytes())
                 atomic_write(meta_path, json.dumps({"version_cid": version_cid, "tokenizer": self.tokenizer_id,
-                                                    "index_cid": str(index.cid()),
+                                                    "index_cid": index_cid(index),
                                                     "num_tokens": int(index.num_tokens)}, indent=1))
                 log.info("span index built", extra={"fields": {"version": version_cid, "tokens": index.num_tokens,
-                                                               "index_cid": str(index.cid()),
+                                                               "index_cid": index_cid(index),
                                                                "seconds": round(time.perf_counter() - t0, 3)}})
             with self._lock:
                 self._memory[key] = index
