@@ -115,6 +115,9 @@ async def _serve(cfg: NodeConfig, account, exit_after: float | None) -> None:
                             import_adapter=net.importer(engine))
         from openlora.node.attribution_index import build_attributor
         svc.attributor = await asyncio.to_thread(build_attributor, cfg, chain, model_dir, svc.node_address)
+        if svc.attributor is not None:   # span indexes of the held adapters' versions load (or build) in the background
+            for cid in await asyncio.to_thread(net.store.list):
+                svc.attributor.prepare(str(cid))
         await pin_configured(client, cfg.adapters.pinned)
         net.follow_announcements(client)
         from openlora.node.dashboard_data import sources_from
