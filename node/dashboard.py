@@ -74,15 +74,6 @@ class _State:
         self.sampler = Sampler(svc, sample_period_s)
         self.task: asyncio.Task | None = None
 
-    def shares(self) -> Any:
-        from openlora.attribution.pricing import Shares
-        cfg = self.sources.cfg
-        if cfg is None:
-            return Shares()
-        s = cfg.settlement
-        return Shares(author_bps=s.author_share_bps, operator_bps=s.operator_share_bps,
-                      contributors_bps=10_000 - s.author_share_bps - s.operator_share_bps)
-
     async def cached(self, key: tuple, fn, *args) -> Any:
         """fn(*args) in a worker thread, at most two at a time; one computation per key at once, kept CACHE_TTL_S."""
         hit = self.cache.get(key)
@@ -209,8 +200,7 @@ async def contributor(request: web.Request) -> web.Response:
     st = _state(request)
     address = parse_address(request.match_info["address"])
     st.sources.chain()
-    data = await st.cached(("contributor", address), read, st.sources, st.svc.store, address, st.shares(),
-                           st.svc.node_address)
+    data = await st.cached(("contributor", address), read, st.sources, st.svc.store, address)
     await _highlight(st.svc, data["receipts"])
     return _json(data)
 

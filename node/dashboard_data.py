@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eth_utils import to_checksum_address
 
 from openlora.content.errors import ContentError
 from openlora.node.errors import NodeError, RequestRejected
@@ -173,86 +172,11 @@ def published_receipts(src: Sources, uri: str) -> list | None:
 
 # ---- contributor ----------------------------------------------------------------------------------------------
 
-class _Static:
-    """Splits an address's gross share of a receipt into roles (operator, author, each Datanet) and, within a
-    Datanet, into its contributions, by the same chain weights attribution.pricing uses (the latest published
-    version; terms and weights read once per query). Integer arithmetic; remainders go to the last part."""
-
-    def __init__(self, src: Sources, who: str, shares: Any, operator: str | None):
-        self.src, self.who, self.shares, self.operator = src, who, shares, operator
-        self.terms: dict[str | None, Any] = {}
-        self.weights: dict[int, dict[str, int]] = {}
-        self.mine: dict[int, dict[int, int]] = {}       # datanet -> {contribution id: weight} of `who`
-
-    def _terms(self, cid: str | None):
-        from openlora.attribution.pricing import PricingError, adapter_terms
-        if cid not in self.terms:
-            try:
-                self.terms[cid] = adapter_terms(self.src.w3, self.src.deployment, cid)
-            except PricingError:
-                self.terms[cid] = None
-        return self.terms[cid]
-
-    def _datanet(self, d: int) -> dict[str, int]:
-        from openlora.attribution.pricing import contributor_weights
-        if d not in self.weights:
-            self.weights[d] = contributor_weights(self.src.w3, self.src.deployment, d)
-            reg = self.src.deployment.contract(self.src.w3, "DatanetRegistry")
-            mine: dict[int, int] = {}
-            n = int(reg.functions.versionCount(d).call())
-            if n:
-                _, _, _, ids, ws = reg.functions.getVersion(d, n).call()
-                for i, w in zip(ids, ws):
-                    if w and to_checksum_address(reg.functions.getContribution(d, int(i)).call()[0]) == self.who:
-                        mine[int(i)] = int(w)
-            self.mine[d] = mine
-        return self.weights[d]
-
-    def parts(self, receipt: Any, amount: int) -> list[tuple[str, Any, int]]:
-        """[(role, key, wei)]: role "operator" | "author" | "datanet" (key: Datanet id) | "other"."""
-        terms = self._terms(receipt.adapter_cid)
-        if terms is None or not amount:
-            return [("other", None, amount)] if amount else []
-        sh = self.shares
-        comps: list[tuple[str, Any, int]] = []
-        scale = 10**18
-        if self.operator is not None and to_checksum_address(receipt.node) == self.who:
-            comps.append(("operator", None, sh.operator_bps * scale))
-        author = to_checksum_address(terms.author) if terms.author else None
-        if author == self.who:
-            comps.append(("author", None, sh.author_bps * scale))
-        for d, bps in terms.datanet_weights:
-            weights = self._datanet(d)
-            total = sum(weights.values())
-            if total and weights.get(self.who):
-                comps.append(("datanet", d, sh.contributors_bps * bps * scale * weights[self.who] // (10_000 * total)))
-        comps = [c for c in comps if c[2] > 0]
-        if not comps:
-            return [("other", None, amount)]
-        total_c = sum(c[2] for c in comps)
-        out, given = [], 0
-        for i, (role, key, c) in enumerate(comps):
-            part = amount - given if i == len(comps) - 1 else amount * c // total_c
-            given += part
-            out.append((role, key, part))
-        return out
-
-    def by_contribution(self, d: int, amount: int) -> dict[int, int]:
-        mine = self.mine.get(d) or {}
-        total = sum(mine.values())
-        out, given = {}, 0
-        for i, (cid, w) in enumerate(sorted(mine.items())):
-            part = amount - given if i == len(mine) - 1 else amount * w // total
-            given += part
-            out[cid] = part
-        return out
-
-
 def _receipt_row(r: Any, share: int, status: str, batch: str | None) -> dict[str, Any]:
     return {"request_id": r.request_id, "adapter": r.adapter_cid or "base model", "created_at": r.created_at,
             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens, "price": str(r.price),
             "share": str(share), "status": status, "batch_id": batch, "requester": r.requester, "node": r.node,
-            "matched": None, "spans": [], "completion_ids": None, "segments": None}
+            "matched": None, "static": None, "spans": [], "completion_ids": None, "segments": None}
 
 
 MAX_SEGMENT_TOKENS = 8192
@@ -282,69 +206,38 @@ def segments(texts: list[str], spans: list[dict[str, Any]]) -> list[dict[str, An
     return out
 
 
-def _merge_report(rep: dict[str, Any], receipts: list[dict[str, Any]], datanets: dict, roles: dict) -> set[str]:
-    """Fold attribution.payouts.contributor_report's settled split (matched spans vs static, per Datanet and per
-    contribution, with each receipt's spans) into the view's own, for the receipts that carry evidence; returns
-    the request ids of those that do not (the caller splits them, and the node's unsettled ones, by _Static)."""
-    for k in ("author", "operator"):
-        v = int(rep.get("gross", {}).get(k, "0"))
-        if v:
-            roles[k] = roles.get(k, 0) + v
-    for d, entry in rep.get("by_datanet", {}).items():
-        if not str(d).isdigit():
-            continue          # receipts without evidence: the caller splits them by the static weights itself
-        key = int(d)
-        dn = datanets.setdefault(key, {"matched": 0, "static": 0, "contributions": {}})
-        dn["matched"] += int(entry.get("span", "0"))
-        dn["static"] += int(entry.get("static", "0"))
-        for c, ce in entry.get("contributions", {}).items():
-            ckey = int(c) if str(c).isdigit() else None
-            cn = dn["contributions"].setdefault(ckey, {"matched": 0, "static": 0})
-            cn["matched"] += int(ce.get("span", "0"))
-            cn["static"] += int(ce.get("static", "0"))
-    by_id = {r["request_id"]: r for r in receipts}
-    with_evidence = set()
-    for x in rep.get("receipts", []):
-        row = by_id.get(x.get("request_id"))
-        if row is not None and x.get("evidence"):
-            with_evidence.add(row["request_id"])
-            row["matched"] = x.get("span")
-            row["spans"] = x.get("spans") or []
-            row["completion_ids"] = x.get("completion_ids")
-    return {rid for rid, r in by_id.items() if r["status"] != "unsettled" and rid not in with_evidence}
+def _by_datanet(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """contributor_report's {datanet: {span, static, contributions: {id: {span, static, receipts}}}} as a sorted
+    list; the key "unknown" (receipts without evidence: roles and Datanets not told apart) becomes id None."""
+    def key(k: str) -> tuple:
+        return (not str(k).isdigit(), int(k) if str(k).isdigit() else 0)
+
+    out = []
+    for d in sorted(rep["by_datanet"], key=key):
+        dn = rep["by_datanet"][d]
+        out.append({"datanet_id": int(d) if str(d).isdigit() else None, "matched": dn["span"],
+                    "static": dn["static"],
+                    "contributions": [{"id": int(c) if str(c).isdigit() else None, "matched": cn["span"],
+                                       "static": cn["static"], "receipts": len(cn.get("receipts", []))}
+                                      for c, cn in sorted(dn["contributions"].items(), key=lambda kv: key(kv[0]))]})
+    return out
 
 
-def contributor(src: Sources, store: Any, address: str, shares: Any, node: str | None) -> dict[str, Any]:
-    """Everything the contributor view shows for `address` (checksummed by the caller). Blocking."""
-    from openlora.attribution.payouts import claim_items, payouts_of
+def contributor(src: Sources, store: Any, address: str) -> dict[str, Any]:
+    """Everything the contributor view shows for `address` (checksummed by the caller). Blocking. The settled
+    figures are the chain's and attribution.payouts.contributor_report's: what `openlora-node payouts --json`
+    prints for the same address."""
+    from openlora.attribution.errors import AttributionError
+    from openlora.attribution.payouts import claim_items, contributor_report, payouts_of
     w3, dep = src.chain()
     token = token_info(src)
     report = _chain_call(lambda: payouts_of(w3, dep, address, from_block=dep.block), "the settled batches")
     st = dep.contract(w3, "Settlement")
-    static = _Static(src, address, shares, node)
     claimed = sum(p.amount for p in report.payouts if p.claimed)
-    batches, receipts, by_adapter = [], [], {}
-    roles: dict[str, int] = {}
-    datanets: dict[Any, dict[str, Any]] = {}
-    unreadable = []
-    report_fn = _report_function()
-    settled_objs: dict[str, tuple[Any, int]] = {}
-
-    def account(r: Any, share: int, split: bool = True, count: bool = True) -> None:
-        key = r.adapter_cid or "base model"
-        if count:
-            by_adapter[key] = by_adapter.get(key, 0) + share
-        if not split:
-            return
-        for role, k, part in static.parts(r, share):
-            if role == "datanet":
-                dn = datanets.setdefault(k, {"matched": 0, "static": 0, "contributions": {}})
-                dn["static"] += part
-                for cid, v in static.by_contribution(k, part).items():
-                    cn = dn["contributions"].setdefault(cid, {"matched": 0, "static": 0})
-                    cn["static"] += v
-            else:
-                roles[role] = roles.get(role, 0) + part
+    batches: list[dict[str, Any]] = []
+    receipts: list[dict[str, Any]] = []
+    by_adapter: dict[str, int] = {}
+    unreadable: list[str] = []
 
     def read_batches():
         for p in report.payouts:
@@ -358,18 +251,24 @@ def contributor(src: Sources, store: Any, address: str, shares: Any, node: str |
                 unreadable.append(bid)
                 continue
             for r in rs:
-                share = share_of(r, address)
+                share = share_of(r, address)         # as `payouts` by_adapter: floors, every receipt of the batch
+                key = r.adapter_cid or "base model"
+                by_adapter[key] = by_adapter.get(key, 0) + share
                 if share:
-                    account(r, share, split=report_fn is None)
-                    settled_objs[r.request_id] = (r, share)
                     receipts.append(_receipt_row(r, share, "claimed" if p.claimed else "settled", bid))
     _chain_call(read_batches, "the settled batches' receipts")
-    if report_fn is not None:
-        rep = _chain_call(lambda: report_fn(w3, dep, address, lambda uri: read_receipts_file(src, uri)),
+    try:
+        rep = _chain_call(lambda: contributor_report(w3, dep, address, lambda uri: read_receipts_file(src, uri)),
                           "the settled receipts' attribution")
-        for rid in _merge_report(rep, receipts, datanets, roles):
-            r, share = settled_objs[rid]
-            _chain_call(lambda r=r, share=share: account(r, share, count=False), "the adapters' terms")
+    except AttributionError as e:
+        raise DashboardError(503, "chain_unavailable", f"the settled receipts' attribution: "
+                                                       f"{str(e).splitlines()[0][:300]}") from None
+    rows = {r["request_id"]: r for r in receipts}
+    for x in rep["receipts"]:
+        row = rows.get(x.get("request_id"))
+        if row is not None:
+            row.update(share=x["gross"], matched=x["span"], static=x["static"], spans=x.get("spans") or [],
+                       completion_ids=x.get("completion_ids"))
     pending = None
     if store is not None:
         pending = 0
@@ -377,23 +276,12 @@ def contributor(src: Sources, store: Any, address: str, shares: Any, node: str |
             share = share_of(r, address)
             if share:
                 pending += share
-                _chain_call(lambda r=r, share=share: account(r, share), "the adapters' terms")
                 receipts.append(_receipt_row(r, share, "unsettled", None))
     series, cumulative = [], 0
     for b in sorted(batches, key=lambda b: (b["block"], b["batch_id"])):
         cumulative += int(b["amount"])
         series.append({"time": b["time"], "block": b["block"], "cumulative": str(cumulative)})
     items = claim_items(report.payouts)
-    calldata = None
-    if items:
-        calldata = st.encode_abi("claimMany", args=[address, items])
-    per_datanet = []
-    for d in sorted(datanets, key=lambda k: (k is None, k or 0)):
-        dn = datanets[d]
-        per_datanet.append({"datanet_id": d, "static": str(dn["static"]), "matched": str(dn["matched"]),
-                            "contributions": [{"id": i, "static": str(v["static"]), "matched": str(v["matched"])}
-                                              for i, v in sorted(dn["contributions"].items(),
-                                                                 key=lambda kv: (kv[0] is None, kv[0] or 0))]})
     receipts.sort(key=lambda x: (-x["created_at"], x["request_id"]))
     return {
         "address": address, "token": token, "chain_id": dep.chain_id,
@@ -402,18 +290,9 @@ def contributor(src: Sources, store: Any, address: str, shares: Any, node: str |
         "earned": str(report.earned + (pending or 0)),
         "batches": batches, "series": series, "skipped": report.skipped, "unreadable_batches": unreadable,
         "by_adapter": {k: str(v) for k, v in sorted(by_adapter.items())},
-        "by_role": {k: str(v) for k, v in sorted(roles.items())},
-        "by_datanet": per_datanet, "attribution": "spans" if report_fn is not None else "static",
+        "gross": rep["gross"], "by_datanet": _by_datanet(rep),
         "receipts": receipts[:MAX_RECEIPTS_SHOWN], "receipts_total": len(receipts),
         "claim": {"settlement": st.address, "items": len(items), "amount": str(report.claimable),
-                  "calldata": calldata,
+                  "calldata": st.encode_abi("claimMany", args=[address, items]) if items else None,
                   "command": f"openlora-node claim --address {address}" if items else None},
     }
-
-
-def _report_function() -> Any:
-    """attribution.payouts.contributor_report (matched spans vs static share per Datanet and contribution, the
-    function `payouts` prints) where this version of attribution/ has it; else None and the view estimates the
-    static split itself (_Static)."""
-    from openlora.attribution import payouts
-    return getattr(payouts, "contributor_report", None)

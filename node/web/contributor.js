@@ -88,16 +88,19 @@ export async function renderContributor(ctx, address) {
   const series = data.series.map((p) => ({ x: p.block, t: p.time, y: wei(p.cumulative) }));
   const fmt = (v) => formatToken(v, token);
   const datanetRows = data.by_datanet.flatMap((d) => [
-    h("tr", { class: "datanet", "data-datanet": d.datanet_id },
-      h("td", {}, h("a", { href: `#/curator/${d.datanet_id}` }, `Datanet ${d.datanet_id}`)),
-      h("td", {}, amount(d.matched, token, "matched")), h("td", {}, amount(d.static, token, "static"))),
-    ...d.contributions.map((c) => h("tr", { class: "contribution", "data-contribution": c.id },
-      h("td", {}, `  contribution #${c.id}`), h("td", {}, amount(c.matched, token, "matched")),
-      h("td", {}, amount(c.static, token, "static")))),
+    h("tr", { class: "datanet", "data-datanet": d.datanet_id === null ? "none" : d.datanet_id },
+      h("td", {}, d.datanet_id === null ? "receipts without span evidence"
+        : h("a", { href: `#/curator/${d.datanet_id}` }, `Datanet ${d.datanet_id}`)),
+      h("td", {}, amount(d.matched, token, "matched")), h("td", {}, amount(d.static, token, "static")), h("td", {}, "")),
+    ...d.contributions.filter((c) => c.id !== null || d.datanet_id !== null).map((c) => h("tr",
+      { class: "contribution", "data-contribution": c.id === null ? "none" : c.id },
+      h("td", {}, c.id === null ? "  (contribution not recorded)" : `  contribution #${c.id}`),
+      h("td", {}, amount(c.matched, token, "matched")), h("td", {}, amount(c.static, token, "static")),
+      h("td", {}, String(c.receipts)))),
   ]);
-  const roleNames = { operator: "as node operator", author: "as adapter author", other: "other" };
-  const roleRows = Object.entries(data.by_role).map(([k, v]) => h("tr", {}, h("td", {}, roleNames[k] || k),
-    h("td", {}, amount(v, token, `role-${k}`))));
+  const roleRows = [["author", "as adapter author"], ["operator", "as node operator"]]
+    .filter(([k]) => wei(data.gross[k]) !== 0n)
+    .map(([k, label]) => h("tr", {}, h("td", {}, label), h("td", {}, amount(data.gross[k], token, `role-${k}`))));
   const adapterRows = Object.entries(data.by_adapter).map(([k, v]) => h("tr", { "data-adapter": k },
     h("td", { title: k }, short(k, 24)), h("td", {}, amount(v, token, "adapter-share"))));
   const batchRows = data.batches.map((b) => h("tr", { "data-batch": b.batch_id },
@@ -123,11 +126,12 @@ export async function renderContributor(ctx, address) {
     h("section", {}, h("h2", {}, "Earnings over time (settled, cumulative)"),
       amountStepChart(series, "cumulative settled earnings", fmt)),
     h("section", {}, h("h2", {}, "Per Datanet and contribution (gross, before the protocol fee)"),
-      table(["Datanet / contribution", "matched spans", "static share"], datanetRows, { id: "by-datanet" }),
-      h("p", { class: "note" }, "Static share: the receipts' contributor weights, split over this address's " +
-        "contributions by the Datanet's latest published version. Matched spans: receipts that carry span evidence.")),
+      table(["Datanet / contribution", "matched spans", "static share", "receipts"], datanetRows, { id: "by-datanet" }),
+      h("p", { class: "note" }, "Settled receipts, as `openlora-node payouts` splits them: matched spans where the " +
+        "receipt's evidence names this address's contributions, static share by the Datanet version's weights " +
+        "otherwise. Receipts written without evidence cannot be told apart by Datanet.")),
     roleRows.length ? h("section", {}, h("h2", {}, "Other roles"), table(["role", "gross"], roleRows, { id: "by-role" })) : null,
-    h("section", {}, h("h2", {}, "Per adapter (gross, settled and not)"),
+    h("section", {}, h("h2", {}, "Per adapter (gross, settled)"),
       table(["adapter", "share"], adapterRows, { id: "by-adapter" })),
     h("section", {}, h("h2", {}, "Batches"),
       table(["batch", "block", "time", "amount", "state", "tx"], batchRows, { id: "batches" })),

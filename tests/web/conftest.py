@@ -67,6 +67,8 @@ def screenshot(page, name: str) -> None:
 @pytest.fixture(scope="module")
 def web(tiny, tmp_path_factory):
     from openlora.attribution import payouts
+    from openlora.attribution.lineage import Lineage, register_adapter
+    from openlora.node.attribution_index import build_attributor
     from openlora.content.blockstore import Blockstore
     from openlora.datanets import contribution as contrib
     from openlora.datanets.registry import Registry
@@ -93,6 +95,8 @@ def web(tiny, tmp_path_factory):
         dep.write(home / "deployment.json")
         set_config_values(home, "chain", {"rpc_url": anvil.url, "chain_id": int(w3.eth.chain_id)})
         set_config_values(home, "settlement", {"batch_max_age_s": 0.1})
+        # spans of one token count (the tiny random model reproduces no real sentence): some completions match
+        set_config_values(home, "attribution", {"min_span_tokens": 1, "max_span_occurrences": 65536})
         cfg = load_config(home, environ={})
         extra = dep.extra
 
@@ -100,8 +104,10 @@ def web(tiny, tmp_path_factory):
         adapter_dir = tiny.adapter(model, rank=8, seed=21)
         cid = raw_cid((adapter_dir / "adapter_model.safetensors").read_bytes())
         author = accts[ROLES["author"]].address
-        send(w3, dep.contract(w3, "AdapterRegistry").functions.register(
-            cid, "openlora/tiny-llama-s0", ADAPTER_PRICE, [extra["datanet_id"]], [10_000]), author, "register")
+        # registered with its lineage (trained on version 1 of the demo Datanet), so receipts carry span evidence
+        register_adapter(w3, dep, Account.from_key(accts[ROLES["author"]].key), cid, "openlora/tiny-llama-s0",
+                         ADAPTER_PRICE, {extra["datanet_id"]: 10_000},
+                         Lineage(((extra["datanet_id"], 1),), manifest_cid=cid, base_weights_cid=cid))
 
         # the second requester funds its lane to the node
         r2 = accts[ROLES["requester2"]]
@@ -125,6 +131,8 @@ def web(tiny, tmp_path_factory):
         client = AsyncEngine(llm.engine)
         store = Store(cfg.database_url)
         svc = build_service(cfg, node, client, store, Chain(w3, dep))
+        svc.attributor = build_attributor(cfg, Chain(w3, dep), Path(model), node.address)
+        assert svc.attributor is not None
         loop = SettlementLoop(store, w3, dep, node, batch_max_age_s=0.1, confirmations=1,
                               publish_dir=home / "receipts", poll_s=0.05)
         svc.settlement = loop

@@ -64,24 +64,27 @@ def test_contributor_view_shows_what_payouts_json_says(web, page):
         shown = {rows.nth(i).get_attribute("data-batch"): rows.nth(i).locator("[data-field=batch-amount]")
                  .get_attribute("data-wei") for i in range(rows.count())}
         assert shown == {b["batch_id"]: b["amount"] for b in cli["batches"]}
-        # the JSON behind the view: the same per-adapter split as the CLI, and every share accounted for once
+        # the JSON behind the view: the CLI's per-adapter, per-role and per-Datanet / per-contribution split
         status, js = http_json(f"{url}/v1/dashboard/contributors/{who.lower()}")
         assert status == 200 and js["address"] == who
-        settled_by_adapter: dict[str, int] = {}
-        for r in js["receipts"]:
-            if r["status"] != "unsettled":
-                settled_by_adapter[r["adapter"]] = settled_by_adapter.get(r["adapter"], 0) + int(r["share"])
-        assert settled_by_adapter == {k: int(v) for k, v in cli["by_adapter"].items() if v != "0"}
-        settled_gross = sum(int(r["share"]) for r in js["receipts"] if r["status"] != "unsettled")
+        assert js["by_adapter"] == cli["by_adapter"] and js["gross"] == cli["gross"]
+        assert {str(d["datanet_id"]) if d["datanet_id"] is not None else "unknown":
+                {"span": d["matched"], "static": d["static"],
+                 "contributions": {str(c["id"]) if c["id"] is not None else "unknown":
+                                   (c["matched"], c["static"], c["receipts"]) for c in d["contributions"]}}
+                for d in js["by_datanet"]} == \
+            {k: {"span": v["span"], "static": v["static"],
+                 "contributions": {c: (cv["span"], cv["static"], len(cv["receipts"]))
+                                   for c, cv in v["contributions"].items()}} for k, v in cli["by_datanet"].items()}
+        settled_rows = [r for r in js["receipts"] if r["status"] != "unsettled"]
+        assert {r["request_id"]: r["share"] for r in settled_rows} == \
+            {r["request_id"]: r["gross"] for r in cli["receipts"] if int(r["gross"])}
         assert js["receipts_total"] == len(js["receipts"])
-        parts = sum(int(d["static"]) + int(d["matched"]) for d in js["by_datanet"]) + \
-            sum(int(v) for v in js["by_role"].values())
-        # (settlement's exact split gives the node the rounding remainders: at most one wei a receipt more)
-        slack = js["receipts_total"] if who == web["node"] and js["attribution"] == "spans" else 0
-        assert 0 <= parts - sum(int(v) for v in js["by_adapter"].values()) <= slack
-        assert settled_gross == sum(int(v) for v in cli["by_adapter"].values())
-        for d in js["by_datanet"]:
-            assert sum(int(c["static"]) for c in d["contributions"]) == int(d["static"])
+        shown = page.locator("#by-datanet tr.datanet")
+        assert shown.count() == len(cli["by_datanet"])
+        for i, d in enumerate(js["by_datanet"]):
+            assert shown.nth(i).locator("[data-field=static]").get_attribute("data-wei") == d["static"]
+            assert shown.nth(i).locator("[data-field=matched]").get_attribute("data-wei") == d["matched"]
         # no wallet in this browser: the exact CLI command
         if int(cli["claimable"]):
             assert page.inner_text("#claim-command") == f"openlora-node claim --address {who}"
@@ -90,11 +93,25 @@ def test_contributor_view_shows_what_payouts_json_says(web, page):
             assert page.locator("#claim-none").count() == 1
         if who == web["contributor"]:
             assert int(cli["claimed"]) > 0 and int(cli["claimable"]) > 0 and int(cli["unsettled_local"]) > 0
-            assert page.locator("#by-datanet tr.contribution").count() >= 1
             assert page.locator("svg[data-chart=amount] circle").count() == 2
+            # span evidence: the contributor's earnings came through matched spans, highlighted in the completions
+            mine = {c["id"] for c in web["extra"]["contributions"] if c["contributor"] == who}
+            d1 = next(d for d in js["by_datanet"] if d["datanet_id"] == web["extra"]["datanet_id"])
+            assert int(d1["matched"]) > 0 and {c["id"] for c in d1["contributions"]} <= mine
+            marks = page.locator("#receipts mark")
+            assert marks.count() > 0
+            assert {int(marks.nth(i).get_attribute("data-contribution")) for i in range(marks.count())} <= \
+                {c["id"] for c in web["extra"]["contributions"]}
+            rows_with_spans = [r for r in js["receipts"] if r["spans"]]
+            assert rows_with_spans and all(r["segments"] for r in rows_with_spans)
+            text = "".join(seg["text"] for seg in rows_with_spans[0]["segments"])
+            ids = rows_with_spans[0]["completion_ids"]
+            tok = web["llm"].engine.tokenizer
+            assert ids and text == "".join(tok.decode([t]) for t in ids)
             screenshot(page, "contributor")
         if who == web["node"]:
-            assert "operator" in js["by_role"]
+            assert int(js["gross"]["operator"]) > 0
+            assert page.inner_text("#by-role").count("as node operator") == 1
 
 
 def test_a_bad_address_in_the_page_is_one_clear_line(web, page):
@@ -312,33 +329,13 @@ def test_matched_spans_are_highlighted_in_the_completion(web, page):
     page.route(f"**/v1/dashboard/contributors/{who}", lambda route: route.fulfill(
         status=200, content_type="application/json", body=json.dumps(data)))
     page.goto(f"{web['server'].url}/dashboard/#/contributor/{who}")
-    page.wait_for_selector("#receipts mark")
-    marks = page.query_selector_all("#receipts mark")
+    first = f"#receipts tr[data-request='{data['receipts'][0]['request_id']}']"
+    page.wait_for_selector(f"{first} mark")
+    marks = page.query_selector_all(f"{first} mark")
     assert [(m.inner_text(), m.get_attribute("data-contribution")) for m in marks] == \
         [(" CID of a block", "3"), (" its hash", "1")]
     assert page.locator("#receipts b").count() == 0          # text stays text
-    assert "<b>not html</b>" in page.inner_text("#receipts")
-
-
-def test_static_split_without_the_span_report_matches(web, monkeypatch):
-    """The view's own static split (used where attribution/ offers no contributor_report, and for receipts
-    without evidence) gives the same per-Datanet and per-contribution amounts as the report path."""
-    from openlora.node import dashboard_data as dd
-    from openlora.node.dashboard import KEY
-    src = dd.Sources(w3=web["w3"], deployment=web["dep"], blocks=None, cfg=web["cfg"],
-                     publish_dirs=(web["home"] / "receipts",))
-    shares = web["app"][KEY]["state"].shares()
-    who = web["contributor"]
-    with_report = dd.contributor(src, web["store"], who, shares, web["node"])
-    monkeypatch.setattr(dd, "_report_function", lambda: None)
-    static = dd.contributor(src, web["store"], who, shares, web["node"])
-    assert static["attribution"] == "static"
-    assert static["by_datanet"] == with_report["by_datanet"] and static["by_datanet"]
-    assert static["by_datanet"][0]["datanet_id"] == web["extra"]["datanet_id"]
-    mine = {c["id"] for c in web["extra"]["contributions"] if c["contributor"] == who and c["weight"]}
-    assert {c["id"] for c in static["by_datanet"][0]["contributions"]} == mine
-    for k in ("settled", "claimed", "claimable", "batches", "by_adapter"):
-        assert static[k] == with_report[k]
+    assert "<b>not html</b>" in page.inner_text(first)
 
 
 def test_published_receipts_are_read_only_from_this_nodes_own_store(web, tmp_path):
