@@ -12,7 +12,8 @@ The CID of that directory (Kubo-identical, content.importer.add_tree) is the ada
 
 What it does: digests of the environment (`environment()`), of the base (`base_identity()`: content.importer CIDs
 of the base directory and of its tokenizer files), writing the directory into a temporary sibling and renaming it
-(`write_dir`: an interrupted run leaves nothing half-written), and `tree_cid`.
+(`write_dir`: an interrupted run leaves nothing half-written), `tree_cid`, and `store` (blocks and an "adapter" root in
+a blockstore, as the node records adapters: devnet and tests use it without node/).
 What it does not do: import into a node's blockstore (the node's `factory` command does, with the engine's checks).
 """
 
@@ -137,6 +138,15 @@ def build_files(cfg: TrainConfig, base_model_id: str, author: str, weights: byte
 def tree_cid(files: dict[str, bytes], sink: Callable | None = None) -> str:
     from openlora.content.importer import add_tree
     return str(add_tree(dict(files), sink).cid)
+
+
+def store(files: dict[str, bytes], blockstore: Any, meta: dict[str, Any] | None = None) -> str:
+    """Import the four files into `blockstore` (content.blockstore.Blockstore: blocks + a root of kind "adapter",
+    as the node's adapter store records one) and return the adapter's CID. No engine check: callers that serve it
+    check it with the engine's loader first (node/commands/factory.py does)."""
+    cid = tree_cid(files, blockstore.put_trusted)
+    blockstore.add_root(cid, {"kind": "adapter", "manifest": json.loads(files[MANIFEST]), **(meta or {})})
+    return cid
 
 
 def write_dir(out_dir: Path, files: dict[str, bytes]) -> None:

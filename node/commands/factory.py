@@ -173,10 +173,9 @@ def _import(cfg: Any, home: Path, base_dir: Path, files: dict[str, bytes], cid: 
         except AdapterError as e:
             raise FactoryCommandError(f"the trained adapter is refused by the engine's loader: {e}") from None
     with store.tier.lock.shared():
-        got = output.tree_cid(files, store.blocks.put_trusted)
+        got = output.store(files, store.blocks, {"factory": meta})
         if got != cid:   # cannot happen: the same bytes give the same CID
             raise FactoryCommandError(f"internal error: imported CID {got} differs from the computed {cid}")
-        store.blocks.add_root(cid, {"kind": "adapter", "manifest": node_manifest, "factory": meta})
         store.tier.touch(cid, added=True)
     return store.materialize(cid)
 

@@ -5,8 +5,6 @@ same greedy tokens as HF + PEFT on the trained files; the lineage on chain names
 
 from __future__ import annotations
 
-import json
-
 from openlora.attribution.lineage import Lineage, read_adapter, register_adapter
 from openlora.content.importer import add_bytes
 from openlora.devnet.seed import MemoryBlocks
@@ -45,8 +43,7 @@ def test_trained_published_fetched_over_libp2p_and_served(tiny, make_node, w3, d
 
     a = make_node("a", account=author, base_model="openlora/tiny-llama-s0")
     b = make_node("b")
-    assert output.tree_cid(r.files, a.store.blocks.put_trusted) == r.cid
-    a.store.blocks.add_root(r.cid, {"kind": "adapter", "manifest": json.loads(r.files[output.MANIFEST])})
+    assert output.store(r.files, a.store.blocks) == r.cid
     b.connect(a.addrs[0])
     wait_for(lambda: a.connected_peers(), what="B connected to A")
     a.announce(r.cid, deployment.address("AdapterRegistry"))
