@@ -40,7 +40,8 @@ $(NPM_STAMP): package.json package-lock.json
 # Installed where missing when make runs as root; otherwise it says what to run (those tests skip without it).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } || \
+	    echo "could not install chromium (the dashboard's browser tests will skip)"; \
 	  else echo "chromium is missing: run 'sudo apt-get install chromium' (the dashboard's browser tests skip without it)"; fi; }
 
 install: $(STAMP) $(NPM_STAMP) chromium
