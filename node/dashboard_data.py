@@ -276,7 +276,14 @@ def contributor(src: Sources, store: Any, address: str) -> dict[str, Any]:
             share = share_of(r, address)
             if share:
                 pending += share
-                receipts.append(_receipt_row(r, share, "unsettled", None))
+                row = _receipt_row(r, share, "unsettled", None)
+                ev = getattr(r, "evidence", None)
+                if ev is not None:         # its spans (every contribution's: not split per address until settled)
+                    row["spans"] = [{"datanet_id": e.datanet_id, "start": sp.start, "length": sp.length,
+                                     "occurrences": [list(o) for o in sp.occurrences]}
+                                    for e in ev.datanets for sp in e.spans]
+                    row["completion_ids"] = list(ev.completion_ids) if ev.completion_ids is not None else None
+                receipts.append(row)
     series, cumulative = [], 0
     for b in sorted(batches, key=lambda b: (b["block"], b["batch_id"])):
         cumulative += int(b["amount"])
