@@ -6,15 +6,15 @@ What it does:
   The order is total (token ids compared as unsigned integers, a suffix that is a proper prefix of another sorts
   first, identical suffixes sort by position), so the array is unique: the same rows give the same bytes, on any
   thread count and any machine. Built with numpy by prefix doubling over the suffixes not yet told apart
-  (O(n log n) worst case, far less on text, where most suffixes differ within a few tokens).
+  (O(n log n) per round, log(longest row) rounds at worst; on text most suffixes are told apart in a few).
 - `to_bytes()` / `from_bytes()` persist it (format below); `from_bytes` treats its input as untrusted and checks
   everything, including that the suffix array really is the sorted order of the tokens (one linear pass), so a
   loaded index answers exactly as a rebuilt one. `cid()` is the CIDv1 of those bytes, as Kubo would give them.
 - `find_spans(completion, params)` returns the maximal spans of the completion (neither extendable left nor
   right) of at least `min_len` tokens that occur in the index, with every occurrence (contribution, row, offset),
-  dropping a span that occurs more than `max_occurrences` times (boilerplate, not provenance). The query runs one
-  vectorised binary search per completion position over the array (matching statistics), then two more per
-  maximal span for its occurrence range.
+  dropping a span that occurs more than `max_occurrences` times (boilerplate, not provenance). The query looks up
+  every position's first 4 tokens at once in packed u64 keys, then runs a vectorised 5-ary search per position
+  (matching statistics), then searches each maximal span's occurrence run within K + 1 entries of it.
 - `contribution_weights(spans)` turns spans into exact integer weights per contribution (the rule is in its
   docstring and in docs/attribution.md).
 
@@ -34,13 +34,13 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from openlora.attribution.errors import AttributionError
+from openlora.attribution.suffix_array import check_suffix_array, suffix_array
 
 INDEX_FORMAT = "openlora-span-index/1"
 SPAN_RULE = "openlora-span-weights/1"   # the name of contribution_weights' rule, for receipts to carry
@@ -55,7 +55,6 @@ _MAGIC = INDEX_FORMAT.encode("ascii") + b"\n"
 _COUNTS = struct.Struct("<QQ")
 _HEADER = len(_MAGIC) + _COUNTS.size
 _I64 = np.int64
-_PARALLEL_MIN = 1 << 20        # fewer active suffixes than this: one sort, no threads
 _FANOUT = 4                    # probes per query and search round (a 5-ary search: fewer numpy rounds)
 _CHUNK, _LONG_CHUNK = 16, 256  # ids compared per step: first, then each further step
 _KEY_TOKENS = 4                # tokens packed into each suffix's u64 key (fewer when ids need more than 16 bits)
@@ -122,125 +121,6 @@ def _token_array(tokens: object, what: str) -> np.ndarray:
     return np.fromiter(tokens, dtype=_I64, count=len(tokens))
 
 
-# ---- construction ---------------------------------------------------------------------------------------------
-
-def _argsort_groups(key: np.ndarray, group_first: np.ndarray, threads: int) -> np.ndarray:
-    """argsort(key) where key is already grouped in ascending runs by its high part: the runs are independent,
-    so the array can be cut at run starts (`group_first` flags them) and the pieces sorted in threads
-    (numpy's sort releases the GIL). Equal keys may come out in any order: callers never depend on it."""
-    n = key.size
-    if threads <= 1 or n < _PARALLEL_MIN:
-        return np.argsort(key)
-    firsts = np.flatnonzero(group_first)
-    cuts = [0]
-    for t in range(1, threads):
-        j = int(np.searchsorted(firsts, n * t // threads))
-        cut = int(firsts[j]) if j < firsts.size else n
-        if cut > cuts[-1]:
-            cuts.append(cut)
-    cuts.append(n)
-    pieces = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = list(pool.map(lambda ab: np.argsort(key[ab[0]:ab[1]]) + ab[0], pieces))
-    return np.concatenate(parts)
-
-
-def _suffix_array(tokens: np.ndarray, rowend: np.ndarray, maxlen: int, threads: int) -> np.ndarray:
-    """The suffix array of `tokens` [n] (u32) where the suffix at p ends at rowend[p] [n].
-
-    rank[p] is the SA position of the first suffix of p's group (suffixes equal in their first h tokens, or equal
-    whole when shorter). Each round sorts only the suffixes still in groups of two or more by (rank[p],
-    rank[p+h] or -1 past the row's end), which gives groups equal in 2h tokens; a suffix alone in its group is final.
-    """
-    n = tokens.size
-    order = np.argsort(tokens, kind="stable")
-    first_tok = tokens[order]
-    first = np.empty(n, dtype=bool)
-    first[0] = True
-    np.not_equal(first_tok[1:], first_tok[:-1], out=first[1:])
-    del first_tok
-    idx = np.arange(n, dtype=_I64)
-    gpos = np.maximum.accumulate(np.where(first, idx, 0))
-    rank = np.empty(n, dtype=_I64)
-    rank[order] = gpos
-    sa = order.astype(_I64)
-    alone = first.copy()
-    alone[:-1] &= first[1:]
-    active = sa[~alone]
-    del order, first, alone, gpos, idx
-    h = 1
-    while active.size and h < maxlen:
-        p = active
-        nxt = p + h
-        inrow = nxt < rowend[p]
-        key1 = rank[p]
-        key2 = np.where(inrow, rank[np.minimum(nxt, n - 1)] + 1, 0)
-        del nxt, inrow
-        key = key1.astype(np.uint64) * np.uint64(n + 1) + key2.astype(np.uint64)
-        gfirst = np.empty(p.size, dtype=bool)
-        gfirst[0] = True
-        np.not_equal(key1[1:], key1[:-1], out=gfirst[1:])
-        o = _argsort_groups(key, gfirst, threads)
-        p, key, key1 = p[o], key[o], key1[o]
-        del o, key2
-        j = np.arange(p.size, dtype=_I64)
-        # global SA position of the j-th sorted active suffix: its group's start + its index inside the group
-        g = key1 + j - np.maximum.accumulate(np.where(gfirst, j, 0))
-        sa[g] = p
-        sub = np.empty(p.size, dtype=bool)
-        sub[0] = True
-        np.not_equal(key[1:], key[:-1], out=sub[1:])
-        rank[p] = np.maximum.accumulate(np.where(sub, g, 0))
-        alone = sub.copy()
-        alone[:-1] &= sub[1:]
-        active = p[~alone]
-        del key, key1, j, g, sub, alone, gfirst
-        h *= 2
-    if active.size:  # groups of identical whole suffixes: by position
-        p = active
-        key1 = rank[p]
-        o = np.lexsort((p, key1))
-        p, key1 = p[o], key1[o]
-        j = np.arange(p.size, dtype=_I64)
-        gfirst = np.empty(p.size, dtype=bool)
-        gfirst[0] = True
-        np.not_equal(key1[1:], key1[:-1], out=gfirst[1:])
-        sa[key1 + j - np.maximum.accumulate(np.where(gfirst, j, 0))] = p
-    return sa.astype(np.uint32)
-
-
-def _check_suffix_array(tokens: np.ndarray, sa: np.ndarray, rowend: np.ndarray) -> None:
-    """Raise SpanIndexError unless `sa` is the sorted order of the suffixes (one linear, vectorised pass).
-
-    Adjacent entries a, b must satisfy: tokens[a] < tokens[b], or equal first tokens and then a's remainder
-    sorts before b's (an ended remainder is smallest; two ended remainders: a < b; else rank[a+1] < rank[b+1])."""
-    n = tokens.size
-    if n == 0:
-        return
-    if int(sa.max()) >= n:
-        raise SpanIndexError("span index: a suffix array entry is past the end of the tokens")
-    seen = np.zeros(n, dtype=bool)
-    seen[sa] = True
-    if not seen.all():
-        raise SpanIndexError("span index: the suffix array is not a permutation of the token positions")
-    del seen
-    rank = np.empty(n + 1, dtype=_I64)
-    rank[sa] = np.arange(n, dtype=_I64)
-    a = sa[:-1].astype(_I64)
-    b = sa[1:].astype(_I64)
-    ta, tb = tokens[a], tokens[b]
-    a_more = a + 1 < rowend[a]
-    b_more = b + 1 < rowend[b]
-    rank[n] = 0
-    ra = rank[np.minimum(a + 1, n)]
-    rb = rank[np.minimum(b + 1, n)]
-    tail_ok = np.where(a_more, b_more & (ra < rb), b_more | (a < b))
-    ok = (ta < tb) | ((ta == tb) & tail_ok)
-    if not ok.all():
-        bad = int(np.flatnonzero(~ok)[0])
-        raise SpanIndexError(f"span index: the suffix array is not sorted (entries {bad} and {bad + 1})")
-
-
 class SpanIndex:
     """A Datanet version's suffix array with its row map; built by `build`, read by `from_bytes`."""
 
@@ -289,7 +169,7 @@ class SpanIndex:
         lens = np.array(lengths, dtype=_I64)
         starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(_I64) if lens.size else np.zeros(0, dtype=_I64)
         rowend = np.repeat((starts + lens).astype(np.uint32), lens)   # [n] end of each position's row
-        sa = _suffix_array(tokens, rowend, int(lens.max()), threads) if tokens.size else np.zeros(0, np.uint32)
+        sa = suffix_array(tokens, rowend, int(lens.max()), threads) if tokens.size else np.zeros(0, np.uint32)
         return cls(tokens, sa, contrib, rowidx, starts, rowend)
 
     def to_bytes(self) -> bytes:
@@ -334,7 +214,9 @@ class SpanIndex:
         starts64 = starts.astype(_I64)
         lens = np.diff(np.append(starts64, _I64(n)))
         rowend = np.repeat((starts64 + lens).astype(np.uint32), lens)
-        _check_suffix_array(tokens, sa, rowend)
+        problem = check_suffix_array(tokens, sa, rowend)
+        if problem:
+            raise SpanIndexError(f"span index: {problem}")
         return cls(tokens, sa, contrib, rowidx, starts64, rowend)
 
     def cid(self) -> str:

@@ -244,7 +244,7 @@ def generate(tok, n: int) -> list[list[int]]:
     from transformers import AutoModelForCausalLM
 
     from openlora.devnet.base_model import ensure_base_model
-    model = AutoModelForCausalLM.from_pretrained(str(ensure_base_model()), torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(ensure_base_model()), dtype=torch.float32).eval()
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from openlora.attribution import spans as spans_mod
+from openlora.attribution import suffix_array as suffix_array_mod
 from openlora.attribution.errors import AttributionError
 from openlora.attribution.spans import (INDEX_FORMAT, Occurrence, Span, SpanIndex, SpanIndexError, SpanParams,
                                         contribution_weights)
@@ -167,7 +168,7 @@ def _corpus(seed: int, n_rows: int = 400):
 def test_build_is_byte_identical_on_1_and_2_threads(monkeypatch):
     rows = _corpus(3)
     one = SpanIndex.build(rows, threads=1).to_bytes()
-    monkeypatch.setattr(spans_mod, "_PARALLEL_MIN", 0)   # make the small corpus take the threaded path
+    monkeypatch.setattr(suffix_array_mod, "PARALLEL_MIN", 0)   # make the small corpus take the threaded path
     two = SpanIndex.build(rows, threads=2).to_bytes()
     three = SpanIndex.build(iter(rows), threads=3).to_bytes()
     assert one == two == three
