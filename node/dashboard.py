@@ -228,7 +228,10 @@ async def datanets(request: web.Request) -> web.Response:
         from openlora.datanets.registry import Registry
         from openlora.node.dashboard_curator import _metadata
         from openlora.node.dashboard_data import _chain_call
-        infos = _chain_call(lambda: Registry(w3, dep).datanets()[:1000], "the Datanets")
+        def first_thousand():
+            reg = Registry(w3, dep)
+            return [reg.datanet(i) for i in range(1, min(reg.count(), 1000) + 1)]
+        infos = _chain_call(first_thousand, "the Datanets")
         return {"datanets": [{"datanet_id": d.id, "curator": d.curator, "contributions": d.contribution_count,
                               "versions": d.versions, "metadata": _metadata(st.sources, d.metadata_cid)}
                              for d in infos]}

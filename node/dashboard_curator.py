@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from openlora.content.errors import ContentError
 from openlora.node.dashboard_data import MAX_METADATA_BYTES, DashboardError, Sources, _chain_call
 from openlora.node.errors import NodeError
 from openlora.safejson import loads as safe_loads
 
 MAX_ADAPTER_EVENTS = 10_000         # AdapterRegistered events read for a Datanet's usage
+MAX_CONTRIBUTIONS = 2_000           # newest contributions listed (each is one chain read)
+MAX_ASSESSED = 20                   # pending contributions checked for duplicates per query (oldest first)
 
 
 # ---- curator --------------------------------------------------------------------------------------------------
@@ -52,7 +55,7 @@ def _assess(src: Sources, reg: Any, datanet_id: int, c: Any) -> dict[str, Any]:
         kw["dedup"] = DedupParams(threshold_bps=src.cfg.datanets.near_duplicate_threshold_bps)
     try:
         entry = reg.assess(datanet_id, c.id, src.blocks.get, **kw)
-    except (DatanetError, NodeError, KeyError, ValueError) as e:
+    except (DatanetError, NodeError, ContentError, KeyError, ValueError) as e:
         return {"readable": False, "why": str(e)[:300]}
     rows = entry["rows"]
     return {"readable": True, "rows": len(rows), "tokens": sum(r["tokens"] for r in rows),
@@ -74,12 +77,17 @@ def curator(src: Sources, store: Any, datanet_id: int) -> dict[str, Any]:
             info = reg.datanet(datanet_id)
         except DatanetError as e:
             raise DashboardError(404, "datanet_not_found", str(e)) from None
-        contributions = reg.contributions(datanet_id)
+        first = max(1, info.contribution_count - MAX_CONTRIBUTIONS + 1)
+        contributions = [reg.contribution(datanet_id, i) for i in range(first, info.contribution_count + 1)]
         versions = [reg.version(datanet_id, v) for v in range(1, info.versions + 1)]
         return reg, info, contributions, versions
     reg, info, contributions, versions = _chain_call(read, f"Datanet {datanet_id}")
+    waiting = [c for c in contributions if c.status == "pending"]
     pending = [{"id": c.id, "contributor": c.contributor, "cid": c.cid, "size": c.size,
-                **_assess(src, reg, datanet_id, c)} for c in contributions if c.status == "pending"]
+                **(_assess(src, reg, datanet_id, c) if i < MAX_ASSESSED else
+                   {"readable": False, "why": f"not checked here (more than {MAX_ASSESSED} pending): "
+                                              f"`openlora-node datanet pending {datanet_id}`"})}
+               for i, c in enumerate(waiting)]
     latest = versions[-1].weights if versions else {}
     adapters = _chain_call(lambda: _adapters_on(w3, dep, datanet_id), "the adapters registered on the Datanet")
     served = _served(store, [a["cid"] for a in adapters]) if store is not None else None
@@ -88,7 +96,7 @@ def curator(src: Sources, store: Any, datanet_id: int) -> dict[str, Any]:
     return {
         "datanet_id": datanet_id, "curator": info.curator, "created_at": info.created_at,
         "metadata_cid": info.metadata_cid, "metadata": _metadata(src, info.metadata_cid),
-        "pending": pending,
+        "pending": pending, "contribution_count": info.contribution_count,
         "contributions": [{"id": c.id, "contributor": c.contributor, "cid": c.cid, "size": c.size,
                            "status": c.status, "weight": str(latest.get(c.id, 0))} for c in contributions],
         "versions": [{"version": v.version, "manifest_cid": v.manifest_cid, "published_at": v.published_at,

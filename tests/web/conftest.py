@@ -126,6 +126,13 @@ def web(tiny, tmp_path_factory):
         pending_id = reg.contribute(Account.from_key(accts[ROLES["contributors"][0]].key), extra["datanet_id"],
                                     pending_cid, len(p.data)).value
 
+        # and one whose content this node does not hold (its contributor's node has it)
+        from openlora.devnet.seed import MemoryBlocks
+        elsewhere = contrib.prepare(b'{"text": "kept on another machine"}\n', "elsewhere.jsonl")
+        unheld_cid = contrib.store(elsewhere, MemoryBlocks(), "CC0-1.0")
+        unheld_id = reg.contribute(Account.from_key(accts[ROLES["contributors"][1]].key), extra["datanet_id"],
+                                   unheld_cid, len(elsewhere.data)).value
+
         llm = LLM(model, dtype="float32", device="cpu")
         llm.load_adapter("law", adapter_dir, identity=cid)
         client = AsyncEngine(llm.engine)
@@ -161,7 +168,8 @@ def web(tiny, tmp_path_factory):
             traffic(3, 11)                               # not settled: the node's receipts still pending
             yield {"w3": w3, "dep": dep, "accts": accts, "server": server, "store": store, "cid": cid,
                    "author": author, "node": node.address, "extra": extra, "home": home, "cfg": cfg, "llm": llm,
-                   "contributor": contributor, "pending_id": pending_id, "sdks": sdks, "traffic": traffic,
+                   "contributor": contributor, "pending_id": pending_id, "unheld_id": unheld_id,
+                   "sdks": sdks, "traffic": traffic,
                    "svc": svc, "app": app}
         client.shutdown()
         store.close()

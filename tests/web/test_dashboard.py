@@ -171,7 +171,10 @@ def test_curator_sees_the_pending_contribution_with_its_duplicates(web, page):
     assert "FLAGGED: 2 exact, 0 near duplicate row(s)" in row.inner_text()
     statuses = {int(r.get_attribute("data-contribution")): r.get_attribute("data-status")
                 for r in page.query_selector_all("#contributions tbody tr[data-contribution]")}
-    want = {c["id"]: c["status"] for c in extra["contributions"]} | {web["pending_id"]: "pending"}
+    want = {c["id"]: c["status"] for c in extra["contributions"]} | {web["pending_id"]: "pending",
+                                                                     web["unheld_id"]: "pending"}
+    unheld = page.query_selector(f"#pending tr.pending[data-contribution='{web['unheld_id']}']")
+    assert "not readable here" in unheld.inner_text()
     assert statuses == want
     v = page.query_selector("#versions tr[data-version='1']")
     assert extra["datanet_version"]["manifest_cid"][:16] in v.inner_text()
@@ -279,7 +282,8 @@ def test_pages_are_self_contained_and_locked_to_this_origin(web):
     for f in sorted(WEB_DIR.iterdir()):
         text = f.read_text()
         # no CDN, no remote font, no framework: the only URL is the SVG namespace
-        assert not re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text.replace("http://www.w3.org/2000/svg", "")), f
+        urls = re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text.replace("http://www.w3.org/2000/svg", ""))
+        assert not urls, (f, urls)
         assert "innerHTML" not in text and "eval(" not in text, f
         if f.name in ("amounts.js", "contributor.js", "curator.js"):    # the modules that handle amounts
             assert not re.findall(r"Number\(|parseFloat|parseInt|Math\.|\.toFixed\(", text.split("\n", 1)[1]
