@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from openlora.factory import api, rows as rowsmod, train as tr  # noqa: E402
 from openlora.factory.config import TrainConfig  # noqa: E402
 
-DEMO = dict(rank=8, alpha=16.0, targets=("q_proj", "v_proj"), epochs=1, lr=1e-3, batch=4, max_len=128, seed=0,
-            eval_split=0.1, threads=1, samples=2, sample_tokens=32)
+from openlora.factory.config import DEMO_RECIPE  # noqa: E402
+
+DEMO = DEMO_RECIPE.as_dict()
 
 
 def demo_version() -> tuple[str, list]:

@@ -110,3 +110,8 @@ class TrainConfig:
 def canonical_json(obj: Any) -> bytes:
     """Sorted keys, no spaces, UTF-8; floats must be finite (json writes them in their shortest repr)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+#: The demo adapter's recipe (`make start` / docs/benchmarks.md "Model Factory"): the demo Datanet on SmolLM2-135M.
+DEMO_RECIPE = TrainConfig(rank=8, alpha=16.0, targets=("q_proj", "v_proj"), epochs=1, lr=1e-3, batch=4, max_len=128,
+                          seed=0, eval_split=0.1, threads=1, samples=2, sample_tokens=32)
