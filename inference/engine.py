@@ -28,6 +28,7 @@ from openlora.inference.runner import ModelRunner, RunnerOutput, kv_bytes_per_bl
 from openlora.inference.sampling import Sampler, SamplingParams
 from openlora.inference.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from openlora.inference.sequence import RequestOutput, Sequence
+from openlora.inference.sizing import AUTO_LORA_RANK, plan_memory
 from openlora.inference.sources import AdapterSource, LocalDirSource
 
 log = logging.getLogger("openlora.engine")
@@ -50,14 +51,15 @@ class EngineConfig:
     device: str = "auto"
     max_model_len: int | None = None          # default: the model's max_position_embeddings
     block_size: int = 16
-    kv_cache_bytes: int = 256 * 2**20
+    # "auto": sized at start from free memory and the model's shapes (inference/sizing.py, logged), or bytes.
+    kv_cache_bytes: int | str = "auto"
     num_kv_blocks: int | None = None          # overrides kv_cache_bytes (tests force tiny pools with it)
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     kernel_backend: str = "auto"              # auto | torch | triton
-    lora_pool_bytes: int = 64 * 2**20         # device pool shared by adapters of every rank (byte budget)
-    host_cache_bytes: int = 4 * 2**30         # validated adapters kept in host memory (byte budget)
+    lora_pool_bytes: int | str = "auto"       # device pool shared by adapters of every rank (bytes or "auto")
+    host_cache_bytes: int | str = "auto"      # validated adapters kept in host memory (bytes or "auto")
     disk_store_dir: str | None = None         # None: adapters are read in place from their source
     disk_store_bytes: int = 50 * 2**30
     adapter_loader_threads: int = 2
@@ -81,6 +83,10 @@ class EngineConfig:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        for name in ("kv_cache_bytes", "lora_pool_bytes", "host_cache_bytes"):
+            v = getattr(self, name)
+            if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name}={v!r}: must be 'auto' or a number of bytes >= 1")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks={self.num_kv_blocks}: must be >= 1")
         if self.decode_graphs not in ("auto", "on", "off", "static"):
@@ -115,10 +121,16 @@ class LLMEngine:
         weights = load_weights(path, self.spec, self.dtype, self.device)
         self.model = LlamaServingModel(self.spec, weights, self.dtype, self.device, self.backend,
                                        lora_sliced=config.lora_sliced_launch)
+        self.memory = plan_memory(self.spec, self.dtype, self.device, kv_cache_bytes=config.kv_cache_bytes,
+                                  lora_pool_bytes=config.lora_pool_bytes, host_cache_bytes=config.host_cache_bytes,
+                                  max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len,
+                                  max_loras=config.max_loras, max_num_batched_tokens=config.max_num_batched_tokens,
+                                  max_lora_rank=config.max_lora_rank)
         num_blocks = config.num_kv_blocks or max(
-            1, config.kv_cache_bytes // kv_bytes_per_block(self.spec, config.block_size, self.dtype))
+            1, self.memory.kv_cache_bytes // kv_bytes_per_block(self.spec, config.block_size, self.dtype))
         self.blocks = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)
-        rows = max(1, config.lora_pool_bytes // LoRAPool.bytes_per_row(self.spec, self.dtype))
+        rows = max(1, self.memory.lora_pool_bytes // LoRAPool.bytes_per_row(self.spec, self.dtype))
+        log.info(self.memory.describe(num_blocks * config.block_size, rows, rows // AUTO_LORA_RANK))
         self.lora_pool = LoRAPool(self.spec, rows, config.max_loras, self.dtype, self.device)
         disk = None
         if config.disk_store_dir is not None:
@@ -126,7 +138,8 @@ class LLMEngine:
         elif source is not None:
             disk = DiskStore(None, 0, source, copy=False)
         self.adapters = AdapterManager(self.spec, self.lora_pool, max_rank=config.max_lora_rank,
-                                       max_bytes=config.max_adapter_bytes, host_budget_bytes=config.host_cache_bytes,
+                                       max_bytes=config.max_adapter_bytes,
+                                       host_budget_bytes=self.memory.host_cache_bytes,
                                        disk_store=disk, loader_threads=config.adapter_loader_threads,
                                        pin_memory=self.device.type == "cuda")
         self.scheduler = Scheduler(self.blocks, self.adapters, max_num_seqs=config.max_num_seqs,

@@ -14,7 +14,7 @@ import weakref
 
 import torch
 
-from openlora.kernels.reference import for_each_slice_expand, for_each_slice_shrink
+from openlora.kernels.reference import expand_slices, for_each_slice_expand, for_each_slice_shrink, shrink_slices
 
 
 class _Plan:
@@ -120,18 +120,79 @@ def _sgmv_expand_one(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, s
 # shares the step's plan.
 
 
+def _all_float32(*ts: torch.Tensor) -> bool:
+    return all(t.dtype == torch.float32 for t in ts)
+
+
 def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
                 seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
-    """See kernels.reference.sgmv_shrink."""
-    for_each_slice_shrink(_sgmv_shrink_one, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
+    """See kernels.reference.sgmv_shrink.
+
+    float32: one loop over the segments for every slice at once, one batched matmul per segment (all slices of a
+    fused linear share x); the per-step lists (segments, row starts) are converted once per step. A segment whose
+    slices have different ranks, and other dtypes, take the one-slice path (exactly the semantics: buf columns past
+    a slice's rank are left as they are)."""
+    S = shrink_slices(a_pool, buf, slot_rank)
+    if not _all_float32(x, a_pool, buf):
+        for_each_slice_shrink(_sgmv_shrink_one, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
+        return
+    if S == 0:
+        a_pool, buf, slot_rank = a_pool[None], buf[None], slot_rank[None]
+    starts, slots = _segments(seg_starts, seg_slots)
+    rows = _row_starts(slot_row_start)
+    ranks = slot_rank.tolist()                                                    # [S][slots]
+    for i, slot in enumerate(slots):
+        t0, t1 = starts[i], starts[i + 1]
+        if slot < 0 or t1 <= t0:
+            continue
+        rs = [rk[slot] for rk in ranks]
+        r, o = rs[0], rows[slot]
+        if all(q == r for q in rs):
+            if r:
+                buf[:, t0:t1, :r] = torch.matmul(x[t0:t1], a_pool[:, o:o + r].transpose(1, 2))
+            continue
+        for s, q in enumerate(rs):                                                # mixed ranks in one adapter
+            if q:
+                buf[s, t0:t1, :q] = x[t0:t1] @ a_pool[s, o:o + q].T
 
 
 def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
                 seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
                 slot_scale: torch.Tensor, y_offset: int = 0, slices: tuple[int, ...] | None = None) -> None:
-    """See kernels.reference.sgmv_expand."""
-    for_each_slice_expand(_sgmv_expand_one, buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank,
-                          slot_scale, y_offset=y_offset, slices=slices)
+    """See kernels.reference.sgmv_expand.
+
+    float32: one loop over the segments for every slice, one in-place `addmm_` (scale as its alpha) per segment
+    and targeted slice, straight into y's columns."""
+    widths = expand_slices(buf, b_pool, slot_rank, slot_scale, slices)
+    if not _all_float32(buf, b_pool, y):
+        for_each_slice_expand(_sgmv_expand_one, buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank,
+                              slot_scale, y_offset=y_offset, slices=slices)
+        return
+    if widths is None:
+        widths, buf, slot_rank, slot_scale = (b_pool.shape[1],), buf[None], slot_rank[None], slot_scale[None]
+    starts, slots = _segments(seg_starts, seg_slots)
+    rows = _row_starts(slot_row_start)
+    ranks, scales = slot_rank.tolist(), slot_scale.tolist()
+    offs = [0]
+    for n in widths:
+        offs.append(offs[-1] + n)
+    for i, slot in enumerate(slots):
+        t0, t1 = starts[i], starts[i + 1]
+        if slot < 0 or t1 <= t0:
+            continue
+        o = rows[slot]
+        for s in range(len(widths)):
+            r = ranks[s][slot]
+            if r:
+                c0, c1 = offs[s], offs[s + 1]
+                y[t0:t1, y_offset + c0:y_offset + c1].addmm_(buf[s, t0:t1, :r], b_pool[o:o + r, c0:c1],
+                                                              alpha=scales[s][slot])
+
+
+def _row_starts(slot_row_start: torch.Tensor) -> list[int]:
+    """slot -> first pool row as a list. The pool's table is written in place when adapters come and go, so it is
+    converted on every call (one small copy), never cached across calls."""
+    return slot_row_start.tolist()
 
 
 def bgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, token_slots: torch.Tensor,

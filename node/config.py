@@ -14,7 +14,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, Union, get_type_hints
 
 from openlora.node.errors import ConfigError
 
@@ -50,6 +50,21 @@ def parse_byte_size(key: str, value: Any) -> ByteSize:
     raise ConfigError(
         f"{key} = {value!r}: expected a byte size such as 536870912 or \"512MiB\" "
         f"(units: {', '.join(u for u in _SIZE_UNITS if u)})")
+
+
+AUTO = "auto"
+# A byte size or "auto": the engine sizes it at start from free memory and the model's shapes (inference/sizing.py).
+ByteSizeOrAuto = Union[ByteSize, Literal["auto"]]
+
+
+def parse_byte_size_or_auto(key: str, value: Any) -> ByteSize | str:
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return parse_byte_size(key, value)
+    except ConfigError:
+        raise ConfigError(f"{key} = {value!r}: expected \"auto\" or a byte size such as 536870912 or \"512MiB\" "
+                          f"(units: {', '.join(u for u in _SIZE_UNITS if u)})") from None
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -100,7 +115,7 @@ class ModelSection:
 class EngineSection:
     """[engine]: paged KV cache, batching and kernels."""
     kv_block_size: int = 16
-    kv_cache_bytes: ByteSize = ByteSize(256 * 2**20)
+    kv_cache_bytes: ByteSizeOrAuto = AUTO
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
@@ -110,7 +125,8 @@ class EngineSection:
     def __post_init__(self) -> None:
         if self.kv_block_size not in (1, 2, 4, 8, 16, 32, 64, 128, 256):
             raise ConfigError(f"engine.kv_block_size = {self.kv_block_size!r}: must be a power of two from 1 to 256")
-        _check_range("engine.kv_cache_bytes", self.kv_cache_bytes, 1)
+        if self.kv_cache_bytes != AUTO:
+            _check_range("engine.kv_cache_bytes", self.kv_cache_bytes, 1)
         _check_range("engine.max_num_seqs", self.max_num_seqs, 1, 4096)
         _check_range("engine.max_num_batched_tokens", self.max_num_batched_tokens, 16, 1 << 20)
         _check_choice("engine.kernel_backend", self.kernel_backend, ("auto", "torch", "triton"))
@@ -120,8 +136,8 @@ class EngineSection:
 @dataclass(frozen=True)
 class AdaptersSection:
     """[adapters]: tiers and their byte budgets, validation limits, permanent pins."""
-    device_pool_bytes: ByteSize = ByteSize(512 * 2**20)
-    host_cache_bytes: ByteSize = ByteSize(4 * 2**30)
+    device_pool_bytes: ByteSizeOrAuto = AUTO
+    host_cache_bytes: ByteSizeOrAuto = AUTO
     disk_store_bytes: ByteSize = ByteSize(50 * 2**30)
     max_rank: int = 256
     max_adapter_bytes: ByteSize = ByteSize(2**30)
@@ -129,8 +145,10 @@ class AdaptersSection:
 
     def __post_init__(self) -> None:
         _check_range("adapters.max_rank", self.max_rank, 1, 4096)
-        _check_range("adapters.device_pool_bytes", self.device_pool_bytes, 1)
-        if self.host_cache_bytes < self.device_pool_bytes:
+        if self.device_pool_bytes != AUTO:
+            _check_range("adapters.device_pool_bytes", self.device_pool_bytes, 1)
+        sized = AUTO not in (self.host_cache_bytes, self.device_pool_bytes)
+        if sized and self.host_cache_bytes < self.device_pool_bytes:
             raise ConfigError(
                 f"adapters.host_cache_bytes = {int(self.host_cache_bytes)}: must be at least "
                 f"adapters.device_pool_bytes ({int(self.device_pool_bytes)})")
@@ -335,6 +353,8 @@ def _type_name(tp: Any) -> str:
 def _convert(key: str, value: Any, tp: Any) -> Any:
     if tp is ByteSize:
         return parse_byte_size(key, value)
+    if tp == ByteSizeOrAuto:
+        return parse_byte_size_or_auto(key, value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -510,7 +530,7 @@ max_model_len = 2048
 
 [engine]
 kv_block_size = 16              # tokens per KV block (power of two)
-kv_cache_bytes = "256MiB"       # memory for the paged KV cache
+kv_cache_bytes = "auto"         # paged KV cache: "auto" (from free memory and the model) or a size, "2GiB"
 max_num_seqs = 64               # sequences in the running batch
 max_num_batched_tokens = 2048   # token budget per step (chunked prefill splits longer prompts)
 enable_prefix_caching = true
@@ -518,8 +538,8 @@ kernel_backend = "auto"         # auto (Triton on CUDA, torch elsewhere) | torch
 decode_graphs = "auto"          # decode steps as CUDA graphs: auto (on with CUDA + Triton) | on | off
 
 [adapters]
-device_pool_bytes = "512MiB"    # adapters resident on the device
-host_cache_bytes = "4GiB"       # adapters kept in host memory
+device_pool_bytes = "auto"      # adapters resident on the device: "auto" (64 slots x rank 32, capped) or a size
+host_cache_bytes = "auto"       # adapters kept in host memory: "auto" (4 x the device pool, capped) or a size
 disk_store_bytes = "50GiB"      # local blockstore
 max_rank = 256
 max_adapter_bytes = "1GiB"

@@ -51,11 +51,11 @@ def engine_config(cfg: NodeConfig, model_dir: Path):
     from openlora.inference import EngineConfig
     return EngineConfig(
         model=str(model_dir), dtype=cfg.model.dtype, device=cfg.model.device, max_model_len=cfg.model.max_model_len,
-        block_size=cfg.engine.kv_block_size, kv_cache_bytes=int(cfg.engine.kv_cache_bytes),
+        block_size=cfg.engine.kv_block_size, kv_cache_bytes=cfg.engine.kv_cache_bytes,   # bytes or "auto"
         max_num_seqs=cfg.engine.max_num_seqs, max_num_batched_tokens=cfg.engine.max_num_batched_tokens,
         enable_prefix_caching=cfg.engine.enable_prefix_caching, kernel_backend=cfg.engine.kernel_backend,
         decode_graphs=cfg.engine.decode_graphs,
-        lora_pool_bytes=int(cfg.adapters.device_pool_bytes), host_cache_bytes=int(cfg.adapters.host_cache_bytes),
+        lora_pool_bytes=cfg.adapters.device_pool_bytes, host_cache_bytes=cfg.adapters.host_cache_bytes,
         disk_store_dir=None, disk_store_bytes=int(cfg.adapters.disk_store_bytes),
         max_lora_rank=cfg.adapters.max_rank, max_adapter_bytes=int(cfg.adapters.max_adapter_bytes))
 

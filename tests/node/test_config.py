@@ -23,7 +23,7 @@ def replace(key_line: str, new_line: str) -> str:
 def test_default_config_parses_with_documented_defaults():
     cfg = parse(DEFAULT_CONFIG_TOML)
     assert cfg.api.port == 8000 and cfg.model.path == "demo"
-    assert cfg.adapters.device_pool_bytes == 512 * 2**20
+    assert cfg.adapters.device_pool_bytes == "auto" and cfg.engine.kv_cache_bytes == "auto"   # sized at start
     assert cfg.keystore_path == HOME / "keystore.json"
     assert cfg.database_url == f"sqlite:///{HOME / 'node.db'}"
 
@@ -32,7 +32,8 @@ def test_default_config_parses_with_documented_defaults():
     ('port = 8000                     # required', 'port = 70000', "api.port = 70000: must be between 1 and 65535"),
     ('dtype = "float32"', 'dtype = "fp8"', "model.dtype = 'fp8': allowed values are 'float32', 'bfloat16'"),
     ('kv_block_size = 16', 'kv_block_size = 12', "engine.kv_block_size = 12: must be a power of two"),
-    ('device_pool_bytes = "512MiB"', 'device_pool_bytes = "lots"', "adapters.device_pool_bytes = 'lots': expected"),
+    ('device_pool_bytes = "auto"', 'device_pool_bytes = "lots"', "adapters.device_pool_bytes = 'lots': expected"),
+    ('kv_cache_bytes = "auto"', 'kv_cache_bytes = -5', "engine.kv_cache_bytes = -5: expected \"auto\" or a byte"),
     ('max_num_seqs = 64', 'max_num_seqs = "64"', "engine.max_num_seqs = '64': expected an integer"),
     ('rpc_url = "http://127.0.0.1:8545"', 'rpc_url = "localhost:8545"', "chain.rpc_url = 'localhost:8545'"),
     ('[storage]', '[storage]\ncolour = "blue"', "storage.colour: unknown key; allowed keys in [storage] are"),
@@ -140,3 +141,15 @@ def test_datanets_section_defaults_env_and_bad_values():
             parse(replace(old, new))
     with pytest.raises(ConfigError, match=r"datanets.max_rows = 'x' \(from the environment\): expected an integer"):
         parse(DEFAULT_CONFIG_TOML, {"OPENLORA_DATANETS_MAX_ROWS": "x"})
+
+
+def test_engine_sizes_auto_or_bytes():
+    """"auto" (the default) is sized by the engine at start; explicit sizes still work and are still checked."""
+    cfg = parse(replace('host_cache_bytes = "auto"', 'host_cache_bytes = "1MiB"'))       # pool auto: no comparison
+    assert cfg.adapters.host_cache_bytes == 2**20 and cfg.adapters.device_pool_bytes == "auto"
+    cfg = parse(DEFAULT_CONFIG_TOML, {"OPENLORA_ENGINE_KV_CACHE_BYTES": "AUTO",
+                                      "OPENLORA_ADAPTERS_DEVICE_POOL_BYTES": "2GiB"})
+    assert cfg.engine.kv_cache_bytes == "auto" and cfg.adapters.device_pool_bytes == 2 * 2**30
+    with pytest.raises(ConfigError, match="must be at least adapters.device_pool_bytes"):
+        parse(replace('host_cache_bytes = "auto"', 'host_cache_bytes = "1MiB"'),
+              {"OPENLORA_ADAPTERS_DEVICE_POOL_BYTES": "2GiB"})
