@@ -163,3 +163,14 @@ def test_publish_registers_the_lineage_on_chain(home, trained, capsys, w3, deplo
     assert r["announced_to"] == []
     code, _, err = cli(h, capsys, "publish", cid, "--price", "7", "--key-file", str(keys / "author"))
     assert code == 1 and "already registered" in err.lower() and err.count("\n") == 1
+
+
+def test_an_adapter_not_made_by_the_factory_is_named_as_such(home, capsys, tmp_path):
+    from openlora.devnet.tinymodels import write_lora_files
+    from openlora.node.ipfs.adapters import AdapterStore
+    h = home[0]
+    plain = write_lora_files(tmp_path / "plain", h / "models" / "demo", rank=2)
+    cid = str(AdapterStore(h / "ipfs").add(plain)[0])
+    for args in (["show", cid], ["verify", cid]):
+        code, _, err = cli(h, capsys, *args)
+        assert code == 1 and "was not made by the Model Factory" in err and err.count("\n") == 1, err
