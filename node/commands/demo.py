@@ -65,8 +65,12 @@ def command() -> None:
 
 
 DEMO_PRICE = 2 * 10**12       # wei per token for the demo adapter (the base model costs the node's price only)
-DEMO_RECIPE = {"rank": 8, "alpha": 16.0, "targets": "q_proj,k_proj,v_proj,o_proj", "epochs": 2, "lr": 2e-3,
-               "batch": 8, "max_len": 96, "seed": 0, "eval_split": 0.1, "threads": 2, "samples": 2}
+def _demo_recipe() -> dict:
+    """The Model Factory's demo recipe (factory.config.DEMO_RECIPE) as `factory train` options."""
+    from openlora.factory.config import DEMO_RECIPE as r
+    return {"rank": r.rank, "alpha": r.alpha, "targets": ",".join(r.targets), "epochs": r.epochs, "lr": r.lr,
+            "batch": r.batch, "max_len": r.max_len, "seed": r.seed, "eval_split": r.eval_split,
+            "threads": r.threads, "samples": r.samples}
 
 
 def _invoke_echoed(ctx: click.Context, cmd: click.Command, **kwargs) -> str:
@@ -124,12 +128,12 @@ def adapter(ctx: click.Context, retrain: bool) -> None:
         import re
         printed = _invoke_echoed(ctx, factory.train, datanet_id=datanet_id, version=None, base=None,
                                  author=author.address, peers=(), gateways=(), timeout=30.0, quiet=False,
-                                 as_json=False, **DEMO_RECIPE)
+                                 as_json=False, **_demo_recipe())
         found = re.search(r"^adapter (\S+)$", printed, re.M)
         if found is None:
             raise NodeError("factory train printed no adapter CID; see above")
         cid = found.group(1)
-        atomic_write(record, json.dumps({"cid": cid, "datanet_id": datanet_id, "recipe": DEMO_RECIPE},
+        atomic_write(record, json.dumps({"cid": cid, "datanet_id": datanet_id, "recipe": _demo_recipe()},
                                         indent=1, sort_keys=True) + "\n")
     try:
         read_adapter(w3, dep, cid)
