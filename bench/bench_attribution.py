@@ -240,23 +240,23 @@ def false_matches(index: SpanIndex, completions: list[list[int]]) -> dict[int, d
 
 
 def generate(tok, n: int) -> list[list[int]]:
+    """n greedy completions (256 new tokens) of the base model to PROMPTS, one at a time on one thread."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from openlora.devnet.base_model import ensure_base_model
+    torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(str(ensure_base_model()), dtype=torch.float32).eval()
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    prompts = [tok.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], tokenize=False,
-                                       add_generation_prompt=True) for i in range(n)]
     out = []
-    for i in range(0, n, 8):
-        batch = tok(prompts[i:i + 8], return_tensors="pt", padding=True, add_special_tokens=False)
+    for i in range(n):
+        ids = tok.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                                      add_generation_prompt=True, return_tensors="pt")
+        if not isinstance(ids, torch.Tensor):
+            ids = ids["input_ids"]
         with torch.no_grad():
-            gen = model.generate(**batch, max_new_tokens=COMPLETION, do_sample=False, pad_token_id=tok.pad_token_id)
-        for row in gen[:, batch["input_ids"].shape[1]:].tolist():
-            out.append([t for t in row if t != tok.pad_token_id and t != tok.eos_token_id])
+            gen = model.generate(ids, max_new_tokens=COMPLETION, do_sample=False, pad_token_id=tok.eos_token_id)
+        out.append([t for t in gen[0, ids.shape[1]:].tolist() if t != tok.eos_token_id])
+        print(f"generated {i + 1}/{n}", file=sys.stderr, flush=True)
     return out
 
 
