@@ -57,6 +57,7 @@ _HEADER = len(_MAGIC) + _COUNTS.size
 _I64 = np.int64
 _FANOUT = 4                    # probes per query and search round (a 5-ary search: fewer numpy rounds)
 _CHUNK, _LONG_CHUNK = 16, 256  # ids compared per step: first, then each further step
+_BLOCK = 1024                  # completion positions searched together (bounds memory on long completions)
 _KEY_TOKENS = 4                # tokens packed into each suffix's u64 key (fewer when ids need more than 16 bits)
 
 
@@ -357,8 +358,9 @@ class SpanIndex:
         lo, hi, exists = self._prefix_ranges(dense, every_depth)
         ms = exists.sum(axis=1).astype(_I64) if every_depth else np.where(exists[:, k - 1], k, 0)
         pos = lo[:, k - 1].copy()
-        deep = np.flatnonzero(exists[:, k - 1] & (np.arange(m) + k < m))
-        if deep.size:
+        deep_all = np.flatnonzero(exists[:, k - 1] & (np.arange(m) + k < m))
+        for b in range(0, deep_all.size, _BLOCK):   # blocks bound the search's temporaries on long completions
+            deep = deep_all[b:b + _BLOCK]
             at, llcp, rlcp = self._search(cq, deep, m - deep, lo[deep, k - 1], hi[deep, k - 1],
                                           np.zeros(deep.size, bool), k)
             pos[deep] = at
@@ -380,8 +382,8 @@ class SpanIndex:
         lens = ms[starts]
         depth = np.minimum(lens, k) - 1
         lo, hi = plo[starts, depth], phi[starts, depth]        # exact ranges for spans of up to k tokens
-        long_ = np.flatnonzero(lens > k)
-        if long_.size:
+        for b in range(0, int((lens > k).sum()), _BLOCK):
+            long_ = np.flatnonzero(lens > k)[b:b + _BLOCK]
             # A longer span's occurrences are a run around pos (where comp[s:] sorts), inside the depth-k range.
             # Only runs of up to `cap` matter: search [pos - cap - 1, pos) and [pos, pos + cap + 1), both at once.
             s, n_ = starts[long_], lens[long_]

@@ -102,16 +102,17 @@ def corpora(draw):
 # ---- the index against the references ---------------------------------------------------------------------------
 
 @fuzz(150)
-@given(corpora(), st.sampled_from([1, 2, 4]), st.sampled_from([1, 2, 5]))
-def test_spans_match_brute_force(case, key_tokens, fanout):
+@given(corpora(), st.sampled_from([1, 2, 4]), st.sampled_from([1, 2, 5]), st.sampled_from([3, 1024]))
+def test_spans_match_brute_force(case, key_tokens, fanout, block):
     rows, comp, params = case
-    saved = spans_mod._KEY_TOKENS, spans_mod._FANOUT
-    # the packed-key depth (1 and 2 as with huge vocabularies, 4 as usual) and the search's probes per round
-    spans_mod._KEY_TOKENS, spans_mod._FANOUT = key_tokens, fanout
+    saved = spans_mod._KEY_TOKENS, spans_mod._FANOUT, spans_mod._BLOCK
+    # the packed-key depth (1 and 2 as with huge vocabularies, 4 as usual), the search's probes per round and
+    # how many completion positions are searched together
+    spans_mod._KEY_TOKENS, spans_mod._FANOUT, spans_mod._BLOCK = key_tokens, fanout, block
     try:
         check_against_references(rows, comp, params)
     finally:
-        spans_mod._KEY_TOKENS, spans_mod._FANOUT = saved
+        spans_mod._KEY_TOKENS, spans_mod._FANOUT, spans_mod._BLOCK = saved
 
 
 def check_against_references(rows, comp, params):
