@@ -28,7 +28,8 @@ AUTO_LORA_RANK = 32                          # rows per resident adapter slot th
 HOST_TIER_ADAPTERS = 4                       # the host tier holds this many pools' worth of adapters
 HOST_SHARE = 0.25                            # ... at most this share of the host's available memory
 MIN_POOL_ROWS = 64
-FLOOR_POOL_BYTES, FLOOR_KV_BYTES = 64 * 2**20, 256 * 2**20    # the fixed defaults before auto sizing
+# the fixed defaults before auto sizing: floors (small models keep them), within the memory caps
+FLOOR_POOL_BYTES, FLOOR_KV_BYTES, FLOOR_HOST_BYTES = 64 * 2**20, 256 * 2**20, 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def plan_memory(spec: ModelSpec, dtype: torch.dtype, device: torch.device, *, kv
 
     if host_cache_bytes == AUTO:
         need = HOST_TIER_ADAPTERS * pool
-        host = max(pool, min(need, int(HOST_SHARE * host_free)))
+        host = max(pool, min(max(need, FLOOR_HOST_BYTES), int(HOST_SHARE * host_free)))
         sources["host_cache_bytes"] = (f"auto: {HOST_TIER_ADAPTERS} x the LoRA pool"
                                        + (f", capped at {HOST_SHARE:.0%} of available host memory"
                                           if host < need else ""))
