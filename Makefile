@@ -52,11 +52,11 @@ install: $(STAMP) $(NPM_STAMP) chromium
 # The dev node's keystore password is generated once into .dev/password (mode 600, git-ignored).
 start: install
 	@mkdir -p .dev && if [ ! -s .dev/password ]; then (umask 077 && head -c 24 /dev/urandom | base64 > .dev/password); fi
-	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" init --password-file .dev/password
+	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" init --password-file .dev/password --model $(DEMO_MODEL)
 	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" devnet up
-	OPENLORA_MODEL_PATH=$(DEMO_MODEL) $(VENV)/bin/openlora-node --home "$(DEV_HOME)" demo adapter
+	$(VENV)/bin/openlora-node --home "$(DEV_HOME)" demo adapter
 	trap '$(VENV)/bin/openlora-node --home "$(DEV_HOME)" devnet down' EXIT; \
-	  OPENLORA_MODEL_PATH=$(DEMO_MODEL) $(VENV)/bin/openlora-node --home "$(DEV_HOME)" start --password-file .dev/password
+	  $(VENV)/bin/openlora-node --home "$(DEV_HOME)" start --password-file .dev/password
 
 # In a second terminal while `make start` runs: signed requests from the two demo requesters (Ctrl-C stops).
 traffic:

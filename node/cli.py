@@ -90,11 +90,14 @@ password_file_option = click.option(
 
 @cli.command()
 @password_file_option
+@click.option("--model", "model_path", default=None, metavar="PATH",
+              help='Set model.path in config.toml (an HF model directory, "demo" or "smollm2"), also in an existing '
+                   "one (its other lines and comments are kept).")
 @click.pass_obj
-def init(obj: Context, password_file: Path | None) -> None:
+def init(obj: Context, password_file: Path | None, model_path: str | None) -> None:
     """Create the home directory, a commented default config.toml and an encrypted node keystore.
 
-    Existing files are kept: running init twice changes nothing.
+    Existing files are kept: running init twice changes nothing (but --model).
     """
     from openlora.node.config import CONFIG_FILENAME, DEFAULT_CONFIG_TOML, parse_config
     from openlora.node.keystore import PasswordSource, create_keystore, read_address
@@ -118,6 +121,11 @@ def init(obj: Context, password_file: Path | None) -> None:
     if not cfg_path.exists():
         atomic_write(cfg_path, DEFAULT_CONFIG_TOML)
         click.echo(f"config:   {cfg_path} (created)")
+    if model_path is not None:
+        from openlora.node.config import set_config_values
+        if set_config_values(home, "model", {"path": model_path}):
+            click.echo(f"config:   model.path = {model_path!r}")
+        _load_config(obj)      # the changed file still parses and validates
     click.echo(f"address:  {address}")
 
 
