@@ -48,3 +48,13 @@ def test_no_module_in_node_is_over_600_lines():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "node").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 600}
     assert not long, f"split these modules: {long}"
+
+
+def test_test_module_basenames_are_unique():
+    """tests/ has no __init__.py files (pytest's default import mode puts each test's folder on sys.path), so two
+    test modules with one basename stop the whole run at collection: found when a full run is the first to see it."""
+    from collections import Counter
+    from pathlib import Path
+    root = Path(__file__).resolve().parent
+    names = Counter(p.name for p in root.rglob("test_*.py"))
+    assert [n for n, c in names.items() if c > 1] == []
