@@ -280,8 +280,8 @@ class SpanIndex:
     def _search(self, cq: np.ndarray, qi: np.ndarray, qlen: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                 upper: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For each query, the first SA index in [lo, hi) whose suffix sorts after it (where upper[i]) or does
-        not sort before it (lower bound); the answer lies in [lo, hi] by the caller's choice of bounds, where every suffix
-        shares `depth` tokens with the query. Returns (index, llcp, rlcp): the common prefix of the query with the
+        not sort before it (lower bound); the answer lies in [lo, hi] by the caller's choice of bounds, where
+        every suffix shares `depth` tokens with the query. Returns (index, llcp, rlcp): the common prefix of the query with the
         suffix just before the index and at the index (`depth` where that suffix is outside [lo, hi)).
         Each probe starts comparing at min(llcp, rlcp), which every suffix between the bounds shares (the
         classic Manber-Myers bound), and `_FANOUT` probes per query split the range each round."""
