@@ -59,6 +59,15 @@ def _chain(home: Path, rpc_url: str | None):
     return Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30})), dep, url
 
 
+def _spans_said(receipt: dict) -> str:
+    """'2 spans' (matched against the adapter's Datanet version), 'static' (none matched) or 'base' (no Datanet)."""
+    evidence = receipt.get("evidence")
+    if not isinstance(evidence, dict):
+        return "no Datanet"
+    spans = sum(len(d.get("spans") or []) for d in evidence.get("datanets") or [] if isinstance(d, dict))
+    return f"{spans} span{'s' if spans != 1 else ''}" if spans else "static"
+
+
 @click.group("demo")
 def command() -> None:
     """The devnet demo: the demo adapter, signed traffic from the demo requesters."""
@@ -195,11 +204,15 @@ def traffic(obj, url: str, count: int, interval: float, max_tokens: int, rpc_url
                                       max_tokens=max_tokens, temperature=0.0)
                     text = out["choices"][0]["message"]["content"]
                 meta = out.get("openlora", {})
+                try:   # the receipt is durable before the response ends: its price and attribution evidence
+                    receipt = client.receipt(meta["request_id"]) if meta.get("receipt") else {}
+                except (OpenLoRAError, OSError, KeyError):
+                    receipt = {}
                 sent += 1
                 shown = "base" if model == base else f"adapter {model[:16]}..."
                 click.echo(f"{addr[:8]} {shown:30} {out['usage']['completion_tokens']:3} tokens "
-                           f"price {meta.get('price', '?')} wei  receipt {meta.get('request_id')}  "
-                           f"{' '.join(text.split())[:60]!r}")
+                           f"price {receipt.get('price', '?')} wei  {_spans_said(receipt)}  "
+                           f"receipt {meta.get('request_id')}  {' '.join(text.split())[:60]!r}")
             except OpenLoRAError as e:
                 failed += 1
                 click.echo(f"{addr[:8]} {model[:24]}: refused: {e}", err=True)

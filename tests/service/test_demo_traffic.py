@@ -65,6 +65,8 @@ def test_demo_traffic_is_signed_served_and_receipted_for_both_requesters(tiny, t
         assert all(r is not None for r in receipts)
         requesters = {r["requester"].lower() for r in receipts}
         assert requesters == {accts[ROLES["requester"]].address.lower(), accts[ROLES["requester2"]].address.lower()}
+        said = re.findall(r"price (\d+) wei  (\d+ spans?|static|no Datanet)", res.output)
+        assert len(said) == 6 and all(int(p) > 0 for p, _ in said)     # each line says its price and attribution
         models = {r["adapter_cid"] for r in receipts}
         assert cid in models and None in models       # the adapter (on topic) and the base model both served
         settlement = dep.contract(w3, "Settlement")
