@@ -278,6 +278,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--peft-batch", type=int, default=16)
     ap.add_argument("--vllm-max-loras", type=int, default=8)
+    ap.add_argument("--peft-no-adapters", action="store_true", help="also run HF (no PEFT) without adapters")
     ap.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "openlora-peers")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "peers")
@@ -312,7 +313,8 @@ def main() -> None:
     python = {"ours": sys.executable, "peft": sys.executable, "vllm": args.vllm_python}
 
     # (system, dtype, registered) points: the main table for every system, the scale points for --scale-systems
-    points = [(s, dt, n) for dt in args.dtypes for n in args.adapters for s in systems]
+    points = [(s, dt, n) for dt in args.dtypes for n in args.adapters for s in systems
+              if not (s == "peft" and n == 0 and not args.peft_no_adapters)]
     scale_systems = [s for s in args.scale_systems.split(",") if s in systems]
     points += [(s, args.dtypes[0], n) for n in args.scale if n not in args.adapters for s in scale_systems]
     traces = {n: make_trace(args.requests, n, args.alpha, tuple(args.input_len), vocab, args.seed)
@@ -339,6 +341,9 @@ def main() -> None:
                 continue
             res["tokens_per_s"] = args.requests * args.output_len / res["seconds"]
             results.setdefault(key, []).append(res)
+            with open(str(args.out) + ".runs.jsonl", "a") as f:       # each run as it ends (a long run's partials)
+                f.write(json.dumps({"rep": rep, "system": s, "dtype": dt, "registered": n,
+                                    "tokens_per_s": res["tokens_per_s"], "seconds": res["seconds"]}) + "\n")
             print(f"rep {rep} {s:5s} {dt:8s} N={n:>5}: {res['tokens_per_s']:7.1f} tok/s ({res['seconds']:.1f} s, "
                   f"process {res['wall_s']:.0f} s)", flush=True)
 
