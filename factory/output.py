@@ -26,6 +26,8 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
+
+from openlora.fsutil import sha256_file
 from typing import Any, Callable
 
 from openlora.factory.config import TrainConfig, canonical_json
@@ -41,12 +43,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "chat_template.jinja", "vocab.json", "merges.txt")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def lock_path() -> Path | None:

@@ -50,3 +50,13 @@ def atomic_write(path: str | Path, data: bytes | str, mode: int = 0o644) -> None
     """Replace `path` with `data` (str is written as UTF-8), durably and all at once."""
     with atomic_writer(path, mode) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

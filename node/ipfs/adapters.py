@@ -17,12 +17,13 @@ What it does not do: fetch from the network (`node.ipfs.source`), or load weight
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
 import tempfile
 from pathlib import Path
+
+from openlora.fsutil import sha256_file
 from typing import Callable
 
 from openlora.content.blockstore import Blockstore
@@ -45,12 +46,6 @@ class AdapterError(IpfsError, NodeError, ValueError):
     """An adapter directory is incomplete, unsafe, or its manifest does not match its files."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_manifest(adapter_dir: Path, author: str = "", base_model: str | None = None) -> dict:
@@ -66,7 +61,7 @@ def build_manifest(adapter_dir: Path, author: str = "", base_model: str | None =
     if not base:
         raise AdapterError(f"{adapter_dir / CONFIG} names no base_model_name_or_path; pass --base-model")
     targets = cfg.get("target_modules") or []
-    files = {n: {"size": (adapter_dir / n).stat().st_size, "sha256": _sha256(adapter_dir / n)}
+    files = {n: {"size": (adapter_dir / n).stat().st_size, "sha256": sha256_file(adapter_dir / n)}
              for n in (CONFIG, WEIGHTS)}
     return {"schema": SCHEMA, "base_model": base, "rank": int(cfg.get("r", 0)),
             "alpha": cfg.get("lora_alpha"), "target_modules": sorted(targets) if isinstance(targets, list)
@@ -91,7 +86,7 @@ def check_manifest(adapter_dir: Path, manifest: dict) -> None:
         files = manifest.get("files")
         entry = files.get(name) if isinstance(files, dict) else None
         want = entry.get("sha256") if isinstance(entry, dict) else None
-        got = _sha256(adapter_dir / name)
+        got = sha256_file(adapter_dir / name)
         if want != got:
             raise AdapterError(f"{adapter_dir / name}: sha256 {got} differs from the manifest's {want}")
 
