@@ -100,8 +100,11 @@ def _fund_home_node(home: Path, res) -> None:
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key.hex() + "\n")
+    from openlora.devnet.base_model import MODEL_ID
+    model = {"demo": "openlora/tiny-llama-s0", "smollm2": MODEL_ID}.get(
+        load_config(home).model.path, "<the base model id>")
     click.echo(f"demo requester key (Anvil's public test mnemonic) in {key_file}: try\n"
-               f"  openlora-node request --key-file {key_file} --model openlora/tiny-llama-s0 \"Hello\"")
+               f"  openlora-node request --key-file {key_file} --model {model} \"Hello\"")
 
 
 @command.command()
