@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import time
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def _chain(home: Path, rpc_url: str | None):
 
 
 def _spans_said(receipt: dict) -> str:
-    """'2 spans' (matched against the adapter's Datanet version), 'static' (none matched) or 'base' (no Datanet)."""
+    """'2 spans' (matched against the adapter's Datanet version), 'static' (none matched) or 'no Datanet' (the base
+    model, or an adapter registered without lineage: no evidence)."""
     evidence = receipt.get("evidence")
     if not isinstance(evidence, dict):
         return "no Datanet"
@@ -74,6 +76,8 @@ def command() -> None:
 
 
 DEMO_PRICE = 2 * 10**12       # wei per token for the demo adapter (the base model costs the node's price only)
+
+
 def _demo_recipe() -> dict:
     """The Model Factory's demo recipe (factory.config.DEMO_RECIPE) as `factory train` options."""
     from openlora.factory.config import DEMO_RECIPE as r
@@ -134,7 +138,6 @@ def adapter(ctx: click.Context, retrain: bool) -> None:
             cid = None
     if cid is None:
         click.echo(f"training the demo adapter from Datanet {datanet_id} (first run only)", err=True)
-        import re
         printed = _invoke_echoed(ctx, factory.train, datanet_id=datanet_id, version=None, base=None,
                                  author=author.address, peers=(), gateways=(), timeout=30.0, quiet=False,
                                  as_json=False, **_demo_recipe())
