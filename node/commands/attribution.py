@@ -39,8 +39,8 @@ def home_config(obj: Any) -> Any:
 
 def chain(obj: Any, rpc_url: str | None, deployment: str | None) -> tuple[Any, Any, Any]:
     """(cfg or None, w3, deployment): --rpc-url / --deployment, else the home's [chain] config."""
-    from openlora.attribution.chain import connect, redact
     from openlora.attribution.deployment import DeploymentError, read_deployment
+    from openlora.node.commands.payouts import connect_checked
     cfg = home_config(obj)
     if cfg is None and deployment is None and (obj.home / "deployment.json").is_file():
         deployment = str(obj.home / "deployment.json")      # `devnet up` without `init` writes it there
@@ -54,15 +54,7 @@ def chain(obj: Any, rpc_url: str | None, deployment: str | None) -> tuple[Any, A
         raise AttributionCommandError(str(e)) from None
     if not url.startswith(("http://", "https://", "ws://", "wss://")):
         raise AttributionCommandError(f"--rpc-url {url[:80]!r} is not an http(s) or ws(s) URL")
-    w3 = connect(url)
-    try:
-        chain_id = w3.eth.chain_id
-    except Exception as e:  # noqa: BLE001 - any transport error
-        raise AttributionCommandError(f"chain not reachable at {redact(url)}: {type(e).__name__}") from None
-    if chain_id != dep.chain_id:
-        raise AttributionCommandError(f"{redact(url)} has chain id {chain_id}, the deployment file says "
-                                      f"{dep.chain_id}")
-    return cfg, w3, dep
+    return cfg, connect_checked(url, dep, AttributionCommandError), dep
 
 
 def reader(cfg: Any) -> Any:

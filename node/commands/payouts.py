@@ -40,7 +40,6 @@ def fmt(wei: int) -> str:
 
 def chain_context(obj: Any) -> tuple[Any, Any, Any]:
     """(cfg, w3, deployment) for the node home, or a one-line error: no config, no deployment, chain down."""
-    from openlora.attribution.chain import connect, redact
     from openlora.attribution.deployment import DeploymentError, read_deployment
     from openlora.node.config import load_config
     cfg = load_config(obj.home)
@@ -48,15 +47,21 @@ def chain_context(obj: Any) -> tuple[Any, Any, Any]:
         dep = read_deployment(cfg.path(cfg.chain.deployment_file))
     except DeploymentError as e:
         raise PayoutsError(str(e)) from None
-    w3 = connect(cfg.chain.rpc_url)
+    return cfg, connect_checked(cfg.chain.rpc_url, dep, PayoutsError), dep
+
+
+def connect_checked(url: str, dep: Any, error: type[Exception]) -> Any:
+    """A web3 connection to `url` whose chain id is the deployment's; `error` (one line, the URL redacted) when the
+    chain is unreachable or another chain answers."""
+    from openlora.attribution.chain import connect, redact
+    w3 = connect(url)
     try:
         chain_id = w3.eth.chain_id
     except Exception as e:  # noqa: BLE001 - any transport error
-        raise PayoutsError(f"chain not reachable at {redact(cfg.chain.rpc_url)}: {type(e).__name__}") from None
+        raise error(f"chain not reachable at {redact(url)}: {type(e).__name__}") from None
     if chain_id != dep.chain_id:
-        raise PayoutsError(f"{redact(cfg.chain.rpc_url)} has chain id {chain_id}, the deployment file says "
-                           f"{dep.chain_id}")
-    return cfg, w3, dep
+        raise error(f"{redact(url)} has chain id {chain_id}, the deployment file says {dep.chain_id}")
+    return w3
 
 
 def resolve_address(cfg: Any, address: str | None) -> str:
