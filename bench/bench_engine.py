@@ -170,10 +170,12 @@ def decode_bandwidth(llm: LLM) -> dict:
 
 def _weights(llm: LLM):
     m = llm.engine.model
-    yield m.embed
-    yield m.norm
-    if m.lm_head is not m.embed:
+    # the LM head is read whole every step (the embedding only a few rows): the packed copy when there is one
+    if m.lm_head_packed is not None:
+        yield m.lm_head_packed
+    else:
         yield m.lm_head
+    yield m.norm
     for layer in m.layers:
         yield layer.ln1
         yield layer.ln2

@@ -57,7 +57,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
-    kernel_backend: str = "auto"              # auto | torch | triton
+    kernel_backend: str = "auto"              # auto | torch | triton | native
     lora_pool_bytes: int | str = "auto"       # device pool shared by adapters of every rank (bytes or "auto")
     host_cache_bytes: int | str = "auto"      # validated adapters kept in host memory (bytes or "auto")
     disk_store_dir: str | None = None         # None: adapters are read in place from their source
@@ -91,8 +91,8 @@ class EngineConfig:
             raise ValueError(f"num_kv_blocks={self.num_kv_blocks}: must be >= 1")
         if self.decode_graphs not in ("auto", "on", "off", "static"):
             raise ValueError(f"decode_graphs={self.decode_graphs!r}: allowed are auto, on, off, static")
-        if self.kernel_backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"kernel_backend={self.kernel_backend!r}: allowed are auto, torch, triton")
+        if self.kernel_backend not in ("auto", "torch", "triton", "native"):
+            raise ValueError(f"kernel_backend={self.kernel_backend!r}: allowed are auto, torch, triton, native")
 
 
 def _device(name: str) -> torch.device:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from openlora.inference.lora import FUSED_LINEARS, LoRABatch, LoRALinear, LoRAPool
+from openlora.inference.lora import (FUSED_LINEARS, LoRABatch, LoRALinear, LoRAPool, can_pack_cpu, pack_cpu_weight,
+                                     packed_linear)
 from openlora.inference.model_config import ModelSpec, rope_inv_freq
 
 
@@ -76,6 +77,16 @@ class LlamaServingModel:
                 linear.sliced = lora_sliced
         self.inv_freq = rope_inv_freq(spec).to(device)
         self.scale = spec.head_dim ** -0.5
+        # CPU float32 under the native backend: every linear (and the LM head) in oneDNN's packed layout. A tied
+        # LM head keeps the dense embedding for lookups, so it costs one more vocab x hidden copy.
+        self.lm_head_packed = None
+        if backend.pack_cpu_linears and can_pack_cpu(self.lm_head):
+            for layer in self.layers:
+                for linear in layer.linears.values():
+                    linear.pack_for_cpu()
+            self.lm_head_packed = pack_cpu_weight(self.lm_head)
+            if self.lm_head is not self.embed:
+                self.lm_head = None
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]         # [T, D/2] float32, as HF
@@ -89,19 +100,34 @@ class LlamaServingModel:
         spec, be = self.spec, self.backend
         T = input_ids.shape[0]
         H, Hkv, D = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        h = F.embedding(input_ids, self.embed)
+        eps = spec.rms_norm_eps
+        h = F.embedding(input_ids, self.embed)        # the residual stream: a fresh tensor, updated in place
+        fz = be.fused if be.fused is not None and h.dtype == torch.float32 else None
+
+        def add_norm(delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+            """h += delta; the RMS norm of h (one fused pass under the native backend)."""
+            if fz is not None:
+                return fz.add_rms_norm(h, delta, weight, eps)
+            if delta is not None:
+                h.add_(delta)
+            return rms_norm(h, weight, eps)
+
         cos, sin = self._rope(attn.positions)
+        delta = None
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
-            x = rms_norm(h, layer.ln1, spec.rms_norm_eps)
+            x = add_norm(delta, layer.ln1)
             qkv = layer.linears["qkv"](x, lora, pool, be)
             q = qkv[:, :spec.q_size].view(T, H, D)
             k = qkv[:, spec.q_size:spec.q_size + spec.kv_size].view(T, Hkv, D)
             v = qkv[:, spec.q_size + spec.kv_size:].view(T, Hkv, D)
             if layer.q_norm is not None:
-                q = rms_norm(q, layer.q_norm, spec.rms_norm_eps)
-                k = rms_norm(k, layer.k_norm, spec.rms_norm_eps)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+                q = rms_norm(q, layer.q_norm, eps)
+                k = rms_norm(k, layer.k_norm, eps)
+            if fz is not None and layer.q_norm is None:
+                fz.rope_(qkv, H + Hkv, D, cos, sin)          # q and k heads are the first H + Hkv of each row
+            else:
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
             be.store_kv(k, v, k_cache, v_cache, attn.slot_mapping)
             if attn.decode:
                 o = torch.empty_like(q)
@@ -109,10 +135,16 @@ class LlamaServingModel:
             else:
                 o = be.paged_attention(q, k_cache, v_cache, attn.cu_q_lens, attn.seq_lens, attn.block_tables,
                                        self.scale)
-            h = h + layer.linears["o"](o.reshape(T, H * D), lora, pool, be)
-            x = rms_norm(h, layer.ln2, spec.rms_norm_eps)
+            x = add_norm(layer.linears["o"](o.reshape(T, H * D), lora, pool, be), layer.ln2)
             gu = layer.linears["gate_up"](x, lora, pool, be)
-            g, u = gu[:, :spec.intermediate_size], gu[:, spec.intermediate_size:]
-            h = h + layer.linears["down"](F.silu(g) * u, lora, pool, be)
+            if fz is not None:
+                act = fz.silu_mul(gu)
+            else:
+                act = F.silu(gu[:, :spec.intermediate_size]) * gu[:, spec.intermediate_size:]
+            delta = layer.linears["down"](act, lora, pool, be)
+        if delta is not None:
+            h.add_(delta)
         h = rms_norm(h[logits_indices], self.norm, spec.rms_norm_eps)
+        if self.lm_head_packed is not None:
+            return packed_linear(h, self.lm_head_packed).float()
         return F.linear(h, self.lm_head).float()

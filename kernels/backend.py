@@ -29,6 +29,12 @@ class KernelBackend:
     # [tokens, rank, hidden] weight rows costs more than one matmul per segment even at 64 segments for 64 tokens
     # (measured: 1.37 ms vs 0.87 ms per shrink, hidden 512, 1 thread), so the torch path always uses segments.
     decode_bgmv_min_segments: int = 1
+    # float32 CPU models pre-pack their linear weights into oneDNN's blocked layout (inference/lora.py
+    # `pack_cpu_weight`): the native backend does; the torch backend stays the plain F.linear reference path.
+    pack_cpu_linears: bool = False
+    # float32 fused elementwise ops for the model's forward (`add_rms_norm`, `rope_`, `silu_mul`: see
+    # kernels/cpu_native.py NativeKernels), or None: the model's torch ops.
+    fused: object | None = None
 
 
 class KernelUnavailable(RuntimeError):

@@ -126,12 +126,20 @@ def _all_float32(*ts: torch.Tensor) -> bool:
 
 def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
                 seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor) -> None:
+    """See kernels.reference.sgmv_shrink (and `sgmv_shrink_segments`)."""
+    sgmv_shrink_segments(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
+
+
+def sgmv_shrink_segments(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_starts: torch.Tensor,
+                         seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
+                         min_tokens: int = 1) -> None:
     """See kernels.reference.sgmv_shrink.
 
     float32: one loop over the segments for every slice at once, one batched matmul per segment (all slices of a
     fused linear share x); the per-step lists (segments, row starts) are converted once per step. A segment whose
     slices have different ranks, and other dtypes, take the one-slice path (exactly the semantics: buf columns past
-    a slice's rank are left as they are)."""
+    a slice's rank are left as they are). `min_tokens`: only segments of at least that many tokens (float32 path;
+    the native backend computes the shorter ones itself)."""
     S = shrink_slices(a_pool, buf, slot_rank)
     if not _all_float32(x, a_pool, buf):
         for_each_slice_shrink(_sgmv_shrink_one, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
@@ -143,7 +151,7 @@ def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_st
     ranks = slot_rank.tolist()                                                    # [S][slots]
     for i, slot in enumerate(slots):
         t0, t1 = starts[i], starts[i + 1]
-        if slot < 0 or t1 <= t0:
+        if slot < 0 or t1 <= t0 or t1 - t0 < min_tokens:
             continue
         rs = [rk[slot] for rk in ranks]
         r, o = rs[0], rows[slot]
@@ -159,10 +167,19 @@ def sgmv_shrink(x: torch.Tensor, a_pool: torch.Tensor, buf: torch.Tensor, seg_st
 def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
                 seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
                 slot_scale: torch.Tensor, y_offset: int = 0, slices: tuple[int, ...] | None = None) -> None:
+    """See kernels.reference.sgmv_expand (and `sgmv_expand_segments`)."""
+    sgmv_expand_segments(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
+                         slices)
+
+
+def sgmv_expand_segments(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_starts: torch.Tensor,
+                         seg_slots: torch.Tensor, slot_row_start: torch.Tensor, slot_rank: torch.Tensor,
+                         slot_scale: torch.Tensor, y_offset: int = 0, slices: tuple[int, ...] | None = None,
+                         min_tokens: int = 1) -> None:
     """See kernels.reference.sgmv_expand.
 
     float32: one loop over the segments for every slice, one in-place `addmm_` (scale as its alpha) per segment
-    and targeted slice, straight into y's columns."""
+    and targeted slice, straight into y's columns. `min_tokens` as in `sgmv_shrink`."""
     widths = expand_slices(buf, b_pool, slot_rank, slot_scale, slices)
     if not _all_float32(buf, b_pool, y):
         for_each_slice_expand(_sgmv_expand_one, buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank,
@@ -178,7 +195,7 @@ def sgmv_expand(buf: torch.Tensor, b_pool: torch.Tensor, y: torch.Tensor, seg_st
         offs.append(offs[-1] + n)
     for i, slot in enumerate(slots):
         t0, t1 = starts[i], starts[i + 1]
-        if slot < 0 or t1 <= t0:
+        if slot < 0 or t1 <= t0 or t1 - t0 < min_tokens:
             continue
         o = rows[slot]
         for s in range(len(widths)):

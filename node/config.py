@@ -26,7 +26,8 @@ ENV_PREFIX = "OPENLORA_"
 ENV_NOT_CONFIG = {"OPENLORA_HOME", "OPENLORA_PASSWORD", "OPENLORA_PASSWORD_FILE", "OPENLORA_LOG_FORMAT",
                   "OPENLORA_SDK_DIR",          # the SDK's voucher ledger (node/sdk_ledger.py)
                   "OPENLORA_FUZZ_EXAMPLES",    # the length of the test suite's fuzz runs (tests/fuzz)
-                  "OPENLORA_MODEL_CACHE", "OPENLORA_BASE_WHEEL"}  # the demo base model (devnet/base_model.py)
+                  "OPENLORA_MODEL_CACHE", "OPENLORA_BASE_WHEEL",  # the demo base model (devnet/base_model.py)
+                  "OPENLORA_CPU_KERNELS", "OPENLORA_KERNEL_CACHE"}  # native CPU kernels (kernels/cpu_native.py)
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -129,7 +130,7 @@ class EngineSection:
             _check_range("engine.kv_cache_bytes", self.kv_cache_bytes, 1)
         _check_range("engine.max_num_seqs", self.max_num_seqs, 1, 4096)
         _check_range("engine.max_num_batched_tokens", self.max_num_batched_tokens, 16, 1 << 20)
-        _check_choice("engine.kernel_backend", self.kernel_backend, ("auto", "torch", "triton"))
+        _check_choice("engine.kernel_backend", self.kernel_backend, ("auto", "torch", "triton", "native"))
         _check_choice("engine.decode_graphs", self.decode_graphs, ("auto", "on", "off"))
 
 
@@ -534,7 +535,7 @@ kv_cache_bytes = "auto"         # paged KV cache: "auto" (from free memory and t
 max_num_seqs = 64               # sequences in the running batch
 max_num_batched_tokens = 2048   # token budget per step (chunked prefill splits longer prompts)
 enable_prefix_caching = true
-kernel_backend = "auto"         # auto (Triton on CUDA, torch elsewhere) | torch | triton
+kernel_backend = "auto"         # auto (Triton on CUDA, native C kernels on CPU, else torch) | torch | triton | native
 decode_graphs = "auto"          # decode steps as CUDA graphs: auto (on with CUDA + Triton) | on | off
 
 [adapters]

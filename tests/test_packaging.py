@@ -129,6 +129,7 @@ def test_wheel_installs_beside_hf_kernels_and_runs_from_elsewhere(tmp_path, tiny
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"openlora"}, tops
     assert "openlora/kernels/ops.py" in names and "openlora/_contracts/Settlement.json" in names
+    assert "openlora/kernels/csrc/cpu_kernels.c" in names         # the native CPU kernels build from the wheel too
     assert not any(n.startswith("openlora/kernels/__init__") for n in names)
 
     # A fresh venv that sees this environment's third-party packages (through a .pth line: the editable install's
@@ -157,6 +158,8 @@ assert artifacts.load("Settlement").abi
 llm = LLM({str(model)!r}, dtype="float32", device="cpu")
 outs = llm.generate(["prompt a", [1, 2, 3]], SamplingParams(max_tokens=4, temperature=0.0, logprobs=1))
 assert len(outs) == 2 and all(len(o.token_ids) == 4 for o in outs)
+from openlora.kernels import cpu_native
+assert cpu_native._compiler() is None or llm.engine.backend.name == "native", cpu_native.unavailable_reason()
 print("ok", kernels.__file__)
 """
     run = _run(snippet, tmp_path, str(py))

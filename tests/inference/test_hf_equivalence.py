@@ -85,6 +85,19 @@ def test_greedy_mixed_batch_matches_hf_peft(setup, decode_form):
     check_generation(llm, expected)
 
 
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_greedy_matches_hf_peft_on_each_cpu_backend(setup, backend):
+    """Both CPU backends, named explicitly: the pure-torch one and the native C kernels (with oneDNN-packed
+    linears); "auto" picks the native one where a C compiler exists."""
+    from openlora.kernels import cpu_native
+    if backend == "native" and cpu_native.load() is None:
+        pytest.skip(f"native CPU kernels unavailable: {cpu_native.unavailable_reason()}")
+    _, model, adapters, _, expected = setup
+    llm = make_llm(model, adapters, kernel_backend=backend)
+    assert llm.engine.backend.name == backend
+    check_generation(llm, expected)
+
+
 def test_greedy_with_forced_preemption(setup):
     _, model, adapters, _, expected = setup
     llm = make_llm(model, adapters, block_size=4, num_kv_blocks=16, enable_prefix_caching=False)

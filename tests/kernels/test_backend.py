@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from openlora.kernels import ops
+from openlora.kernels import cpu_native, ops
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,8 @@ def test_interpreted_kernels_work_when_triton_was_imported_first():
 
 def test_get_backend_switch():
     assert ops.get_backend("torch", "cpu") is ops.TORCH_BACKEND
-    assert ops.get_backend("auto", "cpu") is ops.TORCH_BACKEND
+    native = ops.get_backend("auto", "cpu")           # the native C kernels where a compiler builds them
+    assert native.name == ("native" if cpu_native.load() is not None else "torch")
     tri = ops.get_backend("triton", "cuda" if torch.cuda.is_available() else "cpu")
     assert tri.name == "triton"
     fields = ("sgmv_shrink", "sgmv_expand", "bgmv_shrink", "bgmv_expand", "store_kv", "paged_attention",
@@ -63,5 +64,8 @@ def test_get_backend_switch():
 
         assert inspect.signature(getattr(tri, f)) == inspect.signature(getattr(ops.TORCH_BACKEND, f)), f
         assert "Semantics:" in getattr(tri, f).__doc__, f
+        ref_params = inspect.signature(getattr(ops.TORCH_BACKEND, f)).parameters
+        got = inspect.signature(getattr(native, f)).parameters
+        assert [(p.name, p.default) for p in got.values()] == [(p.name, p.default) for p in ref_params.values()], f
     if torch.cuda.is_available():
         assert ops.get_backend("auto", "cuda").name == "triton"

@@ -1,0 +1,378 @@
+"""Native CPU kernels: kernels/csrc/cpu_kernels.c, compiled once per machine and called through ctypes.
+
+What it does: `load()` compiles the C source with the system C compiler (`$CC`, else cc/gcc; -O3 -march=native
+-fopenmp) into ~/.cache/openlora/kernels/<key>/ (the key hashes the source, the compiler, the flags and this CPU's
+feature flags, so a cache shared between different machines never runs code built for another CPU), loads it, and
+wraps its functions for torch tensors. The build is atomic (temporary file, then rename): processes starting
+together may both compile, never load a half-written library. No compiler, or a failed build: `load()` returns None
+with the reason in `unavailable_reason()`, and the engine uses the pure-torch kernels (it logs which ran).
+`OPENLORA_CPU_KERNELS=off` skips the native kernels; `OPENLORA_KERNEL_CACHE` moves the cache.
+What it does not do: anything on a GPU, or long prefills (torch's SDPA is faster there).
+
+The library links libgomp.so.1 by soname; torch has already loaded its own libgomp.so.1, so both share one OpenMP
+runtime (no second thread pool spinning beside torch's). Threads per call = torch.get_num_threads().
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("openlora.kernels")
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
+ABI_VERSION = 6
+# -fno-trapping-math lets GCC vectorize the clamps of the exp (no code here reads floating-point exception flags);
+# no -ffast-math: NaN and inf keep their meaning
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno", "-fno-trapping-math"]
+_ERRORS = {-1: "a block table names a block outside the KV cache", -2: "a sequence length does not fit its block "
+           "table or its query count", -3: "out of memory in the native attention kernel"}
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _cache_root() -> Path:
+    if os.environ.get("OPENLORA_KERNEL_CACHE"):
+        return Path(os.environ["OPENLORA_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "openlora" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return shutil.which(cc)
+    return None
+
+
+def _build(cc: str) -> Path:
+    src = SOURCE.read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout.splitlines()[:1]
+    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), "".join(version).encode(),
+                                     _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:20]
+    out_dir = _cache_root() / key
+    lib = out_dir / "libopenlora_cpu.so"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"{Path(cc).name} failed: {(r.stderr or r.stdout).strip()[-400:]}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("built the native CPU kernels: %s", lib)
+    return lib
+
+
+class NativeKernels:
+    """The loaded library's functions, taking torch tensors."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lib = ctypes.CDLL(str(path))
+        if self.lib.olr_abi_version() != ABI_VERSION:
+            raise RuntimeError(f"{path}: ABI version {self.lib.olr_abi_version()}, expected {ABI_VERSION}")
+        f = self.lib.olr_paged_attention
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        f.argtypes = [ptr, ptr, ptr, ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, i64, i64, i64,
+                      ctypes.c_float, ptr, ctypes.c_int]
+        f.restype = ctypes.c_int
+
+        i32p = ptr
+        self.lib.olr_sgmv_shrink.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i32p, i32p, i64,
+                                             i32p, i32p, i64, i64, ctypes.c_int]
+        self.lib.olr_sgmv_shrink.restype = ctypes.c_int
+        self.lib.olr_sgmv_expand.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, i64,
+                                             i32p, i32p, i64, i32p, i32p, ptr, i64, i64, ctypes.c_int]
+        self.lib.olr_sgmv_expand.restype = ctypes.c_int
+
+        for name, args in (("olr_add_rms_norm", [ptr, i64, ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, i64,
+                                                 ctypes.c_int]),
+                           ("olr_rope", [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]),
+                           ("olr_silu_mul", [ptr, i64, i64, ptr, ctypes.c_int])):
+            getattr(self.lib, name).argtypes = args
+            getattr(self.lib, name).restype = ctypes.c_int
+
+    # ---- fused float32 elementwise ops (the model's forward uses them through `FusedOps`) ----
+
+    @staticmethod
+    def _rows(t: torch.Tensor, name: str) -> None:
+        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 2 or t.stride(1) != 1:
+            raise ValueError(f"native {name}: needs a float32 CPU [rows, columns] tensor with unit column stride, "
+                             f"got {t.dtype} {tuple(t.shape)} strides {t.stride()}")
+
+    def add_rms_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                     eps: float) -> torch.Tensor:
+        """h += delta (in place, when given); returns weight * h / sqrt(mean(h^2) + eps) (HF LlamaRMSNorm)."""
+        self._rows(h, "rms_norm")
+        T, H = h.shape
+        if delta is not None:
+            self._rows(delta, "rms_norm")
+            if delta.shape != h.shape:
+                raise ValueError(f"native rms_norm: delta {tuple(delta.shape)} != h {tuple(h.shape)}")
+        w = weight.to(torch.float32).contiguous()
+        if w.shape != (H,):
+            raise ValueError(f"native rms_norm: weight {tuple(w.shape)} for rows of {H}")
+        out = torch.empty_like(h, memory_format=torch.contiguous_format)
+        self.lib.olr_add_rms_norm(h.data_ptr(), h.stride(0), 0 if delta is None else delta.data_ptr(),
+                                  0 if delta is None else delta.stride(0), w.data_ptr(), T, H, float(eps),
+                                  out.data_ptr(), out.stride(0), torch.get_num_threads())
+        return out
+
+    def rope_(self, x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Rotate-half rotary embedding in place on the first `heads` heads of every row of x [T, >= heads*D];
+        cos, sin [T, D] float32."""
+        self._rows(x, "rope")
+        T = x.shape[0]
+        if heads * head_dim > x.shape[1] or head_dim % 2:
+            raise ValueError(f"native rope: {heads} heads of {head_dim} do not fit rows of {x.shape[1]}")
+        c, s_ = cos.reshape(T, head_dim), sin.reshape(T, head_dim)
+        for t in (c, s_):
+            if t.dtype != torch.float32 or not t.is_contiguous():
+                raise ValueError("native rope: cos and sin must be contiguous float32 [T, D]")
+        self.lib.olr_rope(x.data_ptr(), x.stride(0), T, heads, head_dim, c.data_ptr(), s_.data_ptr(),
+                          torch.get_num_threads())
+
+    def silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
+        """gu [T, 2I] -> silu(gu[:, :I]) * gu[:, I:] as [T, I]."""
+        self._rows(gu, "silu_mul")
+        if not gu.is_contiguous() or gu.shape[1] % 2:
+            raise ValueError(f"native silu_mul: needs a contiguous [T, 2I] tensor, got {tuple(gu.shape)}")
+        T, I2 = gu.shape
+        out = torch.empty(T, I2 // 2, dtype=torch.float32)
+        self.lib.olr_silu_mul(gu.data_ptr(), T, I2 // 2, out.data_ptr(), torch.get_num_threads())
+        return out
+
+    @staticmethod
+    def lora_supports(*ts: torch.Tensor) -> bool:
+        return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in ts)
+
+    def sgmv_shrink(self, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank, max_tokens: int) -> None:
+        """kernels.reference.sgmv_shrink for the segments of at most `max_tokens` tokens (float32; one slice or S)."""
+        if a_pool.dim() == 2:
+            a_pool, buf, slot_rank = a_pool[None], buf[None], slot_rank[None]
+        S, P, fin = a_pool.shape
+        T = x.shape[0]
+        if (x.shape[1] != fin or buf.dim() != 3 or buf.shape[0] != S or buf.shape[1] < T or buf.stride(2) != 1
+                or not (x.is_contiguous() and a_pool.is_contiguous())):
+            raise ValueError(f"native sgmv_shrink: x {tuple(x.shape)}, a_pool {tuple(a_pool.shape)}, buf "
+                             f"{tuple(buf.shape)} do not fit")
+        starts, slots, rows, ranks = _meta(seg_starts, seg_slots, slot_row_start, slot_rank)
+        rc = self.lib.olr_sgmv_shrink(x.data_ptr(), T, fin, a_pool.data_ptr(), S, P, buf.data_ptr(), buf.stride(0),
+                                      buf.stride(1), buf.shape[2], starts.data_ptr(), slots.data_ptr(),
+                                      slots.shape[0], rows.data_ptr(), ranks.data_ptr(), ranks.shape[1],
+                                      max_tokens, torch.get_num_threads())
+        if rc:
+            raise ValueError("native sgmv_shrink: a segment, slot, rank or pool row is out of range")
+
+    def sgmv_expand(self, buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
+                    widths: tuple[int, ...], max_tokens: int) -> None:
+        """kernels.reference.sgmv_expand for the segments of at most `max_tokens` tokens (float32)."""
+        if buf.dim() == 2:
+            buf, slot_rank, slot_scale = buf[None], slot_rank[None], slot_scale[None]
+        S = buf.shape[0]
+        P, N = b_pool.shape
+        T = y.shape[0]
+        if (buf.shape[1] < T or buf.stride(2) != 1 or b_pool.stride(1) != 1 or y.dim() != 2
+                or y.stride(1) != 1 or len(widths) != S):
+            raise ValueError(f"native sgmv_expand: buf {tuple(buf.shape)}, b_pool {tuple(b_pool.shape)}, y "
+                             f"{tuple(y.shape)} do not fit")
+        starts, slots, rows, ranks = _meta(seg_starts, seg_slots, slot_row_start, slot_rank)
+        scales = slot_scale.to(torch.float32).contiguous()
+        w = torch.tensor(widths, dtype=torch.int64)
+        rc = self.lib.olr_sgmv_expand(buf.data_ptr(), buf.stride(0), buf.stride(1), buf.shape[2], b_pool.data_ptr(),
+                                      P, N, b_pool.stride(0), y.data_ptr(), T, y.stride(0), y_offset, w.data_ptr(), S,
+                                      starts.data_ptr(), slots.data_ptr(), slots.shape[0], rows.data_ptr(),
+                                      ranks.data_ptr(), scales.data_ptr(), ranks.shape[1], max_tokens,
+                                      torch.get_num_threads())
+        if rc:
+            raise ValueError("native sgmv_expand: a segment, slot, rank, width or pool row is out of range")
+
+    @staticmethod
+    def supports(cache_dtype: torch.dtype) -> bool:
+        return cache_dtype in (torch.float32, torch.bfloat16)
+
+    def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        cu_q_lens: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+                        scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        """kernels.reference.paged_attention's semantics (causal, GQA), read straight from the paged cache.
+        q [T, Hq, D] -> [T, Hq, D] in q's dtype (written into `out` when given)."""
+        T, Hq, D = q.shape
+        nb, bs, Hkv, Dk = k_cache.shape
+        if (Dk != D or v_cache.shape != k_cache.shape or k_cache.dtype != v_cache.dtype
+                or not self.supports(k_cache.dtype) or k_cache.device.type != "cpu"):
+            raise ValueError(f"native paged attention: q {tuple(q.shape)}, caches {tuple(k_cache.shape)} "
+                             f"{k_cache.dtype} / {tuple(v_cache.shape)} {v_cache.dtype} are not supported")
+        B = seq_lens.shape[0]
+        if cu_q_lens.shape[0] != B + 1 or block_tables.dim() != 2 or block_tables.shape[0] < B:
+            raise ValueError("native paged attention: cu_q_lens must be [B + 1] and block_tables [B, blocks]")
+        qf = q.to(torch.float32).contiguous()
+        of = out if out is not None and out.dtype == torch.float32 and out.is_contiguous() else torch.empty_like(qf)
+        bt = block_tables.to(torch.int32).contiguous()
+        lens = seq_lens.to(torch.int32).contiguous()
+        cu = cu_q_lens.to(torch.int32).contiguous()
+        if int(cu[-1]) != T or int(cu[0]) != 0:
+            raise ValueError(f"native paged attention: cu_q_lens must run from 0 to {T}")
+        kc, vc = k_cache.contiguous(), v_cache.contiguous()
+        rc = self.lib.olr_paged_attention(
+            qf.data_ptr(), kc.data_ptr(), vc.data_ptr(), 0 if kc.dtype == torch.float32 else 1, bt.data_ptr(),
+            bt.shape[1], lens.data_ptr(), cu.data_ptr(), B, Hq, Hkv, D, bs, nb, float(scale), of.data_ptr(),
+            torch.get_num_threads())
+        if rc != 0:
+            raise ValueError(f"native paged attention: {_ERRORS.get(rc, f'error {rc}')}")
+        if out is None:
+            return of if q.dtype == torch.float32 else of.to(q.dtype)
+        if of is not out:
+            out.copy_(of)
+        return out
+
+
+def _meta(seg_starts, seg_slots, slot_row_start, slot_rank):
+    i32 = torch.int32
+    return (seg_starts.to(i32).contiguous(), seg_slots.to(i32).contiguous(), slot_row_start.to(i32).contiguous(),
+            slot_rank.to(i32).contiguous())
+
+
+def load() -> NativeKernels | None:
+    """The native kernels, built on first use; None (see `unavailable_reason()`) where they cannot run."""
+    with _lock:
+        if "kernels" in _state:
+            return _state["kernels"]
+        kernels, reason = None, ""
+        if os.environ.get("OPENLORA_CPU_KERNELS", "").lower() in ("0", "off", "false", "no"):
+            reason = "OPENLORA_CPU_KERNELS=off"
+        elif (cc := _compiler()) is None:
+            reason = "no C compiler found ($CC, cc, gcc, clang)"
+        else:
+            try:
+                lib = _build(cc)
+                try:
+                    kernels = NativeKernels(lib)
+                except OSError:             # a damaged file in the cache: build again, once
+                    lib.unlink(missing_ok=True)
+                    kernels = NativeKernels(_build(cc))
+            except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+                reason = f"the native CPU kernels did not build or load: {e}"
+        if reason:
+            log.warning("%s; using the pure-torch CPU kernels", reason)
+        _state["kernels"], _state["reason"] = kernels, reason
+        return kernels
+
+
+def unavailable_reason() -> str:
+    return _state.get("reason", "")
+
+
+# ---- the "native" kernel backend: torch_ops' LoRA, native attention for short query runs ----
+
+SHORT_QUERY = 16      # sequences with at most this many new tokens use the native kernel; longer ones SDPA
+SHORT_SEGMENT = 16    # adapter segments of at most this many tokens use the native LoRA loops; longer ones matmuls
+
+
+def backend(nk: NativeKernels):
+    """The "native" KernelBackend over the loaded kernels (built once per process)."""
+    if _state.get("backend_of") is not nk:
+        _state["backend"], _state["backend_of"] = _make_backend(nk), nk
+    return _state["backend"]
+
+
+def _make_backend(nk: NativeKernels):
+    from openlora.kernels import reference, torch_ops
+    from openlora.kernels.backend import KernelBackend
+
+    def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, out):
+        if not q.shape[0]:
+            return
+        if not nk.supports(k_cache.dtype):
+            reference.paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, out)
+            return
+        cu = torch.arange(q.shape[0] + 1, dtype=torch.int32)
+        nk.paged_attention(q, k_cache, v_cache, cu, seq_lens, block_tables, scale, out)
+
+    def paged_attention(q, k_cache, v_cache, cu_q_lens, seq_lens, block_tables, scale):
+        if not nk.supports(k_cache.dtype):
+            return reference.paged_attention(q, k_cache, v_cache, cu_q_lens, seq_lens, block_tables, scale)
+        cu = cu_q_lens.tolist()
+        n = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
+        if all(k <= SHORT_QUERY for k in n):
+            return nk.paged_attention(q, k_cache, v_cache, cu_q_lens, seq_lens, block_tables, scale)
+        out = torch.empty_like(q)
+        short = [b for b, k in enumerate(n) if k <= SHORT_QUERY]
+        if short:
+            rows = torch.cat([torch.arange(cu[b], cu[b + 1]) for b in short])
+            sub_cu = torch.tensor([0] + [sum(n[b] for b in short[:i + 1]) for i in range(len(short))],
+                                  dtype=torch.int32)
+            sel = torch.tensor(short, dtype=torch.long)
+            out[rows] = nk.paged_attention(q[rows], k_cache, v_cache, sub_cu, seq_lens[sel], block_tables[sel],
+                                           scale)
+        for b, k in enumerate(n):
+            if k > SHORT_QUERY:
+                q0, q1 = cu[b], cu[b + 1]
+                out[q0:q1] = reference.paged_attention(q[q0:q1], k_cache, v_cache,
+                                                       torch.tensor([0, k], dtype=torch.int32), seq_lens[b:b + 1],
+                                                       block_tables[b:b + 1], scale)
+        return out
+
+    def sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank):
+        if not nk.lora_supports(x, a_pool, buf):
+            torch_ops.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
+            return
+        nk.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank, SHORT_SEGMENT)
+        if x.shape[0] > SHORT_SEGMENT:        # only then can a segment be longer
+            torch_ops.sgmv_shrink_segments(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank,
+                                           min_tokens=SHORT_SEGMENT + 1)
+
+    def sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset=0,
+                    slices=None):
+        widths = reference.expand_slices(buf, b_pool, slot_rank, slot_scale, slices)
+        if not nk.lora_supports(buf, b_pool, y):
+            torch_ops.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale,
+                                  y_offset, slices)
+            return
+        nk.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
+                       widths or (b_pool.shape[1],), SHORT_SEGMENT)
+        if y.shape[0] > SHORT_SEGMENT:
+            torch_ops.sgmv_expand_segments(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank,
+                                           slot_scale, y_offset, slices, min_tokens=SHORT_SEGMENT + 1)
+
+    return KernelBackend(
+        name="native",
+        sgmv_shrink=sgmv_shrink, sgmv_expand=sgmv_expand,
+        bgmv_shrink=torch_ops.bgmv_shrink, bgmv_expand=torch_ops.bgmv_expand,
+        store_kv=reference.store_kv, paged_attention=paged_attention,
+        paged_attention_decode=paged_attention_decode,
+        description=(f"native CPU C kernels ({nk.path.name}): paged attention for runs of <= {SHORT_QUERY} new "
+                     f"tokens read straight through the block tables, segment LoRA for segments of <= "
+                     f"{SHORT_SEGMENT} tokens, fused float32 residual+RMSNorm, RoPE and SiLU*up; oneDNN "
+                     "pre-packed float32 linears; torch SDPA and matmuls for "
+                     "longer prefills and segments"),
+        decode_bgmv_min_segments=1 << 30,
+        pack_cpu_linears=True,
+        fused=nk,
+    )
