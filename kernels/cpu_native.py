@@ -205,6 +205,10 @@ class NativeKernels:
                              f"{tuple(y.shape)} do not fit")
         starts, slots, rows, ranks = _meta(seg_starts, seg_slots, slot_row_start, slot_rank)
         scales = slot_scale.to(torch.float32).contiguous()
+        if scales.shape != ranks.shape or y_offset < 0 or y_offset + N > y.shape[1]:
+            raise ValueError(f"native sgmv_expand: slot_scale {tuple(scales.shape)} must match slot_rank "
+                             f"{tuple(ranks.shape)}, and columns {y_offset}..{y_offset + N} must lie in y's "
+                             f"{y.shape[1]}")
         w = torch.tensor(widths, dtype=torch.int64)
         rc = self.lib.olr_sgmv_expand(buf.data_ptr(), buf.stride(0), buf.stride(1), buf.shape[2], b_pool.data_ptr(),
                                       P, N, b_pool.stride(0), y.data_ptr(), T, y.stride(0), y_offset, w.data_ptr(), S,
@@ -254,9 +258,16 @@ class NativeKernels:
 
 
 def _meta(seg_starts, seg_slots, slot_row_start, slot_rank):
+    """The LoRA metadata as contiguous int32, with the sizes the C code trusts checked: one start per segment plus
+    one, one row start per slot of slot_rank."""
     i32 = torch.int32
-    return (seg_starts.to(i32).contiguous(), seg_slots.to(i32).contiguous(), slot_row_start.to(i32).contiguous(),
-            slot_rank.to(i32).contiguous())
+    starts, slots = seg_starts.to(i32).contiguous(), seg_slots.to(i32).contiguous()
+    rows, ranks = slot_row_start.to(i32).contiguous(), slot_rank.to(i32).contiguous()
+    if (starts.dim() != 1 or slots.dim() != 1 or starts.shape[0] != slots.shape[0] + 1 or ranks.dim() != 2
+            or rows.dim() != 1 or rows.shape[0] < ranks.shape[1]):
+        raise ValueError(f"native LoRA: seg_starts {tuple(starts.shape)}, seg_slots {tuple(slots.shape)}, "
+                         f"slot_row_start {tuple(rows.shape)}, slot_rank {tuple(ranks.shape)} do not fit together")
+    return starts, slots, rows, ranks
 
 
 def load() -> NativeKernels | None:

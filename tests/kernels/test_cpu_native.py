@@ -192,6 +192,24 @@ def test_segment_lora_rejects_out_of_range_tables(nk, what):
                        widths, 16)
 
 
+def test_segment_lora_rejects_inconsistent_shapes(nk):
+    x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case()
+    T = x.shape[0]
+    buf = torch.zeros(3, T, 16)
+    with pytest.raises(ValueError, match="do not fit together"):          # one row start short
+        nk.sgmv_shrink(x, a, buf, seg_starts, seg_slots, row_start[:-1], rank, 16)
+    with pytest.raises(ValueError, match="do not fit together"):          # segment table one entry short
+        nk.sgmv_shrink(x, a, buf, seg_starts[:-1], seg_slots, row_start, rank, 16)
+    with pytest.raises(ValueError, match="must match slot_rank"):        # scales for fewer slots
+        nk.sgmv_expand(buf, b, torch.zeros(T, 80), seg_starts, seg_slots, row_start, rank, scale[:, :4], 0, widths,
+                       16)
+    wide = torch.zeros(T, 200)
+    with pytest.raises(ValueError, match="must lie in y"):                # a column view narrower than its stride
+        nk.sgmv_expand(buf, b, wide[:, 100:170], seg_starts, seg_slots, row_start, rank, scale, 0, widths, 16)
+    with pytest.raises(ValueError, match="do not fit"):                   # x wider than the pool's rows
+        nk.sgmv_shrink(torch.zeros(T, 41), a, buf, seg_starts, seg_slots, row_start, rank, 16)
+
+
 def test_auto_picks_native_on_cpu_and_off_switch_falls_back():
     assert ops.get_backend("auto", "cpu").name == "native"
     assert ops.get_backend("torch", "cpu").name == "torch"
