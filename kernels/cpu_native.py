@@ -31,10 +31,12 @@ import torch
 log = logging.getLogger("openlora.kernels")
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
-ABI_VERSION = 6
+ABI_VERSION = 8
 # -fno-trapping-math lets GCC vectorize the clamps of the exp (no code here reads floating-point exception flags);
-# no -ffast-math: NaN and inf keep their meaning
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno", "-fno-trapping-math"]
+# -ffp-contract=fast gives fused multiply-adds (ISO C mode turns contraction off); no -ffast-math: NaN and inf keep
+# their meaning and sums keep their order
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-fno-math-errno", "-fno-trapping-math",
+         "-ffp-contract=fast"]
 _ERRORS = {-1: "a block table names a block outside the KV cache", -2: "a sequence length does not fit its block "
            "table or its query count", -3: "out of memory in the native attention kernel"}
 
@@ -115,7 +117,8 @@ class NativeKernels:
         for name, args in (("olr_add_rms_norm", [ptr, i64, ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, i64,
                                                  ctypes.c_int]),
                            ("olr_rope", [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]),
-                           ("olr_silu_mul", [ptr, i64, i64, ptr, ctypes.c_int])):
+                           ("olr_silu_mul", [ptr, i64, i64, ptr, ctypes.c_int]),
+                           ("olr_store_kv", [ptr, i64, ptr, i64, ptr, ptr, i64, ptr, i64, i64])):
             getattr(self.lib, name).argtypes = args
             getattr(self.lib, name).restype = ctypes.c_int
 
@@ -169,6 +172,26 @@ class NativeKernels:
         self.lib.olr_silu_mul(gu.data_ptr(), T, I2 // 2, out.data_ptr(), torch.get_num_threads())
         return out
 
+    def store_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor) -> None:
+        """kernels.reference.store_kv for float32 (k, v [T, Hkv, D] whose heads are contiguous in each row, e.g.
+        views into the fused qkv output); ValueError for a slot past the cache."""
+        T, Hkv, D = k.shape
+        W = Hkv * D
+        for t in (k, v):
+            if t.dtype != torch.float32 or t.shape != (T, Hkv, D) or t.stride(2) != 1 or t.stride(1) != D:
+                raise ValueError(f"native store_kv: k/v {tuple(t.shape)} {t.dtype} strides {t.stride()}")
+        if (k_cache.dtype != torch.float32 or v_cache.shape != k_cache.shape or v_cache.dtype != k_cache.dtype
+                or tuple(k_cache.shape[2:]) != (Hkv, D) or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
+            raise ValueError(f"native store_kv: caches {tuple(k_cache.shape)} {k_cache.dtype} do not fit")
+        sm = slot_mapping.to(torch.int64).contiguous()
+        if sm.shape != (T,):
+            raise ValueError(f"native store_kv: slot_mapping {tuple(sm.shape)} for {T} tokens")
+        rc = self.lib.olr_store_kv(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), k_cache.data_ptr(),
+                                   v_cache.data_ptr(), W, sm.data_ptr(), T, k_cache.shape[0] * k_cache.shape[1])
+        if rc:
+            raise ValueError("native store_kv: a slot lies past the KV cache")
+
     @staticmethod
     def lora_supports(*ts: torch.Tensor) -> bool:
         return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in ts)
@@ -219,8 +242,8 @@ class NativeKernels:
             raise ValueError("native sgmv_expand: a segment, slot, rank, width or pool row is out of range")
 
     @staticmethod
-    def supports(cache_dtype: torch.dtype) -> bool:
-        return cache_dtype in (torch.float32, torch.bfloat16)
+    def supports(cache_dtype: torch.dtype, head_dim: int = 64) -> bool:
+        return cache_dtype in (torch.float32, torch.bfloat16) and 0 < head_dim <= 256
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         cu_q_lens: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
@@ -230,7 +253,7 @@ class NativeKernels:
         T, Hq, D = q.shape
         nb, bs, Hkv, Dk = k_cache.shape
         if (Dk != D or v_cache.shape != k_cache.shape or k_cache.dtype != v_cache.dtype
-                or not self.supports(k_cache.dtype) or k_cache.device.type != "cpu"):
+                or not self.supports(k_cache.dtype, D) or k_cache.device.type != "cpu"):
             raise ValueError(f"native paged attention: q {tuple(q.shape)}, caches {tuple(k_cache.shape)} "
                              f"{k_cache.dtype} / {tuple(v_cache.shape)} {v_cache.dtype} are not supported")
         B = seq_lens.shape[0]
@@ -320,14 +343,14 @@ def _make_backend(nk: NativeKernels):
     def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, out):
         if not q.shape[0]:
             return
-        if not nk.supports(k_cache.dtype):
+        if not nk.supports(k_cache.dtype, q.shape[-1]):
             reference.paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, out)
             return
         cu = torch.arange(q.shape[0] + 1, dtype=torch.int32)
         nk.paged_attention(q, k_cache, v_cache, cu, seq_lens, block_tables, scale, out)
 
     def paged_attention(q, k_cache, v_cache, cu_q_lens, seq_lens, block_tables, scale):
-        if not nk.supports(k_cache.dtype):
+        if not nk.supports(k_cache.dtype, q.shape[-1]):
             return reference.paged_attention(q, k_cache, v_cache, cu_q_lens, seq_lens, block_tables, scale)
         cu = cu_q_lens.tolist()
         n = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
@@ -349,6 +372,12 @@ def _make_backend(nk: NativeKernels):
                                                        torch.tensor([0, k], dtype=torch.int32), seq_lens[b:b + 1],
                                                        block_tables[b:b + 1], scale)
         return out
+
+    def store_kv(k, v, k_cache, v_cache, slot_mapping):
+        if k.dtype == v.dtype == k_cache.dtype == torch.float32 and k.stride(-1) == 1 and k.stride(1) == k.shape[2]:
+            nk.store_kv(k, v, k_cache, v_cache, slot_mapping)
+        else:
+            reference.store_kv(k, v, k_cache, v_cache, slot_mapping)
 
     def sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank):
         if not nk.lora_supports(x, a_pool, buf):
@@ -376,7 +405,7 @@ def _make_backend(nk: NativeKernels):
         name="native",
         sgmv_shrink=sgmv_shrink, sgmv_expand=sgmv_expand,
         bgmv_shrink=torch_ops.bgmv_shrink, bgmv_expand=torch_ops.bgmv_expand,
-        store_kv=reference.store_kv, paged_attention=paged_attention,
+        store_kv=store_kv, paged_attention=paged_attention,
         paged_attention_decode=paged_attention_decode,
         description=(f"native CPU C kernels ({nk.path.name}): paged attention for runs of <= {SHORT_QUERY} new "
                      f"tokens read straight through the block tables, segment LoRA for segments of <= "

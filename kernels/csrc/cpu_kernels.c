@@ -32,7 +32,7 @@ static inline const float *row_f32(const void *cache, int kind, int64_t index, i
     return tmp;
 }
 
-int olr_abi_version(void) { return 6; }
+int olr_abi_version(void) { return 8; }
 
 /* exp(x) for float32 that the compiler can vectorize (libm's expf is a scalar call): 2^n * 2^f with n = round(x
  * log2 e), |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative error < 1e-8, so within 1-2 ulp of expf).
@@ -51,6 +51,48 @@ static inline __attribute__((always_inline)) float olr_exp(float x) {
     return p * s.v;
 }
 
+/* One query token's G heads (one GQA group) over keys 0 .. upto-1 of one kv head h: scores, softmax, weighted sum
+ * of V rows, written to out [G, D]. Inlined with D a constant where the caller knows it. */
+static inline __attribute__((always_inline)) void attend_one(
+        const float *restrict qt, const void *kc, const void *vc, int kind, const int32_t *table, int64_t bs,
+        int64_t upto, int64_t Hkv, int64_t h, int64_t G, const int64_t D, float scale, float *restrict scores,
+        int64_t max_len, float *ktmp, float *vtmp, float *restrict out) {
+    for (int64_t g = 0; g < G; g++) {
+        const float *restrict qg = qt + g * D;
+        float *restrict sg = scores + g * max_len;
+        for (int64_t j = 0, l0 = 0; l0 < upto; j++, l0 += bs) {
+            const int64_t base = (int64_t)table[j] * bs, m = upto - l0 < bs ? upto - l0 : bs;
+            for (int64_t o = 0; o < m; o++) {
+                const float *restrict kr = row_f32(kc, kind, (base + o) * Hkv + h, D, ktmp);
+                float sc = 0.f;
+#pragma omp simd reduction(+ : sc)
+                for (int64_t d = 0; d < D; d++) sc += qg[d] * kr[d];
+                sg[l0 + o] = sc * scale;
+            }
+        }
+        float mx = -INFINITY, sum = 0.f;
+        for (int64_t l = 0; l < upto; l++) mx = sg[l] > mx ? sg[l] : mx;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t l = 0; l < upto; l++) {
+            sg[l] = olr_exp(sg[l] - mx);
+            sum += sg[l];
+        }
+        const float inv = 1.f / sum;
+        float a[256];                       /* D <= 256 (checked by the caller) */
+        for (int64_t d = 0; d < D; d++) a[d] = 0.f;
+        for (int64_t j = 0, l0 = 0; l0 < upto; j++, l0 += bs) {
+            const int64_t base = (int64_t)table[j] * bs, m = upto - l0 < bs ? upto - l0 : bs;
+            for (int64_t o = 0; o < m; o++) {
+                const float *restrict vr = row_f32(vc, kind, (base + o) * Hkv + h, D, vtmp);
+                const float p = sg[l0 + o];
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) a[d] += p * vr[d];
+            }
+        }
+        for (int64_t d = 0; d < D; d++) out[g * D + d] = a[d] * inv;
+    }
+}
+
 /* Causal attention of new query tokens over each sequence's paged K/V.
  *   q        [T, Hq, D] float32, contiguous; out [T, Hq, D] float32
  *   kc, vc   [num_blocks, bs, Hkv, D] (kind: float32 or bfloat16), contiguous
@@ -61,7 +103,7 @@ int olr_paged_attention(const float *q, const void *kc, const void *vc, int kind
                         int64_t bt_stride, const int32_t *seq_lens, const int32_t *cu, int64_t B, int64_t Hq,
                         int64_t Hkv, int64_t D, int64_t bs, int64_t num_blocks, float scale, float *out,
                         int nthreads) {
-    if (Hkv <= 0 || Hq % Hkv != 0 || D <= 0 || bs <= 0) return -2;
+    if (Hkv <= 0 || Hq % Hkv != 0 || D <= 0 || D > 256 || bs <= 0) return -2;
     const int64_t G = Hq / Hkv;
     int64_t max_len = 0;
     for (int64_t b = 0; b < B; b++) {
@@ -93,45 +135,22 @@ int olr_paged_attention(const float *q, const void *kc, const void *vc, int kind
                 for (int64_t i = 0; i < n; i++) {
                     const int64_t t = q0 + i, upto = L - n + i + 1;      /* keys 0 .. L - n + i */
                     const float *qt = q + (t * Hq + h * G) * D;
-                    for (int64_t j = 0, l0 = 0; l0 < upto; j++, l0 += bs) {
-                        const int64_t base = (int64_t)table[j] * bs, m = upto - l0 < bs ? upto - l0 : bs;
-                        for (int64_t o = 0; o < m; o++) {
-                            const float *kr = row_f32(kc, kind, (base + o) * Hkv + h, D, ktmp);
-                            for (int64_t g = 0; g < G; g++) {
-                                const float *qg = qt + g * D;
-                                float s = 0.f;
-#pragma omp simd reduction(+ : s)
-                                for (int64_t d = 0; d < D; d++) s += qg[d] * kr[d];
-                                scores[g * max_len + l0 + o] = s * scale;
-                            }
-                        }
+                    float *ot = out + (t * Hq + h * G) * D;
+                    /* D as a constant for the common head sizes: the compiler keeps q and the accumulator in
+                     * registers and unrolls the dot products */
+                    switch (D) {
+                    case 64:
+                        attend_one(qt, kc, vc, kind, table, bs, upto, Hkv, h, G, 64, scale, scores, max_len, ktmp,
+                                   vtmp, ot);
+                        break;
+                    case 128:
+                        attend_one(qt, kc, vc, kind, table, bs, upto, Hkv, h, G, 128, scale, scores, max_len, ktmp,
+                                   vtmp, ot);
+                        break;
+                    default:
+                        attend_one(qt, kc, vc, kind, table, bs, upto, Hkv, h, G, D, scale, scores, max_len, ktmp,
+                                   vtmp, ot);
                     }
-                    for (int64_t g = 0; g < G; g++) {
-                        float *sg = scores + g * max_len, mx = -INFINITY, sum = 0.f;
-                        for (int64_t l = 0; l < upto; l++) mx = sg[l] > mx ? sg[l] : mx;
-#pragma omp simd reduction(+ : sum)
-                        for (int64_t l = 0; l < upto; l++) {
-                            sg[l] = olr_exp(sg[l] - mx);
-                            sum += sg[l];
-                        }
-                        const float inv = 1.f / sum;
-                        for (int64_t l = 0; l < upto; l++) sg[l] *= inv;
-                        memset(acc + g * D, 0, sizeof(float) * (size_t)D);
-                    }
-                    for (int64_t j = 0, l0 = 0; l0 < upto; j++, l0 += bs) {
-                        const int64_t base = (int64_t)table[j] * bs, m = upto - l0 < bs ? upto - l0 : bs;
-                        for (int64_t o = 0; o < m; o++) {
-                            const float *vr = row_f32(vc, kind, (base + o) * Hkv + h, D, vtmp);
-                            for (int64_t g = 0; g < G; g++) {
-                                const float p = scores[g * max_len + l0 + o];
-                                float *ag = acc + g * D;
-#pragma omp simd
-                                for (int64_t d = 0; d < D; d++) ag[d] += p * vr[d];
-                            }
-                        }
-                    }
-                    for (int64_t g = 0; g < G; g++)
-                        memcpy(out + (t * Hq + h * G + g) * D, acc + g * D, sizeof(float) * (size_t)D);
                 }
             }
         }
@@ -292,6 +311,22 @@ int olr_silu_mul(const float *gu, int64_t T, int64_t I, float *out, int nthreads
         float *o = out + t * I;
 #pragma omp simd
         for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.f + olr_exp(-g[i])) * u[i];
+    }
+    return 0;
+}
+
+/* Write the step's new K and V rows into the paged caches: cache row slot_mapping[t] <- row t (float32). k and v
+ * are [T, W] with row strides ldk, ldv (views into the fused qkv output); the caches are [num_slots, W]
+ * contiguous. A negative slot (padding) writes nothing; a slot past the cache is an error before any write. */
+int olr_store_kv(const float *k, int64_t ldk, const float *v, int64_t ldv, float *kc, float *vc, int64_t W,
+                 const int64_t *slot_mapping, int64_t T, int64_t num_slots) {
+    for (int64_t t = 0; t < T; t++)
+        if (slot_mapping[t] >= num_slots) return -1;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t s = slot_mapping[t];
+        if (s < 0) continue;
+        memcpy(kc + s * W, k + t * ldk, sizeof(float) * (size_t)W);
+        memcpy(vc + s * W, v + t * ldv, sizeof(float) * (size_t)W);
     }
     return 0;
 }

@@ -295,3 +295,21 @@ def test_fused_ops_refuse_what_they_cannot_serve(nk):
         nk.silu_mul(torch.randn(8, 3).t())
     with pytest.raises(ValueError, match="contiguous"):
         nk.silu_mul(torch.randn(3, 16)[:, :8])
+
+
+def test_store_kv_matches_reference_and_refuses_slots_past_the_cache(nk):
+    g = torch.Generator().manual_seed(9)
+    T, Hq, Hkv, D = 6, 4, 2, 8
+    qkv = torch.randn(T, (Hq + 2 * Hkv) * D, generator=g)
+    k = qkv[:, Hq * D:(Hq + Hkv) * D].view(T, Hkv, D)              # views into the fused output, as the model has
+    v = qkv[:, (Hq + Hkv) * D:].view(T, Hkv, D)
+    slots = torch.tensor([3, -1, 0, 17, 9, 31])
+    kc1, vc1 = torch.zeros(4, 8, Hkv, D), torch.zeros(4, 8, Hkv, D)
+    kc2, vc2 = kc1.clone(), vc1.clone()
+    cpu_native.backend(nk).store_kv(k, v, kc1, vc1, slots)
+    ref.store_kv(k, v, kc2, vc2, slots)
+    assert torch.equal(kc1, kc2) and torch.equal(vc1, vc2) and kc1.abs().sum() > 0
+    before = kc1.clone()
+    with pytest.raises(ValueError, match="past the KV cache"):
+        nk.store_kv(k, v, kc1, vc1, torch.tensor([3, -1, 0, 32, 9, 31]))
+    assert torch.equal(kc1, before), "nothing is written when one slot is bad"
