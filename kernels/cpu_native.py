@@ -24,9 +24,12 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 
 import torch
+
+from openlora.kernels import torch_ops
 
 log = logging.getLogger("openlora.kernels")
 
@@ -232,7 +235,7 @@ class NativeKernels:
             raise ValueError(f"native sgmv_expand: slot_scale {tuple(scales.shape)} must match slot_rank "
                              f"{tuple(ranks.shape)}, and columns {y_offset}..{y_offset + N} must lie in y's "
                              f"{y.shape[1]}")
-        w = torch.tensor(widths, dtype=torch.int64)
+        w = _widths_tensor(tuple(widths))
         rc = self.lib.olr_sgmv_expand(buf.data_ptr(), buf.stride(0), buf.stride(1), buf.shape[2], b_pool.data_ptr(),
                                       P, N, b_pool.stride(0), y.data_ptr(), T, y.stride(0), y_offset, w.data_ptr(), S,
                                       starts.data_ptr(), slots.data_ptr(), slots.shape[0], rows.data_ptr(),
@@ -278,6 +281,32 @@ class NativeKernels:
         if of is not out:
             out.copy_(of)
         return out
+
+
+_widths: dict[tuple[int, ...], torch.Tensor] = {}
+
+
+def _widths_tensor(widths: tuple[int, ...]) -> torch.Tensor:
+    t = _widths.get(widths)
+    if t is None:
+        t = _widths[widths] = torch.tensor(widths, dtype=torch.int64)
+    return t
+
+
+_split_cache: dict = {}
+
+
+def _split(seg_starts: torch.Tensor, seg_slots: torch.Tensor, threshold: int) -> tuple[bool, bool]:
+    """(any adapter segment of <= threshold tokens, any longer) for the step's segment table; memoised per step
+    (weakly keyed on the table tensors, like torch_ops' segment lists)."""
+    hit = _split_cache.get(threshold)
+    if hit is not None and hit[0]() is seg_starts and hit[1]() is seg_slots:
+        return hit[2]
+    starts, slots = torch_ops._segments(seg_starts, seg_slots)
+    lens = [starts[i + 1] - starts[i] for i, slot in enumerate(slots) if slot >= 0 and starts[i + 1] > starts[i]]
+    result = (any(n <= threshold for n in lens), any(n > threshold for n in lens))
+    _split_cache[threshold] = (weakref.ref(seg_starts), weakref.ref(seg_slots), result)
+    return result
 
 
 def _meta(seg_starts, seg_slots, slot_row_start, slot_rank):
@@ -326,7 +355,11 @@ def unavailable_reason() -> str:
 # ---- the "native" kernel backend: torch_ops' LoRA, native attention for short query runs ----
 
 SHORT_QUERY = 16      # sequences with at most this many new tokens use the native kernel; longer ones SDPA
-SHORT_SEGMENT = 16    # adapter segments of at most this many tokens use the native LoRA loops; longer ones matmuls
+# adapter segments of at most this many tokens use the native LoRA loops, longer ones torch matmuls (MKL): where the
+# plain C loops stop winning (bench: one segment, rank 16, q/k/v of SmolLM2, 1 thread: the C shrink is 1.4x slower
+# than a matmul at 34 tokens, the C expand still 1.1x faster at 64)
+SHRINK_SEGMENT = 16
+EXPAND_SEGMENT = 64
 
 
 def backend(nk: NativeKernels):
@@ -337,7 +370,7 @@ def backend(nk: NativeKernels):
 
 
 def _make_backend(nk: NativeKernels):
-    from openlora.kernels import reference, torch_ops
+    from openlora.kernels import reference
     from openlora.kernels.backend import KernelBackend
 
     def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, out):
@@ -383,10 +416,12 @@ def _make_backend(nk: NativeKernels):
         if not nk.lora_supports(x, a_pool, buf):
             torch_ops.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
             return
-        nk.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank, SHORT_SEGMENT)
-        if x.shape[0] > SHORT_SEGMENT:        # only then can a segment be longer
+        short, long_ = _split(seg_starts, seg_slots, SHRINK_SEGMENT)
+        if short:
+            nk.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank, SHRINK_SEGMENT)
+        if long_:
             torch_ops.sgmv_shrink_segments(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank,
-                                           min_tokens=SHORT_SEGMENT + 1)
+                                           min_tokens=SHRINK_SEGMENT + 1)
 
     def sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset=0,
                     slices=None):
@@ -395,11 +430,13 @@ def _make_backend(nk: NativeKernels):
             torch_ops.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale,
                                   y_offset, slices)
             return
-        nk.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
-                       widths or (b_pool.shape[1],), SHORT_SEGMENT)
-        if y.shape[0] > SHORT_SEGMENT:
+        short, long_ = _split(seg_starts, seg_slots, EXPAND_SEGMENT)
+        if short:
+            nk.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
+                           widths or (b_pool.shape[1],), EXPAND_SEGMENT)
+        if long_:
             torch_ops.sgmv_expand_segments(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank,
-                                           slot_scale, y_offset, slices, min_tokens=SHORT_SEGMENT + 1)
+                                           slot_scale, y_offset, slices, min_tokens=EXPAND_SEGMENT + 1)
 
     return KernelBackend(
         name="native",
@@ -409,7 +446,7 @@ def _make_backend(nk: NativeKernels):
         paged_attention_decode=paged_attention_decode,
         description=(f"native CPU C kernels ({nk.path.name}): paged attention for runs of <= {SHORT_QUERY} new "
                      f"tokens read straight through the block tables, segment LoRA for segments of <= "
-                     f"{SHORT_SEGMENT} tokens, fused float32 residual+RMSNorm, RoPE and SiLU*up; oneDNN "
+                     f"{SHRINK_SEGMENT} (shrink) / {EXPAND_SEGMENT} (expand) tokens, fused float32 residual+RMSNorm, RoPE and SiLU*up; oneDNN "
                      "pre-packed float32 linears; torch SDPA and matmuls for "
                      "longer prefills and segments"),
         decode_bgmv_min_segments=1 << 30,

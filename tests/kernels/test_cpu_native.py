@@ -133,7 +133,7 @@ def _lora_case(seed=0, slots=10):
     rank[:, 5] = 0                                     # slot 5 empty
     row_start = torch.arange(slots, dtype=torch.int32) * 16
     scale = torch.rand(S, slots, generator=g) + 0.5
-    seg_lens = [1, 2, 1, 20, 3, 1, 1, 30, 1, 16, 17]
+    seg_lens = [1, 2, 1, 20, 3, 1, 1, 70, 1, 16, 17]   # short and long for both thresholds (16 and 64)
     seg_slots = torch.tensor([-1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9], dtype=torch.int32)
     seg_starts = torch.tensor([0] + torch.tensor(seg_lens).cumsum(0).tolist(), dtype=torch.int32)
     x = torch.randn(int(seg_starts[-1]), fin, generator=g)
