@@ -1,8 +1,8 @@
 """Native CPU kernels: kernels/csrc/cpu_kernels.c, compiled once per machine and called through ctypes.
 
-What it does: `load()` compiles the C source with the system C compiler (`$CC`, else cc/gcc; -O3 -march=native
--fopenmp) into ~/.cache/openlora/kernels/<key>/ (the key hashes the source, the compiler, the flags and this CPU's
-feature flags, so a cache shared between different machines never runs code built for another CPU), loads it, and
+What it does: `load()` compiles the C source with the system C compiler (`$CC`, else cc/gcc/clang; `FLAGS`) into
+~/.cache/openlora/kernels/<key>/ (the key hashes the source, the compiler, the flags and this CPU's feature flags,
+so a cache shared between different machines never runs code built for another CPU), loads it, and
 wraps its functions for torch tensors. The build is atomic (temporary file, then rename): processes starting
 together may both compile, never load a half-written library. No compiler, or a failed build: `load()` returns None
 with the reason in `unavailable_reason()`, and the engine uses the pure-torch kernels (it logs which ran).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import logging
 import os
 import platform
@@ -393,8 +394,7 @@ def _make_backend(nk: NativeKernels):
         short = [b for b, k in enumerate(n) if k <= SHORT_QUERY]
         if short:
             rows = torch.cat([torch.arange(cu[b], cu[b + 1]) for b in short])
-            sub_cu = torch.tensor([0] + [sum(n[b] for b in short[:i + 1]) for i in range(len(short))],
-                                  dtype=torch.int32)
+            sub_cu = torch.tensor([0, *itertools.accumulate(n[b] for b in short)], dtype=torch.int32)
             sel = torch.tensor(short, dtype=torch.long)
             out[rows] = nk.paged_attention(q[rows], k_cache, v_cache, sub_cu, seq_lens[sel], block_tables[sel],
                                            scale)
@@ -407,7 +407,8 @@ def _make_backend(nk: NativeKernels):
         return out
 
     def store_kv(k, v, k_cache, v_cache, slot_mapping):
-        if k.dtype == v.dtype == k_cache.dtype == torch.float32 and k.stride(-1) == 1 and k.stride(1) == k.shape[2]:
+        rows_ok = all(t.dtype == torch.float32 and t.stride(-1) == 1 and t.stride(1) == t.shape[2] for t in (k, v))
+        if rows_ok and k_cache.dtype == torch.float32 and k_cache.is_contiguous() and v_cache.is_contiguous():
             nk.store_kv(k, v, k_cache, v_cache, slot_mapping)
         else:
             reference.store_kv(k, v, k_cache, v_cache, slot_mapping)
@@ -446,9 +447,9 @@ def _make_backend(nk: NativeKernels):
         paged_attention_decode=paged_attention_decode,
         description=(f"native CPU C kernels ({nk.path.name}): paged attention for runs of <= {SHORT_QUERY} new "
                      f"tokens read straight through the block tables, segment LoRA for segments of <= "
-                     f"{SHRINK_SEGMENT} (shrink) / {EXPAND_SEGMENT} (expand) tokens, fused float32 residual+RMSNorm, RoPE and SiLU*up; oneDNN "
-                     "pre-packed float32 linears; torch SDPA and matmuls for "
-                     "longer prefills and segments"),
+                     f"{SHRINK_SEGMENT} (shrink) / {EXPAND_SEGMENT} (expand) tokens, fused float32 "
+                     "residual+RMSNorm, RoPE and SiLU*up; oneDNN pre-packed float32 linears; torch SDPA and "
+                     "matmuls for longer prefills and segments"),
         decode_bgmv_min_segments=1 << 30,
         pack_cpu_linears=True,
         fused=nk,

@@ -216,7 +216,8 @@ int olr_sgmv_shrink(const float *x, int64_t T, int64_t in, const float *a, int64
  * from y_offset);
  * widths [S] int64 add up to N. */
 int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R, const float *b, int64_t P,
-                    int64_t N, int64_t ldb, float *y, int64_t T, int64_t y_stride, int64_t y_offset, const int64_t *widths,
+                    int64_t N, int64_t ldb, float *y, int64_t T, int64_t y_stride, int64_t y_offset,
+                    const int64_t *widths,
                     int64_t S, const int32_t *seg_starts, const int32_t *seg_slots, int64_t nseg,
                     const int32_t *row_start, const int32_t *rank, const float *scale, int64_t nslots,
                     int64_t max_tokens, int nthreads) {
