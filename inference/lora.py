@@ -318,8 +318,11 @@ class LoRABatch:
 
 
 def can_pack_cpu(weight: torch.Tensor) -> bool:
+    """float32 CPU weights, with oneDNN and its (private, inductor's) packed-linear ops present in this torch: a torch
+    without them serves with F.linear instead of failing."""
     return (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
-            and torch.backends.mkldnn.is_available())
+            and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def pack_cpu_weight(weight: torch.Tensor) -> torch.Tensor:
