@@ -246,7 +246,7 @@ class NativeKernels:
             raise ValueError("native sgmv_expand: a segment, slot, rank, width or pool row is out of range")
 
     @staticmethod
-    def supports(cache_dtype: torch.dtype, head_dim: int = 64) -> bool:
+    def supports(cache_dtype: torch.dtype, head_dim: int) -> bool:
         return cache_dtype in (torch.float32, torch.bfloat16) and 0 < head_dim <= 256
 
     def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -390,20 +390,17 @@ def _make_backend(nk: NativeKernels):
         n = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
         if all(k <= SHORT_QUERY for k in n):
             return nk.paged_attention(q, k_cache, v_cache, cu_q_lens, seq_lens, block_tables, scale)
+        # a mixed batch: the short runs natively, the long ones through the reference (SDPA), each as a sub-batch
         out = torch.empty_like(q)
-        short = [b for b, k in enumerate(n) if k <= SHORT_QUERY]
-        if short:
-            rows = torch.cat([torch.arange(cu[b], cu[b + 1]) for b in short])
-            sub_cu = torch.tensor([0, *itertools.accumulate(n[b] for b in short)], dtype=torch.int32)
-            sel = torch.tensor(short, dtype=torch.long)
-            out[rows] = nk.paged_attention(q[rows], k_cache, v_cache, sub_cu, seq_lens[sel], block_tables[sel],
-                                           scale)
-        for b, k in enumerate(n):
-            if k > SHORT_QUERY:
-                q0, q1 = cu[b], cu[b + 1]
-                out[q0:q1] = reference.paged_attention(q[q0:q1], k_cache, v_cache,
-                                                       torch.tensor([0, k], dtype=torch.int32), seq_lens[b:b + 1],
-                                                       block_tables[b:b + 1], scale)
+        for native in (True, False):
+            seqs = [b for b, k in enumerate(n) if (k <= SHORT_QUERY) == native]
+            if not seqs:
+                continue
+            rows = torch.cat([torch.arange(cu[b], cu[b + 1]) for b in seqs])
+            sub_cu = torch.tensor([0, *itertools.accumulate(n[b] for b in seqs)], dtype=torch.int32)
+            sel = torch.tensor(seqs, dtype=torch.long)
+            attend = nk.paged_attention if native else reference.paged_attention
+            out[rows] = attend(q[rows], k_cache, v_cache, sub_cu, seq_lens[sel], block_tables[sel], scale)
         return out
 
     def store_kv(k, v, k_cache, v_cache, slot_mapping):

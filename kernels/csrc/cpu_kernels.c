@@ -177,6 +177,18 @@ static int check_segments(int64_t T, int64_t P, int64_t R, const int32_t *seg_st
     return 0;
 }
 
+/* The rank of slice k for segment i when this call computes it: the segment has an adapter, at least one token and
+ * at most max_tokens (longer ones are the caller's); 0 otherwise. Its token range in *t0, *t1. */
+static inline int64_t short_segment_rank(int64_t i, int64_t k, const int32_t *seg_starts, const int32_t *seg_slots,
+                                         const int32_t *rank, int64_t nslots, int64_t max_tokens, int64_t *t0,
+                                         int64_t *t1) {
+    const int32_t slot = seg_slots[i];
+    *t0 = seg_starts[i];
+    *t1 = seg_starts[i + 1];
+    if (slot < 0 || *t1 <= *t0 || *t1 - *t0 > max_tokens) return 0;
+    return rank[k * nslots + slot];
+}
+
 /* Segmented LoRA shrink over S slices, for the segments of at most `max_tokens` tokens (longer ones are left to
  * the caller): buf[k, t, :r] = x[t] @ a[k, o:o+r].T for every token t of a segment whose slot has rank r > 0 in
  * slice k (kernels/reference.py sgmv_shrink). x [T, in] and a [S, P, in] contiguous float32; buf [S, T, R] with
@@ -190,11 +202,10 @@ int olr_sgmv_shrink(const float *x, int64_t T, int64_t in, const float *a, int64
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nthreads > 0 ? nthreads : 1)
     for (int64_t i = 0; i < nseg; i++) {
         for (int64_t k = 0; k < S; k++) {
-            const int32_t slot = seg_slots[i];
-            const int64_t t0 = seg_starts[i], t1 = seg_starts[i + 1];
-            if (slot < 0 || t1 <= t0 || t1 - t0 > max_tokens) continue;
-            const int64_t r = rank[k * nslots + slot];
-            const float *ak = a + (k * P + row_start[slot]) * in;
+            int64_t t0, t1;
+            const int64_t r = short_segment_rank(i, k, seg_starts, seg_slots, rank, nslots, max_tokens, &t0, &t1);
+            if (r == 0) continue;
+            const float *ak = a + (k * P + row_start[seg_slots[i]]) * in;
             for (int64_t j = 0; j < r; j++) {
                 const float *row = ak + j * in;
                 for (int64_t t = t0; t < t1; t++) {
@@ -232,11 +243,10 @@ int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R,
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nthreads > 0 ? nthreads : 1)
     for (int64_t i = 0; i < nseg; i++) {
         for (int64_t k = 0; k < S; k++) {
-            const int32_t slot = seg_slots[i];
-            const int64_t t0 = seg_starts[i], t1 = seg_starts[i + 1];
-            if (slot < 0 || t1 <= t0 || t1 - t0 > max_tokens) continue;
-            const int64_t r = rank[k * nslots + slot];
+            int64_t t0, t1;
+            const int64_t r = short_segment_rank(i, k, seg_starts, seg_slots, rank, nslots, max_tokens, &t0, &t1);
             if (r == 0) continue;
+            const int32_t slot = seg_slots[i];
             int64_t off = 0;
             for (int64_t q = 0; q < k; q++) off += widths[q];
             const int64_t n = widths[k];
