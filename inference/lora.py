@@ -69,6 +69,11 @@ class LoRAWeights:
     def target_modules(self) -> tuple[str, ...]:
         return tuple(sorted({m for _, m in self.tensors}, key=MODULE_INDEX.__getitem__))
 
+    def fused_targets(self) -> tuple[str, ...]:
+        """The fused linears (FUSED_LINEARS keys) whose targets this adapter has weights for."""
+        mods = {m for _, m in self.tensors}
+        return tuple(f for f, ms in FUSED_LINEARS.items() if mods.intersection(ms))
+
 
 def _pattern_value(patterns: dict, layer: int, module: str, default):
     full = f"model.layers.{layer}.{_PARENT[module]}.{module}"
@@ -82,7 +87,8 @@ def read_peft_adapter(path: Path, name: str, spec: ModelSpec, *, max_rank: int =
                       max_bytes: int | None = None, identity: str | None = None,
                       check_base: bool = True) -> LoRAWeights:
     """Parse and validate a PEFT LoRA directory against the base model `spec`. Raises AdapterError."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
 
     path = Path(path)
     cfg_path = path / "adapter_config.json"
@@ -134,11 +140,13 @@ def read_peft_adapter(path: Path, name: str, spec: ModelSpec, *, max_rank: int =
     size = st_path.stat().st_size
     if max_bytes is not None and size > max_bytes:
         raise AdapterError(f"adapter {name!r}: {size} bytes exceeds the limit of {max_bytes} bytes")
-    raw: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(st_path), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                raw[key] = f.get_tensor(key)
+        # one read (the size is bounded above): the same bytes are parsed and hashed for the identity
+        with open(st_path, "rb") as f:
+            data = f.read(size + 1)
+        if len(data) != size:
+            raise ValueError("the file changed size while it was read")
+        raw: dict[str, torch.Tensor] = safetensors_load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise AdapterError(f"adapter {name!r}: adapter_model.safetensors is corrupt or truncated: {e}") from None
     if not raw:
@@ -160,9 +168,13 @@ def read_peft_adapter(path: Path, name: str, spec: ModelSpec, *, max_rank: int =
                                f"{spec.num_layers} layers")
         if not t.is_floating_point():
             raise AdapterError(f"adapter {name!r}: tensor {key!r} has dtype {t.dtype}, expected a float type")
-        if not torch.isfinite(t).all():
-            raise AdapterError(f"adapter {name!r}: tensor {key!r} contains NaN or Inf")
         pairs.setdefault((layer, module), {})[ab] = t
+    # NaN / Inf anywhere: one pass over all weights (a finite float64 sum means every element is finite), then the
+    # per-tensor check only to name the culprit
+    if not math.isfinite(sum(float(t.sum(dtype=torch.float64)) for t in raw.values())):
+        for key, t in raw.items():
+            if not torch.isfinite(t).all():
+                raise AdapterError(f"adapter {name!r}: tensor {key!r} contains NaN or Inf")
 
     tensors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]] = {}
     top = 0
@@ -188,10 +200,7 @@ def read_peft_adapter(path: Path, name: str, spec: ModelSpec, *, max_rank: int =
         top = max(top, r)
     nbytes = sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b, _ in tensors.values())
     if identity is None:
-        h = hashlib.sha256()
-        with open(st_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        h = hashlib.sha256(data)
         h.update(json.dumps({"alpha": alpha, "rslora": rslora, "ap": cfg.get("alpha_pattern")},
                             sort_keys=True).encode())
         identity = "sha256:" + h.hexdigest()
@@ -238,6 +247,7 @@ class LoRAPool:
         self._free_slots = list(range(num_slots - 1, -1, -1))
         self._free_rows: list[tuple[int, int]] = [(0, num_rows)]   # sorted (start, length)
         self._slot_rows: dict[int, tuple[int, int]] = {}
+        self._slot_fused: dict[int, frozenset[str]] = {}          # the fused linears each resident slot targets
         # On CUDA, host -> device copies (from pinned host memory) run on a side stream, overlapping compute.
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
@@ -279,6 +289,7 @@ class LoRAPool:
         if self._copy_stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
         self.row_start[slot] = start
+        self._slot_fused[slot] = frozenset(w.fused_targets())
         self.rank[:, :, slot] = ranks.to(self.device)
         self.scale[:, :, slot] = scales.to(self.device)
         return slot
@@ -291,8 +302,13 @@ class LoRAPool:
         """Rows (= the adapter's largest rank) held by a resident slot."""
         return self._slot_rows[slot][1]
 
+    def fused_of(self, slot: int) -> frozenset[str]:
+        """The fused linears (FUSED_LINEARS keys) that the adapter in a resident slot targets in some layer."""
+        return self._slot_fused[slot]
+
     def remove(self, slot: int) -> None:
         start, n = self._slot_rows.pop(slot)
+        self._slot_fused.pop(slot, None)
         self.rank[:, :, slot] = 0
         self._free_slots.append(slot)
         self._free_rows.append((start, n))
@@ -315,6 +331,9 @@ class LoRABatch:
     max_rank: int                  # largest rank among the batch's adapters
     decode: bool                   # use BGMV (an all-decode step with enough segments), else SGMV
     buf: torch.Tensor              # [MAX_PARTS, T, max_rank] float32 scratch (a view of a buffer allocated once)
+    # the fused linears (FUSED_LINEARS keys) that some adapter of the batch targets; None = all. The others skip
+    # their LoRA launches (an adapter of q/k/v/o costs nothing in gate_up and down).
+    fused: frozenset[str] | None = None
 
 
 def can_pack_cpu(weight: torch.Tensor) -> bool:
@@ -367,7 +386,7 @@ class LoRALinear:
 
     def __call__(self, x: torch.Tensor, lora: LoRABatch | None, pool: LoRAPool | None, backend) -> torch.Tensor:
         y = (packed_linear(x, self.weight, self.bias) if self.packed else F.linear(x, self.weight, self.bias))
-        if lora is None or pool is None:
+        if lora is None or pool is None or (lora.fused is not None and self.fused not in lora.fused):
             return y
         a = pool.a_fused[self.fused][self.layer]                      # [S, rows, in]
         b = pool.b_fused[self.fused][self.layer]                      # [rows, out]

@@ -69,6 +69,7 @@ class ModelRunner:
         seg_starts, seg_slots = [0], []
         logits_idx, sampled_ids = [], []
         max_rank, decode = 0, True
+        fused: set[str] = set()
         for s in items:
             seq, n = s.seq, s.num_new_tokens
             start = seq.num_computed
@@ -86,6 +87,7 @@ class ModelRunner:
                 seg_starts.append(seg_starts[-1] + n)
             if seq.adapter is not None:
                 max_rank = max(max_rank, self.pool.rows_of(seq.slot))
+                fused |= self.pool.fused_of(seq.slot)
             cu.append(cu[-1] + n)
             lens.append(start + n)
             tables.append(table)
@@ -112,7 +114,7 @@ class ModelRunner:
                 token_slots=torch.tensor(tok_slots, dtype=torch.int32, device=dev),
                 seg_starts=torch.tensor(seg_starts, dtype=torch.int32, device=dev),
                 seg_slots=torch.tensor(seg_slots, dtype=torch.int32, device=dev),
-                max_rank=max_rank, buf=self._lora_buf_for(T, max_rank),
+                max_rank=max_rank, buf=self._lora_buf_for(T, max_rank), fused=frozenset(fused),
                 decode=decode and len(seg_slots) >= self.model.backend.decode_bgmv_min_segments)
         logits = self.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev), attn, self.kv_caches, lora,
                                     self.pool if lora is not None else None,

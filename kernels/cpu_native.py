@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import weakref
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from openlora.kernels import torch_ops
 log = logging.getLogger("openlora.kernels")
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
-ABI_VERSION = 8
+ABI_VERSION = 9
 # -fno-trapping-math lets GCC vectorize the clamps of the exp (no code here reads floating-point exception flags);
 # -ffp-contract=fast gives fused multiply-adds (ISO C mode turns contraction off); no -ffast-math: NaN and inf keep
 # their meaning and sums keep their order
@@ -112,10 +111,10 @@ class NativeKernels:
 
         i32p = ptr
         self.lib.olr_sgmv_shrink.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i32p, i32p, i64,
-                                             i32p, i32p, i64, i64, ctypes.c_int]
+                                             i32p, i32p, i64, ctypes.c_int]
         self.lib.olr_sgmv_shrink.restype = ctypes.c_int
         self.lib.olr_sgmv_expand.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, i64,
-                                             i32p, i32p, i64, i32p, i32p, ptr, i64, i64, ctypes.c_int]
+                                             i32p, i32p, i64, i32p, i32p, ptr, i64, ctypes.c_int]
         self.lib.olr_sgmv_expand.restype = ctypes.c_int
 
         for name, args in (("olr_add_rms_norm", [ptr, i64, ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, i64,
@@ -200,8 +199,8 @@ class NativeKernels:
     def lora_supports(*ts: torch.Tensor) -> bool:
         return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in ts)
 
-    def sgmv_shrink(self, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank, max_tokens: int) -> None:
-        """kernels.reference.sgmv_shrink for the segments of at most `max_tokens` tokens (float32; one slice or S)."""
+    def sgmv_shrink(self, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank) -> None:
+        """kernels.reference.sgmv_shrink (float32; one slice or S)."""
         if a_pool.dim() == 2:
             a_pool, buf, slot_rank = a_pool[None], buf[None], slot_rank[None]
         S, P, fin = a_pool.shape
@@ -214,13 +213,14 @@ class NativeKernels:
         rc = self.lib.olr_sgmv_shrink(x.data_ptr(), T, fin, a_pool.data_ptr(), S, P, buf.data_ptr(), buf.stride(0),
                                       buf.stride(1), buf.shape[2], starts.data_ptr(), slots.data_ptr(),
                                       slots.shape[0], rows.data_ptr(), ranks.data_ptr(), ranks.shape[1],
-                                      max_tokens, torch.get_num_threads())
+                                      torch.get_num_threads())
         if rc:
-            raise ValueError("native sgmv_shrink: a segment, slot, rank or pool row is out of range")
+            raise (MemoryError("native sgmv_shrink: out of memory") if rc == -5 else
+                   ValueError("native sgmv_shrink: a segment, slot, rank or pool row is out of range"))
 
     def sgmv_expand(self, buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
-                    widths: tuple[int, ...], max_tokens: int) -> None:
-        """kernels.reference.sgmv_expand for the segments of at most `max_tokens` tokens (float32)."""
+                    widths: tuple[int, ...]) -> None:
+        """kernels.reference.sgmv_expand (float32; one slice or S)."""
         if buf.dim() == 2:
             buf, slot_rank, slot_scale = buf[None], slot_rank[None], slot_scale[None]
         S = buf.shape[0]
@@ -240,10 +240,11 @@ class NativeKernels:
         rc = self.lib.olr_sgmv_expand(buf.data_ptr(), buf.stride(0), buf.stride(1), buf.shape[2], b_pool.data_ptr(),
                                       P, N, b_pool.stride(0), y.data_ptr(), T, y.stride(0), y_offset, w.data_ptr(), S,
                                       starts.data_ptr(), slots.data_ptr(), slots.shape[0], rows.data_ptr(),
-                                      ranks.data_ptr(), scales.data_ptr(), ranks.shape[1], max_tokens,
+                                      ranks.data_ptr(), scales.data_ptr(), ranks.shape[1],
                                       torch.get_num_threads())
         if rc:
-            raise ValueError("native sgmv_expand: a segment, slot, rank, width or pool row is out of range")
+            raise (MemoryError("native sgmv_expand: out of memory") if rc == -5 else
+                   ValueError("native sgmv_expand: a segment, slot, rank, width or pool row is out of range"))
 
     @staticmethod
     def supports(cache_dtype: torch.dtype, head_dim: int) -> bool:
@@ -294,22 +295,6 @@ def _widths_tensor(widths: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
-_split_cache: dict = {}
-
-
-def _split(seg_starts: torch.Tensor, seg_slots: torch.Tensor, threshold: int) -> tuple[bool, bool]:
-    """(any adapter segment of <= threshold tokens, any longer) for the step's segment table; memoised per step
-    (weakly keyed on the table tensors, like torch_ops' segment lists)."""
-    hit = _split_cache.get(threshold)
-    if hit is not None and hit[0]() is seg_starts and hit[1]() is seg_slots:
-        return hit[2]
-    starts, slots = torch_ops._segments(seg_starts, seg_slots)
-    lens = [starts[i + 1] - starts[i] for i, slot in enumerate(slots) if slot >= 0 and starts[i + 1] > starts[i]]
-    result = (any(n <= threshold for n in lens), any(n > threshold for n in lens))
-    _split_cache[threshold] = (weakref.ref(seg_starts), weakref.ref(seg_slots), result)
-    return result
-
-
 def _meta(seg_starts, seg_slots, slot_row_start, slot_rank):
     """The LoRA metadata as contiguous int32, with the sizes the C code trusts checked: one start per segment plus
     one, one row start per slot of slot_rank."""
@@ -356,11 +341,6 @@ def unavailable_reason() -> str:
 # ---- the "native" kernel backend: torch_ops' LoRA, native attention for short query runs ----
 
 SHORT_QUERY = 16      # sequences with at most this many new tokens use the native kernel; longer ones SDPA
-# adapter segments of at most this many tokens use the native LoRA loops, longer ones torch matmuls (MKL): where the
-# plain C loops stop winning (bench: one segment, rank 16, q/k/v of SmolLM2, 1 thread: the C shrink is 1.4x slower
-# than a matmul at 34 tokens, the C expand still 1.1x faster at 64)
-SHRINK_SEGMENT = 16
-EXPAND_SEGMENT = 64
 
 
 def backend(nk: NativeKernels):
@@ -411,30 +391,20 @@ def _make_backend(nk: NativeKernels):
             reference.store_kv(k, v, k_cache, v_cache, slot_mapping)
 
     def sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank):
-        if not nk.lora_supports(x, a_pool, buf):
+        if nk.lora_supports(x, a_pool, buf):
+            nk.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
+        else:
             torch_ops.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
-            return
-        short, long_ = _split(seg_starts, seg_slots, SHRINK_SEGMENT)
-        if short:
-            nk.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank, SHRINK_SEGMENT)
-        if long_:
-            torch_ops.sgmv_shrink_segments(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank,
-                                           min_tokens=SHRINK_SEGMENT + 1)
 
     def sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset=0,
                     slices=None):
-        widths = reference.expand_slices(buf, b_pool, slot_rank, slot_scale, slices)
-        if not nk.lora_supports(buf, b_pool, y):
+        if nk.lora_supports(buf, b_pool, y):
+            widths = reference.expand_slices(buf, b_pool, slot_rank, slot_scale, slices)
+            nk.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
+                           widths or (b_pool.shape[1],))
+        else:
             torch_ops.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale,
                                   y_offset, slices)
-            return
-        short, long_ = _split(seg_starts, seg_slots, EXPAND_SEGMENT)
-        if short:
-            nk.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
-                           widths or (b_pool.shape[1],), EXPAND_SEGMENT)
-        if long_:
-            torch_ops.sgmv_expand_segments(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank,
-                                           slot_scale, y_offset, slices, min_tokens=EXPAND_SEGMENT + 1)
 
     return KernelBackend(
         name="native",
@@ -443,10 +413,10 @@ def _make_backend(nk: NativeKernels):
         store_kv=store_kv, paged_attention=paged_attention,
         paged_attention_decode=paged_attention_decode,
         description=(f"native CPU C kernels ({nk.path.name}): paged attention for runs of <= {SHORT_QUERY} new "
-                     f"tokens read straight through the block tables, segment LoRA for segments of <= "
-                     f"{SHRINK_SEGMENT} (shrink) / {EXPAND_SEGMENT} (expand) tokens, fused float32 "
-                     "residual+RMSNorm, RoPE and SiLU*up; oneDNN pre-packed float32 linears; torch SDPA and "
-                     "matmuls for longer prefills and segments"),
+                     "tokens read straight through the block tables, register-tiled segment LoRA shrink/expand (every "
+                     "segment and slice in one call, long segments split across threads), fused float32 "
+                     "residual+RMSNorm, RoPE and SiLU*up; oneDNN pre-packed float32 linears; torch SDPA "
+                     "for longer prefills"),
         decode_bgmv_min_segments=1 << 30,
         pack_cpu_linears=True,
         fused=nk,

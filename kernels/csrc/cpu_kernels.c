@@ -32,7 +32,7 @@ static inline const float *row_f32(const void *cache, int kind, int64_t index, i
     return tmp;
 }
 
-int olr_abi_version(void) { return 8; }
+int olr_abi_version(void) { return 9; }
 
 /* exp(x) for float32 that the compiler can vectorize (libm's expf is a scalar call): 2^n * 2^f with n = round(x
  * log2 e), |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative error < 1e-8, so within 1-2 ulp of expf).
@@ -177,61 +177,154 @@ static int check_segments(int64_t T, int64_t P, int64_t R, const int32_t *seg_st
     return 0;
 }
 
-/* The rank of slice k for segment i when this call computes it: the segment has an adapter, at least one token and
- * at most max_tokens (longer ones are the caller's); 0 otherwise. Its token range in *t0, *t1. */
-static inline int64_t short_segment_rank(int64_t i, int64_t k, const int32_t *seg_starts, const int32_t *seg_slots,
-                                         const int32_t *rank, int64_t nslots, int64_t max_tokens, int64_t *t0,
-                                         int64_t *t1) {
-    const int32_t slot = seg_slots[i];
-    *t0 = seg_starts[i];
-    *t1 = seg_starts[i + 1];
-    if (slot < 0 || *t1 <= *t0 || *t1 - *t0 > max_tokens) return 0;
-    return rank[k * nslots + slot];
+/* 8 floats, loaded and stored unaligned: GCC/Clang vector extensions, lowered to AVX/AVX-512 (or two SSE/NEON
+ * halves) by -march=native. */
+typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
+
+static inline __attribute__((always_inline)) float hsum8(v8f v) {
+    float s = 0.f;
+    for (int l = 0; l < 8; l++) s += v[l];
+    return s;
 }
 
-/* Segmented LoRA shrink over S slices, for the segments of at most `max_tokens` tokens (longer ones are left to
- * the caller): buf[k, t, :r] = x[t] @ a[k, o:o+r].T for every token t of a segment whose slot has rank r > 0 in
- * slice k (kernels/reference.py sgmv_shrink). x [T, in] and a [S, P, in] contiguous float32; buf [S, T, R] with
- * strides (buf_ss, buf_st, 1); rank [S, nslots] int32 contiguous. */
-int olr_sgmv_shrink(const float *x, int64_t T, int64_t in, const float *a, int64_t S, int64_t P, float *buf,
-                    int64_t buf_ss, int64_t buf_st, int64_t R, const int32_t *seg_starts, const int32_t *seg_slots,
-                    int64_t nseg, const int32_t *row_start, const int32_t *rank, int64_t nslots, int64_t max_tokens,
-                    int nthreads) {
-    int rc = check_segments(T, P, R, seg_starts, seg_slots, nseg, row_start, rank, S, nslots);
-    if (rc) return rc;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nthreads > 0 ? nthreads : 1)
+/* One unit of LoRA work: tokens [t0, t1) of segment i, slice k (a long segment is split into several). */
+typedef struct { int64_t i, k, t0, t1; } lora_item;
+
+/* The work items of a call: every (segment with an adapter, slice with rank > 0) in chunks of `chunk` tokens, in
+ * segment order. Returns a malloc'd array (count in *n; NULL with *n = 0 when there is nothing to do, or -1 when
+ * malloc fails). */
+static lora_item *lora_items(const int32_t *seg_starts, const int32_t *seg_slots, int64_t nseg, const int32_t *rank,
+                             int64_t S, int64_t nslots, int64_t chunk, int64_t *n) {
+    int64_t count = 0;
     for (int64_t i = 0; i < nseg; i++) {
+        if (seg_slots[i] < 0 || seg_starts[i + 1] <= seg_starts[i]) continue;
+        const int64_t pieces = (seg_starts[i + 1] - seg_starts[i] + chunk - 1) / chunk;
+        for (int64_t k = 0; k < S; k++) count += rank[k * nslots + seg_slots[i]] > 0 ? pieces : 0;
+    }
+    *n = count;
+    if (count == 0) return NULL;
+    lora_item *items = malloc((size_t)count * sizeof *items);
+    if (!items) { *n = -1; return NULL; }
+    int64_t w = 0;
+    for (int64_t i = 0; i < nseg; i++) {
+        if (seg_slots[i] < 0 || seg_starts[i + 1] <= seg_starts[i]) continue;
         for (int64_t k = 0; k < S; k++) {
-            int64_t t0, t1;
-            const int64_t r = short_segment_rank(i, k, seg_starts, seg_slots, rank, nslots, max_tokens, &t0, &t1);
-            if (r == 0) continue;
-            const float *ak = a + (k * P + row_start[seg_slots[i]]) * in;
-            for (int64_t j = 0; j < r; j++) {
-                const float *row = ak + j * in;
-                for (int64_t t = t0; t < t1; t++) {
-                    const float *xt = x + t * in;
-                    float s = 0.f;
-#pragma omp simd reduction(+ : s)
-                    for (int64_t c = 0; c < in; c++) s += xt[c] * row[c];
-                    buf[k * buf_ss + t * buf_st + j] = s;
-                }
+            if (rank[k * nslots + seg_slots[i]] <= 0) continue;
+            for (int64_t t = seg_starts[i]; t < seg_starts[i + 1]; t += chunk) {
+                items[w].i = i, items[w].k = k, items[w].t0 = t;
+                items[w].t1 = t + chunk < seg_starts[i + 1] ? t + chunk : seg_starts[i + 1];
+                w++;
             }
         }
     }
+    return items;
+}
+
+/* out[u * out_st + q] = x[u] . a[q] for nt (<= 4) tokens and nq (<= 2) adapter rows: 8 vector accumulators over
+ * the input dimension, so each loaded vector feeds several FMAs. Inlined with constant nt, nq. */
+static inline __attribute__((always_inline)) void shrink_tile(const float *x, int64_t in, const float *a, int nt,
+                                                              int nq, float *out, int64_t out_st) {
+    v8f acc[4][2] = {{{0}}};
+    int64_t c = 0;
+    for (; c + 8 <= in; c += 8) {
+        v8f av[2];
+        for (int q = 0; q < nq; q++) av[q] = *(const v8f *)(a + q * in + c);
+        for (int u = 0; u < nt; u++) {
+            const v8f xv = *(const v8f *)(x + u * in + c);
+            for (int q = 0; q < nq; q++) acc[u][q] += xv * av[q];
+        }
+    }
+    for (int u = 0; u < nt; u++)
+        for (int q = 0; q < nq; q++) {
+            float s = hsum8(acc[u][q]);
+            for (int64_t cc = c; cc < in; cc++) s += x[u * in + cc] * a[q * in + cc];
+            out[u * out_st + q] = s;
+        }
+}
+
+/* buf rows of nt tokens (x rows from x, buf rows from out, stride out_st) for the r adapter rows of a. */
+static void shrink_rows(const float *x, int64_t nt, int64_t in, const float *a, int64_t r, float *out,
+                        int64_t out_st) {
+    int64_t t = 0;
+    for (; t + 4 <= nt; t += 4) {
+        int64_t j = 0;
+        for (; j + 2 <= r; j += 2) shrink_tile(x + t * in, in, a + j * in, 4, 2, out + t * out_st + j, out_st);
+        if (j < r) shrink_tile(x + t * in, in, a + j * in, 4, 1, out + t * out_st + j, out_st);
+    }
+    for (; t < nt; t++) {
+        int64_t j = 0;
+        for (; j + 2 <= r; j += 2) shrink_tile(x + t * in, in, a + j * in, 1, 2, out + t * out_st + j, out_st);
+        if (j < r) shrink_tile(x + t * in, in, a + j * in, 1, 1, out + t * out_st + j, out_st);
+    }
+}
+
+/* Segmented LoRA shrink over S slices: buf[k, t, :r] = x[t] @ a[k, o:o+r].T for every token t of a segment whose
+ * slot has rank r > 0 in slice k (kernels/reference.py sgmv_shrink). x [T, in] and a [S, P, in] contiguous float32;
+ * buf [S, T, R] with strides (buf_ss, buf_st, 1); rank [S, nslots] int32 contiguous. Long segments are split into
+ * chunks of tokens so that both threads have work. 0, -4 (a bad table entry) or -5 (out of memory). */
+int olr_sgmv_shrink(const float *x, int64_t T, int64_t in, const float *a, int64_t S, int64_t P, float *buf,
+                    int64_t buf_ss, int64_t buf_st, int64_t R, const int32_t *seg_starts, const int32_t *seg_slots,
+                    int64_t nseg, const int32_t *row_start, const int32_t *rank, int64_t nslots, int nthreads) {
+    int rc = check_segments(T, P, R, seg_starts, seg_slots, nseg, row_start, rank, S, nslots);
+    if (rc) return rc;
+    int64_t n;
+    lora_item *items = lora_items(seg_starts, seg_slots, nseg, rank, S, nslots, 16, &n);
+    if (n < 0) return -5;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads > 0 ? nthreads : 1)
+    for (int64_t w = 0; w < n; w++) {
+        const lora_item it = items[w];
+        const int32_t slot = seg_slots[it.i];
+        const int64_t r = rank[it.k * nslots + slot];
+        shrink_rows(x + it.t0 * in, it.t1 - it.t0, in, a + (it.k * P + row_start[slot]) * in, r,
+                    buf + it.k * buf_ss + it.t0 * buf_st, buf_st);
+    }
+    free(items);
     return 0;
 }
 
-/* Segmented LoRA expand over S slices, for the segments of at most `max_tokens` tokens:
+/* y[u, :n] += sum_j (sc * buf[u, j]) * b[j, :n] for nt (<= 4) tokens: the y tile stays in registers across the r
+ * adapter rows, in the order of the one-row-at-a-time loop (so results do not depend on the tiling). */
+static inline __attribute__((always_inline)) void expand_tile(const float *bu, int64_t buf_st, const float *b,
+                                                              int64_t ldb, int64_t r, float sc, float *y,
+                                                              int64_t y_stride, int64_t n, int nt) {
+    int64_t c = 0;
+    for (; c + 16 <= n; c += 16) {
+        v8f acc[4][2];
+        for (int u = 0; u < nt; u++) {
+            acc[u][0] = *(const v8f *)(y + u * y_stride + c);
+            acc[u][1] = *(const v8f *)(y + u * y_stride + c + 8);
+        }
+        for (int64_t j = 0; j < r; j++) {
+            const v8f b0 = *(const v8f *)(b + j * ldb + c), b1 = *(const v8f *)(b + j * ldb + c + 8);
+            for (int u = 0; u < nt; u++) {
+                const v8f w = (v8f){0} + sc * bu[u * buf_st + j];
+                acc[u][0] += w * b0;
+                acc[u][1] += w * b1;
+            }
+        }
+        for (int u = 0; u < nt; u++) {
+            *(v8f *)(y + u * y_stride + c) = acc[u][0];
+            *(v8f *)(y + u * y_stride + c + 8) = acc[u][1];
+        }
+    }
+    for (; c < n; c++)
+        for (int u = 0; u < nt; u++) {
+            float s = y[u * y_stride + c];
+            for (int64_t j = 0; j < r; j++) s += (sc * bu[u * buf_st + j]) * b[j * ldb + c];
+            y[u * y_stride + c] = s;
+        }
+}
+
+/* Segmented LoRA expand over S slices:
  * y[t, off_k : off_k + n_k] += scale[k, slot] * buf[k, t, :r] @ b[o:o+r, off_k : off_k + n_k]
  * (kernels/reference.py sgmv_expand). b [P, N] with row stride ldb >= N, y [T, y_stride] float32 (y's columns
- * from y_offset);
- * widths [S] int64 add up to N. */
+ * from y_offset); widths [S] int64 add up to N. Split into chunks of tokens like the shrink. */
 int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R, const float *b, int64_t P,
                     int64_t N, int64_t ldb, float *y, int64_t T, int64_t y_stride, int64_t y_offset,
                     const int64_t *widths,
                     int64_t S, const int32_t *seg_starts, const int32_t *seg_slots, int64_t nseg,
                     const int32_t *row_start, const int32_t *rank, const float *scale, int64_t nslots,
-                    int64_t max_tokens, int nthreads) {
+                    int nthreads) {
     int rc = check_segments(T, P, R, seg_starts, seg_slots, nseg, row_start, rank, S, nslots);
     if (rc) return rc;
     int64_t total = 0;
@@ -240,30 +333,28 @@ int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R,
         total += widths[k];
     }
     if (total != N || ldb < N || y_offset < 0 || y_offset + N > y_stride) return -4;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(nthreads > 0 ? nthreads : 1)
-    for (int64_t i = 0; i < nseg; i++) {
-        for (int64_t k = 0; k < S; k++) {
-            int64_t t0, t1;
-            const int64_t r = short_segment_rank(i, k, seg_starts, seg_slots, rank, nslots, max_tokens, &t0, &t1);
-            if (r == 0) continue;
-            const int32_t slot = seg_slots[i];
-            int64_t off = 0;
-            for (int64_t q = 0; q < k; q++) off += widths[q];
-            const int64_t n = widths[k];
-            const float sc = scale[k * nslots + slot];
-            const float *bk = b + (int64_t)row_start[slot] * ldb + off;
-            for (int64_t t = t0; t < t1; t++) {
-                float *yt = y + t * y_stride + y_offset + off;
-                const float *bt_ = buf + k * buf_ss + t * buf_st;
-                for (int64_t j = 0; j < r; j++) {
-                    const float coef = sc * bt_[j];
-                    const float *row = bk + j * ldb;
-#pragma omp simd
-                    for (int64_t c = 0; c < n; c++) yt[c] += coef * row[c];
-                }
-            }
-        }
+    int64_t n_items;
+    lora_item *items = lora_items(seg_starts, seg_slots, nseg, rank, S, nslots, 8, &n_items);
+    if (n_items < 0) return -5;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads > 0 ? nthreads : 1)
+    for (int64_t w = 0; w < n_items; w++) {
+        const lora_item it = items[w];
+        const int32_t slot = seg_slots[it.i];
+        const int64_t r = rank[it.k * nslots + slot];
+        int64_t off = 0;
+        for (int64_t q = 0; q < it.k; q++) off += widths[q];
+        const int64_t n = widths[it.k];
+        const float sc = scale[it.k * nslots + slot];
+        const float *bk = b + (int64_t)row_start[slot] * ldb + off;
+        int64_t t = it.t0;
+        for (; t + 4 <= it.t1; t += 4)
+            expand_tile(buf + it.k * buf_ss + t * buf_st, buf_st, bk, ldb, r, sc, y + t * y_stride + y_offset + off,
+                        y_stride, n, 4);
+        for (; t < it.t1; t++)
+            expand_tile(buf + it.k * buf_ss + t * buf_st, buf_st, bk, ldb, r, sc, y + t * y_stride + y_offset + off,
+                        y_stride, n, 1);
     }
+    free(items);
     return 0;
 }
 

@@ -242,3 +242,23 @@ def test_disk_store_never_evicts_an_adapter_a_loader_is_reading(twenty, tmp_path
         assert (a_dir / "adapter_model.safetensors").is_file()
     store.ensure(str(twenty["a9"]))                    # A is no longer being read: now it may be evicted
     assert not a_dir.exists() and store.evictions >= 1
+
+
+def test_pool_knows_which_fused_linears_each_adapter_targets(model, twenty):
+    """A batch skips the LoRA launches of fused linears that none of its adapters targets (a q/v adapter costs
+    nothing in gate_up and down); the pool records the targets per slot and forgets them when the slot is freed."""
+    import torch
+    from openlora.inference.lora import read_peft_adapter
+    from openlora.inference.model_config import read_model_spec
+    spec = read_model_spec(Path(model))
+    pool = LoRAPool(spec, num_rows=64, num_slots=4, dtype=torch.float32, device=torch.device("cpu"))
+    want = {"a0": {"qkv"}, "a1": {"qkv", "o", "gate_up", "down"}, "a2": {"o", "down"}, "a3": {"qkv", "gate_up"}}
+    slots = {}
+    for name, fused in want.items():
+        w = read_peft_adapter(twenty[name], name, spec)
+        assert set(w.fused_targets()) == fused
+        slots[name] = pool.insert(w)
+        assert pool.fused_of(slots[name]) == fused
+    pool.remove(slots["a2"])
+    with pytest.raises(KeyError):
+        pool.fused_of(slots["a2"])

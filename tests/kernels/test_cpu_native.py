@@ -122,10 +122,9 @@ def test_attention_refuses_shapes_it_cannot_serve(nk):
     torch.testing.assert_close(out, want)
 
 
-def _lora_case(seed=0, slots=10):
+def _lora_case(seed=0, slots=10, fin=40, widths=(48, 16, 16)):
     g = torch.Generator().manual_seed(seed)
-    widths = (48, 16, 16)
-    S, P, fin = 3, 300, 40
+    S, P = 3, 300
     a = torch.randn(S, P, fin, generator=g)
     b = torch.randn(P, sum(widths), generator=g)
     rank = torch.randint(1, 17, (S, slots), generator=g, dtype=torch.int32)
@@ -133,15 +132,17 @@ def _lora_case(seed=0, slots=10):
     rank[:, 5] = 0                                     # slot 5 empty
     row_start = torch.arange(slots, dtype=torch.int32) * 16
     scale = torch.rand(S, slots, generator=g) + 0.5
-    seg_lens = [1, 2, 1, 20, 3, 1, 1, 70, 1, 16, 17]   # short and long for both thresholds (16 and 64)
+    seg_lens = [1, 2, 1, 20, 3, 1, 1, 70, 1, 16, 17]   # shorter and longer than the C code's token chunks
     seg_slots = torch.tensor([-1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9], dtype=torch.int32)
     seg_starts = torch.tensor([0] + torch.tensor(seg_lens).cumsum(0).tolist(), dtype=torch.int32)
     x = torch.randn(int(seg_starts[-1]), fin, generator=g)
     return x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots
 
 
-def test_segment_lora_matches_reference(nk):
-    x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case()
+@pytest.mark.parametrize("fin, widths", [(40, (48, 16, 16)), (43, (50, 13, 7)), (576, (576, 192, 192))])
+def test_segment_lora_matches_reference(nk, fin, widths):
+    """Input widths and slice widths that are and are not multiples of the C code's 8- and 16-float tiles."""
+    x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case(fin=fin, widths=widths)
     T = x.shape[0]
     be = cpu_native.backend(nk)
     # strided scratch, as the runner slices it out of a bigger buffer; columns past a rank must stay untouched
@@ -157,6 +158,24 @@ def test_segment_lora_matches_reference(nk):
     ref.sgmv_expand(want_buf, b, want, seg_starts, seg_slots, row_start, rank, scale, 0, widths)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     assert torch.equal(got[:1], y0[:1]), "the no-adapter segment must be left as it is"
+
+
+def test_segment_lora_same_bits_on_one_and_two_threads(nk):
+    x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case(seed=5, fin=43, widths=(50, 13, 7))
+    T = x.shape[0]
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            buf = torch.zeros(3, T, 16)
+            nk.sgmv_shrink(x, a, buf, seg_starts, seg_slots, row_start, rank)
+            y = torch.zeros(T, sum(widths))
+            nk.sgmv_expand(buf, b, y, seg_starts, seg_slots, row_start, rank, scale, 0, widths)
+            outs.append((buf, y))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
 def test_segment_lora_one_slice_with_offset(nk):
@@ -186,10 +205,10 @@ def test_segment_lora_rejects_out_of_range_tables(nk, what):
         seg_starts[3] = 10**5
     buf = torch.zeros(3, x.shape[0], 16)
     with pytest.raises(ValueError, match="out of range"):
-        nk.sgmv_shrink(x, a, buf, seg_starts, seg_slots, row_start, rank, 16)
+        nk.sgmv_shrink(x, a, buf, seg_starts, seg_slots, row_start, rank)
     with pytest.raises(ValueError, match="out of range"):
         nk.sgmv_expand(buf, b, torch.zeros(x.shape[0], 80), seg_starts, seg_slots, row_start, rank, scale, 0,
-                       widths, 16)
+                       widths)
 
 
 def test_segment_lora_rejects_inconsistent_shapes(nk):
@@ -197,17 +216,16 @@ def test_segment_lora_rejects_inconsistent_shapes(nk):
     T = x.shape[0]
     buf = torch.zeros(3, T, 16)
     with pytest.raises(ValueError, match="do not fit together"):          # one row start short
-        nk.sgmv_shrink(x, a, buf, seg_starts, seg_slots, row_start[:-1], rank, 16)
+        nk.sgmv_shrink(x, a, buf, seg_starts, seg_slots, row_start[:-1], rank)
     with pytest.raises(ValueError, match="do not fit together"):          # segment table one entry short
-        nk.sgmv_shrink(x, a, buf, seg_starts[:-1], seg_slots, row_start, rank, 16)
+        nk.sgmv_shrink(x, a, buf, seg_starts[:-1], seg_slots, row_start, rank)
     with pytest.raises(ValueError, match="must match slot_rank"):        # scales for fewer slots
-        nk.sgmv_expand(buf, b, torch.zeros(T, 80), seg_starts, seg_slots, row_start, rank, scale[:, :4], 0, widths,
-                       16)
+        nk.sgmv_expand(buf, b, torch.zeros(T, 80), seg_starts, seg_slots, row_start, rank, scale[:, :4], 0, widths)
     wide = torch.zeros(T, 200)
     with pytest.raises(ValueError, match="must lie in y"):                # a column view narrower than its stride
-        nk.sgmv_expand(buf, b, wide[:, 100:170], seg_starts, seg_slots, row_start, rank, scale, 0, widths, 16)
+        nk.sgmv_expand(buf, b, wide[:, 100:170], seg_starts, seg_slots, row_start, rank, scale, 0, widths)
     with pytest.raises(ValueError, match="do not fit"):                   # x wider than the pool's rows
-        nk.sgmv_shrink(torch.zeros(T, 41), a, buf, seg_starts, seg_slots, row_start, rank, 16)
+        nk.sgmv_shrink(torch.zeros(T, 41), a, buf, seg_starts, seg_slots, row_start, rank)
 
 
 def test_auto_picks_native_on_cpu_and_off_switch_falls_back():
