@@ -92,7 +92,8 @@ def worker_ours(job: dict) -> dict:
     dt = time.perf_counter() - t
     be = llm.engine.backend
     mem = llm.engine.memory
-    return {"seconds": dt, "tokens": tokens, "kernels": f"{be.name}: {be.description}",
+    return {"seconds": dt, "tokens": tokens,
+            "kernels": f"{be.name}: {be.description}; linears: {llm.engine.model.linear_kernels}",
             "lora_path": getattr(llm.engine.model, "lora_path", ""), "threads": torch.get_num_threads(),
             "memory": {"kv_cache_bytes": mem.kv_cache_bytes, "lora_pool_bytes": mem.lora_pool_bytes,
                        "host_cache_bytes": mem.host_cache_bytes},
@@ -218,7 +219,12 @@ def run_job(python: str, system: str, job: dict, work: Path, timeout: float) -> 
     res = json.loads(out.read_text())
     res["wall_s"] = wall
     if system == "ours":
-        res["log"] = [ln for ln in p.stderr.splitlines() if ln.startswith(("memory:", "kernel backend", "LoRA"))]
+        res["log"] = [ln for ln in p.stderr.splitlines()
+                      if ln.startswith(("memory:", "kernel backend", "linears:", "LoRA"))]
+    elif system == "vllm":         # what vLLM says it chose (attention backend, GEMM dispatch, dtype)
+        keep = ("attention backend", "Using ", "oneDNN", "onednn", "dtype", "ISA")
+        res["log"] = sorted({ln.split("] ", 1)[-1][:300] for ln in p.stderr.splitlines()
+                             if any(k in ln for k in keep)})[:12]
     return res
 
 
@@ -394,10 +400,11 @@ def main() -> None:
     for k, v in agree.items():
         print(f"greedy {k}: {v['identical_requests']}/{v['requests']} identical, mean agreeing prefix "
               f"{v['mean_agreeing_prefix']:.1f} tokens")
+    seen = set()
     for r in rows:
-        if r["system"] == "ours" and r.get("log"):
-            print(f"ours {r['dtype']} N={r['registered']}: " + " | ".join(r["log"]))
-            break
+        if r["system"] in ("ours", "vllm") and r.get("log") and (r["system"], r["dtype"]) not in seen:
+            seen.add((r["system"], r["dtype"]))
+            print(f"{r['system']} {r['dtype']} N={r['registered']}: " + " | ".join(r["log"]))
     print(f"wrote {args.out}.json")
     plot_via(args.vllm_python, Path(str(args.out) + ".json"), Path(str(args.out) + ".png"))
 

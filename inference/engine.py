@@ -121,6 +121,7 @@ class LLMEngine:
         weights = load_weights(path, self.spec, self.dtype, self.device)
         self.model = LlamaServingModel(self.spec, weights, self.dtype, self.device, self.backend,
                                        lora_sliced=config.lora_sliced_launch)
+        log.info(f"linears: {self.model.linear_kernels}")
         self.memory = plan_memory(self.spec, self.dtype, self.device, kv_cache_bytes=config.kv_cache_bytes,
                                   lora_pool_bytes=config.lora_pool_bytes, host_cache_bytes=config.host_cache_bytes,
                                   max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from openlora.inference.lora import (FUSED_LINEARS, LoRABatch, LoRALinear, LoRAPool, can_pack_cpu, pack_cpu_weight,
-                                     packed_linear)
+from openlora.inference.lora import (FUSED_LINEARS, LoRABatch, LoRALinear, LoRAPool, can_pack_cpu, cpu_has_bf16_dot,
+                                     pack_cpu_weight, packed_linear)
 from openlora.inference.model_config import ModelSpec, rope_inv_freq
 
 
@@ -78,15 +78,31 @@ class LlamaServingModel:
         self.inv_freq = rope_inv_freq(spec).to(device)
         self.scale = spec.head_dim ** -0.5
         # CPU float32 under the native backend: every linear (and the LM head) in oneDNN's packed layout. A tied
-        # LM head keeps the dense embedding for lookups, so it costs one more vocab x hidden copy.
+        # LM head keeps the dense embedding for lookups, so it costs one more vocab x hidden copy. bfloat16 on a CPU
+        # without bfloat16 dot products: the same, packed as float32 (`LoRALinear.pack_for_cpu`); the rest of the
+        # forward (activations, KV cache, LoRA pool) stays bfloat16.
         self.lm_head_packed = None
-        if backend.pack_cpu_linears and can_pack_cpu(self.lm_head):
+        self.bf16_upcast = (dtype == torch.bfloat16 and device.type == "cpu" and backend.pack_cpu_linears
+                            and not cpu_has_bf16_dot())
+        if backend.pack_cpu_linears and can_pack_cpu(self.lm_head, self.bf16_upcast):
             for layer in self.layers:
                 for linear in layer.linears.values():
-                    linear.pack_for_cpu()
-            self.lm_head_packed = pack_cpu_weight(self.lm_head)
+                    linear.pack_for_cpu(self.bf16_upcast)
+            self.lm_head_packed = pack_cpu_weight(self.lm_head.float())
             if self.lm_head is not self.embed:
                 self.lm_head = None
+        else:
+            self.bf16_upcast = False
+
+    @property
+    def linear_kernels(self) -> str:
+        """What runs the base linears, for the start log and benchmarks."""
+        if self.lm_head_packed is None:
+            return f"torch F.linear in {str(self.dtype).removeprefix('torch.')}"
+        if self.bf16_upcast:
+            return ("oneDNN pre-packed float32 GEMMs over bfloat16 weights upcast once at load (this CPU has no "
+                    "bfloat16 dot-product instructions; outputs rounded to bfloat16)")
+        return "oneDNN pre-packed float32 GEMMs"
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]         # [T, D/2] float32, as HF
@@ -146,5 +162,6 @@ class LlamaServingModel:
             h.add_(delta)
         h = rms_norm(h[logits_indices], self.norm, spec.rms_norm_eps)
         if self.lm_head_packed is not None:
-            return packed_linear(h, self.lm_head_packed).float()
+            logits = packed_linear(h.float(), self.lm_head_packed)
+            return logits if self.dtype == torch.float32 else logits.to(self.dtype).float()    # rounded as HF
         return F.linear(h, self.lm_head).float()

@@ -338,9 +338,12 @@ def unavailable_reason() -> str:
     return _state.get("reason", "")
 
 
-# ---- the "native" kernel backend: torch_ops' LoRA, native attention for short query runs ----
+# ---- the "native" kernel backend: native LoRA (torch_ops' for other dtypes), native attention up to SHORT_QUERY ----
 
-SHORT_QUERY = 16      # sequences with at most this many new tokens use the native kernel; longer ones SDPA
+# sequences with at most this many new tokens use the native kernel, longer ones SDPA (bench/bench_cpu_native.py,
+# SmolLM2's shapes, 1 thread: native 1.8 vs SDPA 3.1 ms for 8 prompts of 72 tokens, 2.8 vs 3.6 for 4 x 128, about
+# equal at 512)
+SHORT_QUERY = 256
 
 
 def backend(nk: NativeKernels):
@@ -413,10 +416,10 @@ def _make_backend(nk: NativeKernels):
         store_kv=store_kv, paged_attention=paged_attention,
         paged_attention_decode=paged_attention_decode,
         description=(f"native CPU C kernels ({nk.path.name}): paged attention for runs of <= {SHORT_QUERY} new "
-                     "tokens read straight through the block tables, register-tiled segment LoRA shrink/expand (every "
-                     "segment and slice in one call, long segments split across threads), fused float32 "
-                     "residual+RMSNorm, RoPE and SiLU*up; oneDNN pre-packed float32 linears; torch SDPA "
-                     "for longer prefills"),
+                     "tokens read straight through the block tables, register-tiled segment LoRA shrink/expand "
+                     "(every segment and slice in one call, long segments split across threads), fused float32 "
+                     "residual+RMSNorm, RoPE and SiLU*up, and oneDNN pre-packed linears (the model says which); "
+                     "torch SDPA for longer prefills"),
         decode_bgmv_min_segments=1 << 30,
         pack_cpu_linears=True,
         fused=nk,

@@ -51,6 +51,16 @@ static inline __attribute__((always_inline)) float olr_exp(float x) {
     return p * s.v;
 }
 
+/* 8 floats, loaded and stored unaligned: GCC/Clang vector extensions, lowered to AVX/AVX-512 (or two SSE/NEON
+ * halves) by -march=native. */
+typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
+
+static inline __attribute__((always_inline)) float hsum8(v8f v) {
+    float s = 0.f;
+    for (int l = 0; l < 8; l++) s += v[l];
+    return s;
+}
+
 /* One query token's G heads (one GQA group) over keys 0 .. upto-1 of one kv head h: scores, softmax, weighted sum
  * of V rows, written to out [G, D]. Inlined with D a constant where the caller knows it. */
 static inline __attribute__((always_inline)) void attend_one(
@@ -90,6 +100,54 @@ static inline __attribute__((always_inline)) void attend_one(
             }
         }
         for (int64_t d = 0; d < D; d++) out[g * D + d] = a[d] * inv;
+    }
+}
+
+/* attend_one for D = 8 * ND (ND a constant: 8 or 16): the key row is loaded once for the G heads of the group,
+ * two vector accumulators per dot product, and each head's output accumulated in registers over the V rows. */
+static inline __attribute__((always_inline)) void attend_v8(
+        const float *restrict qt, const void *kc, const void *vc, int kind, const int32_t *table, int64_t bs,
+        int64_t upto, int64_t Hkv, int64_t h, int64_t G, const int ND, float scale, float *restrict scores,
+        int64_t max_len, float *ktmp, float *vtmp, float *restrict out) {
+    const int64_t D = 8 * ND;
+    for (int64_t j = 0, l0 = 0; l0 < upto; j++, l0 += bs) {
+        const int64_t base = (int64_t)table[j] * bs, m = upto - l0 < bs ? upto - l0 : bs;
+        for (int64_t o = 0; o < m; o++) {
+            const float *kr = row_f32(kc, kind, (base + o) * Hkv + h, D, ktmp);
+            v8f k[16];
+            for (int c = 0; c < ND; c++) k[c] = *(const v8f *)(kr + 8 * c);
+            for (int64_t g = 0; g < G; g++) {
+                const float *qg = qt + g * D;
+                v8f a0 = (v8f){0}, a1 = (v8f){0};
+                for (int c = 0; c < ND; c += 2) {
+                    a0 += *(const v8f *)(qg + 8 * c) * k[c];
+                    a1 += *(const v8f *)(qg + 8 * c + 8) * k[c + 1];
+                }
+                scores[g * max_len + l0 + o] = hsum8(a0 + a1) * scale;
+            }
+        }
+    }
+    for (int64_t g = 0; g < G; g++) {
+        float *restrict sg = scores + g * max_len;
+        float mx = -INFINITY, sum = 0.f;
+        for (int64_t l = 0; l < upto; l++) mx = sg[l] > mx ? sg[l] : mx;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t l = 0; l < upto; l++) {
+            sg[l] = olr_exp(sg[l] - mx);
+            sum += sg[l];
+        }
+        const float inv = 1.f / sum;
+        v8f a[16];
+        for (int c = 0; c < ND; c++) a[c] = (v8f){0};
+        for (int64_t j = 0, l0 = 0; l0 < upto; j++, l0 += bs) {
+            const int64_t base = (int64_t)table[j] * bs, m = upto - l0 < bs ? upto - l0 : bs;
+            for (int64_t o = 0; o < m; o++) {
+                const float *vr = row_f32(vc, kind, (base + o) * Hkv + h, D, vtmp);
+                const v8f p = (v8f){0} + sg[l0 + o];
+                for (int c = 0; c < ND; c++) a[c] += p * *(const v8f *)(vr + 8 * c);
+            }
+        }
+        for (int c = 0; c < ND; c++) *(v8f *)(out + g * D + 8 * c) = a[c] * inv;
     }
 }
 
@@ -140,12 +198,12 @@ int olr_paged_attention(const float *q, const void *kc, const void *vc, int kind
                      * registers and unrolls the dot products */
                     switch (D) {
                     case 64:
-                        attend_one(qt, kc, vc, kind, table, bs, upto, Hkv, h, G, 64, scale, scores, max_len, ktmp,
-                                   vtmp, ot);
+                        attend_v8(qt, kc, vc, kind, table, bs, upto, Hkv, h, G, 8, scale, scores, max_len, ktmp,
+                                  vtmp, ot);
                         break;
                     case 128:
-                        attend_one(qt, kc, vc, kind, table, bs, upto, Hkv, h, G, 128, scale, scores, max_len, ktmp,
-                                   vtmp, ot);
+                        attend_v8(qt, kc, vc, kind, table, bs, upto, Hkv, h, G, 16, scale, scores, max_len, ktmp,
+                                  vtmp, ot);
                         break;
                     default:
                         attend_one(qt, kc, vc, kind, table, bs, upto, Hkv, h, G, D, scale, scores, max_len, ktmp,
@@ -175,16 +233,6 @@ static int check_segments(int64_t T, int64_t P, int64_t R, const int32_t *seg_st
         }
     }
     return 0;
-}
-
-/* 8 floats, loaded and stored unaligned: GCC/Clang vector extensions, lowered to AVX/AVX-512 (or two SSE/NEON
- * halves) by -march=native. */
-typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
-
-static inline __attribute__((always_inline)) float hsum8(v8f v) {
-    float s = 0.f;
-    for (int l = 0; l < 8; l++) s += v[l];
-    return s;
 }
 
 /* One unit of LoRA work: tokens [t0, t1) of segment i, slice k (a long segment is split into several). */

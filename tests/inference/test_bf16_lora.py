@@ -59,3 +59,40 @@ def test_bf16_engine_with_adapters_close_to_peft_bf16(tiny):
         if float(top2[0] - top2[1]) > 2 * TOL * float(want.abs().max()):
             assert out.token_ids[0] == int(want.argmax())
             checked += 1
+
+
+def test_bf16_on_a_cpu_without_bf16_dot_products_packs_float32_and_keeps_bf16_semantics(tiny, monkeypatch):
+    """Where the CPU has no bf16 dot products (this CI box: AVX2), the base linears run as float32 GEMMs over the
+    bf16 weights (exact products, float32 accumulation, output rounded to bf16): the same logits as the plain bf16
+    linears within bf16 rounding, with the activations, KV cache and LoRA pool still bf16. A CPU that has them
+    keeps the bf16 GEMMs."""
+    from openlora.inference import lora as lora_mod
+    from openlora.inference import model as model_mod
+    base = tiny.model("llama")
+    ad = tiny.adapter(base, rank=8, targets=("q_proj", "v_proj", "gate_proj"), seed=4)
+    logits: dict = {}
+    for native_bf16 in (False, True):
+        monkeypatch.setattr(model_mod, "cpu_has_bf16_dot", lambda v=native_bf16: v)
+        llm = LLM(base, dtype="bfloat16", device="cpu")
+        llm.load_adapter("a", ad)
+        m = llm.engine.model
+        assert m.bf16_upcast is (not native_bf16)
+        linear = m.layers[0].linears["qkv"]
+        assert linear.packed is (not native_bf16) and linear.out_dtype == torch.bfloat16
+        assert ("upcast" in m.linear_kernels) is (not native_bf16)
+        assert llm.engine.runner.kv_caches[0][0].dtype == torch.bfloat16
+        assert llm.engine.lora_pool.a_fused["qkv"].dtype == torch.bfloat16
+        outs = llm.generate(PROMPTS, SamplingParams(max_tokens=4, temperature=0.0, logprobs=1),
+                            adapters=["a", None, "a"])
+        assert all(o.error is None for o in outs)
+        logits[native_bf16] = [(list(o.token_ids), o.logprobs) for o in outs]
+        if not native_bf16:
+            assert lora_mod.can_pack_cpu(torch.zeros(2, 2, dtype=torch.bfloat16), upcast_bf16=True)
+            assert not lora_mod.can_pack_cpu(torch.zeros(2, 2, dtype=torch.bfloat16))
+    for (tok_up, lp_up), (tok_plain, lp_plain) in zip(logits[False], logits[True]):
+        # the same tokens as long as both agree; there, each chosen token's logprob within bf16 rounding
+        for t_u, t_p, a, b in zip(tok_up, tok_plain, lp_up, lp_plain):
+            if t_u != t_p:
+                break
+            assert abs(a - b) <= 0.05, (a, b)
+        assert tok_up[0] == tok_plain[0]
