@@ -221,10 +221,11 @@ def run_job(python: str, system: str, job: dict, work: Path, timeout: float) -> 
     if system == "ours":
         res["log"] = [ln for ln in p.stderr.splitlines()
                       if ln.startswith(("memory:", "kernel backend", "linears:", "LoRA"))]
-    elif system == "vllm":         # what vLLM says it chose (attention backend, GEMM dispatch, dtype)
-        keep = ("attention backend", "Using ", "oneDNN", "onednn", "dtype", "ISA")
-        res["log"] = sorted({ln.split("] ", 1)[-1][:300] for ln in p.stderr.splitlines()
-                             if any(k in ln for k in keep)})[:12]
+    elif system == "vllm":         # what vLLM says it chose (it logs to stdout): attention backend, GEMM, dtype
+        keep = ("backend", "Backend", "oneDNN", "onednn", "dtype=", "ISA", "GEMM")
+        lines = (p.stdout + "\n" + p.stderr).splitlines()
+        res["log"] = list(dict.fromkeys(ln.split("] ", 1)[-1][:300] for ln in lines
+                                        if any(k in ln for k in keep) and "NUMA" not in ln))[:12]
     return res
 
 

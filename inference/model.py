@@ -8,6 +8,7 @@ What it does not do: schedule, sample, or know about requests (see scheduler.py,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,9 @@ import torch.nn.functional as F
 from openlora.inference.lora import (FUSED_LINEARS, LoRABatch, LoRALinear, LoRAPool, can_pack_cpu, cpu_has_bf16_dot,
                                      pack_cpu_weight, packed_linear)
 from openlora.inference.model_config import ModelSpec, rope_inv_freq
+from openlora.inference.sizing import host_available_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,7 +87,7 @@ class LlamaServingModel:
         # forward (activations, KV cache, LoRA pool) stays bfloat16.
         self.lm_head_packed = None
         self.bf16_upcast = (dtype == torch.bfloat16 and device.type == "cpu" and backend.pack_cpu_linears
-                            and not cpu_has_bf16_dot())
+                            and not cpu_has_bf16_dot() and self._float32_copies_fit())
         if backend.pack_cpu_linears and can_pack_cpu(self.lm_head, self.bf16_upcast):
             for layer in self.layers:
                 for linear in layer.linears.values():
@@ -93,6 +97,18 @@ class LlamaServingModel:
                 self.lm_head = None
         else:
             self.bf16_upcast = False
+
+    def _float32_copies_fit(self) -> bool:
+        """Whether float32 copies of the bf16 linears (and LM head) fit in half of the host memory available now; if
+        not, the bf16 GEMMs stay (slow on this CPU, but an operator who chose bf16 to fit memory keeps that)."""
+        numel = self.lm_head.numel() + sum(lin.weight.numel() for layer in self.layers
+                                           for lin in layer.linears.values())
+        need, avail = 4 * numel, host_available_bytes()
+        if need <= avail // 2:
+            return True
+        log.warning(f"bfloat16 linears stay bfloat16 (emulated on this CPU, ~10x slower than float32): float32 "
+                    f"copies would need {need / 2**30:.1f} GiB of the {avail / 2**30:.1f} GiB available")
+        return False
 
     @property
     def linear_kernels(self) -> str:

@@ -96,3 +96,19 @@ def test_bf16_on_a_cpu_without_bf16_dot_products_packs_float32_and_keeps_bf16_se
                 break
             assert abs(a - b) <= 0.05, (a, b)
         assert tok_up[0] == tok_plain[0]
+
+
+def test_bf16_keeps_bf16_linears_when_float32_copies_would_not_fit(tiny, monkeypatch, caplog):
+    """An operator who chose bf16 to fit memory keeps bf16 weights: no float32 copies when they would take more
+    than half of the memory available (a warning says why)."""
+    from openlora.inference import model as model_mod
+    monkeypatch.setattr(model_mod, "cpu_has_bf16_dot", lambda: False)
+    monkeypatch.setattr(model_mod, "host_available_bytes", lambda: 1 << 10)
+    with caplog.at_level("WARNING"):
+        llm = LLM(tiny.model("llama"), dtype="bfloat16", device="cpu")
+    m = llm.engine.model
+    assert not m.bf16_upcast and not m.layers[0].linears["qkv"].packed
+    assert m.layers[0].linears["qkv"].weight.dtype == torch.bfloat16
+    assert "stay bfloat16" in caplog.text and m.linear_kernels == "torch F.linear in bfloat16"
+    out = llm.generate([PROMPTS[0]], SamplingParams(max_tokens=2, temperature=0.0))[0]
+    assert out.error is None and len(out.token_ids) == 2
