@@ -51,6 +51,18 @@ static inline __attribute__((always_inline)) float olr_exp(float x) {
     return p * s.v;
 }
 
+/* sg[l] = exp(sg[l] - max) for l < n, in place; returns 1 / sum (the caller scales its weighted sum once). */
+static inline __attribute__((always_inline)) float softmax_unnormalized(float *restrict sg, int64_t n) {
+    float mx = -INFINITY, sum = 0.f;
+    for (int64_t l = 0; l < n; l++) mx = sg[l] > mx ? sg[l] : mx;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t l = 0; l < n; l++) {
+        sg[l] = olr_exp(sg[l] - mx);
+        sum += sg[l];
+    }
+    return 1.f / sum;
+}
+
 /* 8 floats, loaded and stored unaligned: GCC/Clang vector extensions, lowered to AVX/AVX-512 (or two SSE/NEON
  * halves) by -march=native. */
 typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
@@ -80,14 +92,7 @@ static inline __attribute__((always_inline)) void attend_one(
                 sg[l0 + o] = sc * scale;
             }
         }
-        float mx = -INFINITY, sum = 0.f;
-        for (int64_t l = 0; l < upto; l++) mx = sg[l] > mx ? sg[l] : mx;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t l = 0; l < upto; l++) {
-            sg[l] = olr_exp(sg[l] - mx);
-            sum += sg[l];
-        }
-        const float inv = 1.f / sum;
+        const float inv = softmax_unnormalized(sg, upto);
         float a[256];                       /* D <= 256 (checked by the caller) */
         for (int64_t d = 0; d < D; d++) a[d] = 0.f;
         for (int64_t j = 0, l0 = 0; l0 < upto; j++, l0 += bs) {
@@ -129,14 +134,7 @@ static inline __attribute__((always_inline)) void attend_v8(
     }
     for (int64_t g = 0; g < G; g++) {
         float *restrict sg = scores + g * max_len;
-        float mx = -INFINITY, sum = 0.f;
-        for (int64_t l = 0; l < upto; l++) mx = sg[l] > mx ? sg[l] : mx;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t l = 0; l < upto; l++) {
-            sg[l] = olr_exp(sg[l] - mx);
-            sum += sg[l];
-        }
-        const float inv = 1.f / sum;
+        const float inv = softmax_unnormalized(sg, upto);
         v8f a[16];
         for (int c = 0; c < ND; c++) a[c] = (v8f){0};
         for (int64_t j = 0, l0 = 0; l0 < upto; j++, l0 += bs) {
