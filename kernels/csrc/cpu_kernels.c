@@ -236,21 +236,25 @@ static int check_segments(int64_t T, int64_t P, int64_t R, const int32_t *seg_st
 /* One unit of LoRA work: tokens [t0, t1) of segment i, slice k (a long segment is split into several). */
 typedef struct { int64_t i, k, t0, t1; } lora_item;
 
-/* The work items of a call: every (segment with an adapter, slice with rank > 0) in chunks of `chunk` tokens, in
- * segment order. Returns a malloc'd array (count in *n; NULL with *n = 0 when there is nothing to do, or -1 when
- * malloc fails). */
-static lora_item *lora_items(const int32_t *seg_starts, const int32_t *seg_slots, int64_t nseg, const int32_t *rank,
-                             int64_t S, int64_t nslots, int64_t chunk, int64_t *n) {
+/* Checks the tables (`check_segments`), then lists the work items of a call: every (segment with an adapter, slice
+ * with rank > 0) in chunks of `chunk` tokens, in segment order, as a malloc'd array in *out (NULL when there is
+ * nothing to do) with its length in *n. Returns 0, -4 (a bad table entry: nothing allocated) or -5 (no memory). */
+static int lora_items(int64_t T, int64_t P, int64_t R, const int32_t *seg_starts, const int32_t *seg_slots,
+                      int64_t nseg, const int32_t *row_start, const int32_t *rank, int64_t S, int64_t nslots,
+                      int64_t chunk, lora_item **out, int64_t *n) {
+    *out = NULL;
+    *n = 0;
+    int rc = check_segments(T, P, R, seg_starts, seg_slots, nseg, row_start, rank, S, nslots);
+    if (rc) return rc;
     int64_t count = 0;
     for (int64_t i = 0; i < nseg; i++) {
         if (seg_slots[i] < 0 || seg_starts[i + 1] <= seg_starts[i]) continue;
         const int64_t pieces = (seg_starts[i + 1] - seg_starts[i] + chunk - 1) / chunk;
         for (int64_t k = 0; k < S; k++) count += rank[k * nslots + seg_slots[i]] > 0 ? pieces : 0;
     }
-    *n = count;
-    if (count == 0) return NULL;
+    if (count == 0) return 0;
     lora_item *items = malloc((size_t)count * sizeof *items);
-    if (!items) { *n = -1; return NULL; }
+    if (!items) return -5;
     int64_t w = 0;
     for (int64_t i = 0; i < nseg; i++) {
         if (seg_slots[i] < 0 || seg_starts[i + 1] <= seg_starts[i]) continue;
@@ -263,7 +267,9 @@ static lora_item *lora_items(const int32_t *seg_starts, const int32_t *seg_slots
             }
         }
     }
-    return items;
+    *out = items;
+    *n = count;
+    return 0;
 }
 
 /* out[u * out_st + q] = x[u] . a[q] for nt (<= 4) tokens and nq (<= 2) adapter rows: 8 vector accumulators over
@@ -311,11 +317,10 @@ static void shrink_rows(const float *x, int64_t nt, int64_t in, const float *a, 
 int olr_sgmv_shrink(const float *x, int64_t T, int64_t in, const float *a, int64_t S, int64_t P, float *buf,
                     int64_t buf_ss, int64_t buf_st, int64_t R, const int32_t *seg_starts, const int32_t *seg_slots,
                     int64_t nseg, const int32_t *row_start, const int32_t *rank, int64_t nslots, int nthreads) {
-    int rc = check_segments(T, P, R, seg_starts, seg_slots, nseg, row_start, rank, S, nslots);
-    if (rc) return rc;
+    lora_item *items;
     int64_t n;
-    lora_item *items = lora_items(seg_starts, seg_slots, nseg, rank, S, nslots, 16, &n);
-    if (n < 0) return -5;
+    int rc = lora_items(T, P, R, seg_starts, seg_slots, nseg, row_start, rank, S, nslots, 16, &items, &n);
+    if (rc) return rc;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads > 0 ? nthreads : 1)
     for (int64_t w = 0; w < n; w++) {
         const lora_item it = items[w];
@@ -371,17 +376,16 @@ int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R,
                     int64_t S, const int32_t *seg_starts, const int32_t *seg_slots, int64_t nseg,
                     const int32_t *row_start, const int32_t *rank, const float *scale, int64_t nslots,
                     int nthreads) {
-    int rc = check_segments(T, P, R, seg_starts, seg_slots, nseg, row_start, rank, S, nslots);
-    if (rc) return rc;
     int64_t total = 0;
     for (int64_t k = 0; k < S; k++) {
         if (widths[k] < 0) return -4;
         total += widths[k];
     }
     if (total != N || ldb < N || y_offset < 0 || y_offset + N > y_stride) return -4;
+    lora_item *items;
     int64_t n_items;
-    lora_item *items = lora_items(seg_starts, seg_slots, nseg, rank, S, nslots, 8, &n_items);
-    if (n_items < 0) return -5;
+    int rc = lora_items(T, P, R, seg_starts, seg_slots, nseg, row_start, rank, S, nslots, 8, &items, &n_items);
+    if (rc) return rc;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads > 0 ? nthreads : 1)
     for (int64_t w = 0; w < n_items; w++) {
         const lora_item it = items[w];
