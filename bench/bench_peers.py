@@ -22,6 +22,9 @@ Systems:
         KV cache 4 GiB, OMP threads bound to --threads cores
   peft  HF transformers + PEFT as a PEFT user serves many adapters (bench_engine.py's method): every adapter of the
         trace loaded as a named adapter, requests grouped per adapter, `generate` in batches of --peft-batch
+  ceiling  not an engine: the trace's base-model FLOPs at torch's best large-GEMM rate here, measured in its own
+        process like the others (`--systems ours,vllm,peft,ceiling`): the throughput no engine can exceed, and so
+        the largest ratio over a peer that any engine could show on this machine
 """
 
 from __future__ import annotations
@@ -184,7 +187,52 @@ def worker_peft(job: dict) -> dict:
             "threads": torch.get_num_threads()}
 
 
-WORKERS = {"ours": worker_ours, "vllm": worker_vllm, "peft": worker_peft}
+def trace_flops(cfg: dict, reqs: list[dict], out_len: int) -> dict:
+    """The FLOPs any engine must spend on the trace with the base model (adapters not counted): every prompt token
+    and every generated token but the last through the layers' linears and causal attention, and the LM head once
+    per generated token. A multiply-add counts 2."""
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or heads
+    hd = cfg.get("head_dim") or h // heads
+    per_layer = h * heads * hd + 2 * h * kv * hd + heads * hd * h + 3 * h * inter
+    linears = attention = 0
+    for r in reqs:
+        n = len(r["prompt"]) + out_len - 1
+        linears += 2 * per_layer * layers * n
+        attention += 2 * 2 * heads * hd * layers * n * (n + 1) // 2       # QK^T and PV over i + 1 keys at i
+    head = 2 * h * cfg["vocab_size"] * out_len * len(reqs)
+    return {"linears": linears, "attention": attention, "lm_head": head, "total": linears + attention + head}
+
+
+def worker_ceiling(job: dict) -> dict:
+    """Not an engine: the trace's FLOPs (trace_flops) at the best rate torch's GEMM reaches on this machine with
+    the same threads (a 2048^3 matmul, in float32 and in the job's dtype when that differs: bf16 products are
+    exact in float32, so an engine may use either). No engine can beat it: it assumes every FLOP runs at
+    large-GEMM speed and nothing else takes time."""
+    import torch
+    torch.set_num_threads(job["threads"])
+    cfg = json.loads((Path(job["model"]) / "config.json").read_text())
+    flops = trace_flops(cfg, job["requests"], job["output_len"])
+    rates = {}
+    for name in dict.fromkeys(["float32", job["dtype"]]):
+        dt = getattr(torch, name)
+        a, b = torch.randn(2048, 2048).to(dt), torch.randn(2048, 2048).to(dt)
+        best = float("inf")
+        for i in range(7):
+            t = time.perf_counter()
+            a @ b
+            if i:
+                best = min(best, time.perf_counter() - t)
+        rates[name] = 2 * 2048 ** 3 / best
+    rate = max(rates.values())
+    return {"seconds": flops["total"] / rate, "tokens": None, "flops": flops, "gemm_flops_per_s": rates,
+            "kernels": f"{flops['total'] / 1e12:.2f} TFLOP at {rate / 1e9:.1f} GFLOPS (torch.mm 2048^3, "
+                       f"{', '.join(f'{k} {v / 1e9:.1f}' for k, v in rates.items())})",
+            "threads": torch.get_num_threads()}
+
+
+WORKERS = {"ours": worker_ours, "vllm": worker_vllm, "peft": worker_peft, "ceiling": worker_ceiling}
 
 
 # ---- the driver ----
@@ -314,10 +362,10 @@ def main() -> None:
     systems = [s for s in args.systems.split(",") if s]
     for s in systems:
         if s not in WORKERS:
-            raise SystemExit(f"--systems: unknown system {s!r} (ours, vllm, peft)")
+            raise SystemExit(f"--systems: unknown system {s!r} ({', '.join(WORKERS)})")
     if "vllm" in systems and not Path(args.vllm_python).is_file():
         raise SystemExit(f"--vllm-python {args.vllm_python}: not found (make bench-peers installs vLLM CPU there)")
-    python = {"ours": sys.executable, "peft": sys.executable, "vllm": args.vllm_python}
+    python = {"ours": sys.executable, "peft": sys.executable, "ceiling": sys.executable, "vllm": args.vllm_python}
 
     # (system, dtype, registered) points: the main table for every system, the scale points for --scale-systems
     points = [(s, dt, n) for dt in args.dtypes for n in args.adapters for s in systems
@@ -368,7 +416,7 @@ def main() -> None:
     agree = {}
     for (s, dt, n), b in best.items():
         for (s2, dt2, n2), b2 in best.items():
-            if (dt, n) == (dt2, n2) and s < s2:
+            if (dt, n) == (dt2, n2) and s < s2 and b["tokens"] is not None and b2["tokens"] is not None:
                 agree[f"{s} vs {s2}, {dt}, N={n}"] = same_tokens(b["tokens"], b2["tokens"])
     ratios = {}
 
@@ -380,8 +428,8 @@ def main() -> None:
             for s in systems:
                 for s2 in systems:
                     a, b = tps(s, dt, n), tps(s2, dt, n)
-                    if s != s2 and a and b and s == "ours":
-                        ratios[f"ours / {s2}, {dt}, N={n}"] = a / b
+                    if s != s2 and a and b and s in ("ours", "ceiling"):
+                        ratios[f"{s} / {s2}, {dt}, N={n}"] = a / b
         for s in systems:
             for n in args.adapters:
                 if n and tps(s, dt, n) and tps(s, dt, 0):
