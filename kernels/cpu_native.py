@@ -34,7 +34,7 @@ from openlora.kernels import torch_ops
 log = logging.getLogger("openlora.kernels")
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
-ABI_VERSION = 9
+ABI_VERSION = 10
 # -fno-trapping-math lets GCC vectorize the clamps of the exp (no code here reads floating-point exception flags);
 # -ffp-contract=fast gives fused multiply-adds (ISO C mode turns contraction off); no -ffast-math: NaN and inf keep
 # their meaning and sums keep their order
@@ -110,11 +110,12 @@ class NativeKernels:
         f.restype = ctypes.c_int
 
         i32p = ptr
-        self.lib.olr_sgmv_shrink.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i32p, i32p, i64,
-                                             i32p, i32p, i64, ctypes.c_int]
+        cint = ctypes.c_int
+        self.lib.olr_sgmv_shrink.argtypes = [ptr, i64, i64, ptr, cint, i64, i64, ptr, i64, i64, i64, i32p, i32p, i64,
+                                             i32p, i32p, i64, cint]
         self.lib.olr_sgmv_shrink.restype = ctypes.c_int
-        self.lib.olr_sgmv_expand.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, i64, i64, i64, ptr, i64,
-                                             i32p, i32p, i64, i32p, i32p, ptr, i64, ctypes.c_int]
+        self.lib.olr_sgmv_expand.argtypes = [ptr, i64, i64, i64, ptr, cint, i64, i64, i64, ptr, i64, i64, i64, ptr,
+                                             i64, i32p, i32p, i64, i32p, i32p, ptr, i64, cint]
         self.lib.olr_sgmv_expand.restype = ctypes.c_int
 
         for name, args in (("olr_add_rms_norm", [ptr, i64, ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, i64,
@@ -196,55 +197,68 @@ class NativeKernels:
             raise ValueError("native store_kv: a slot lies past the KV cache")
 
     @staticmethod
-    def lora_supports(*ts: torch.Tensor) -> bool:
-        return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in ts)
+    def lora_supports(acts: tuple[torch.Tensor, ...], weights: torch.Tensor) -> bool:
+        """Whether the C LoRA kernels take these: float32 or bfloat16 activations (bfloat16 ones are widened to
+        float32 around the call), a float32 or bfloat16 pool, on the CPU."""
+        return (weights.dtype in _WEIGHT_KIND and weights.device.type == "cpu"
+                and all(t.dtype in (torch.float32, torch.bfloat16) and t.device.type == "cpu" for t in acts))
 
     def sgmv_shrink(self, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank) -> None:
-        """kernels.reference.sgmv_shrink (float32; one slice or S)."""
+        """kernels.reference.sgmv_shrink (one slice or S): x float32 or bfloat16 (widened first), a_pool float32 or
+        bfloat16 (read as it is), buf float32."""
         if a_pool.dim() == 2:
             a_pool, buf, slot_rank = a_pool[None], buf[None], slot_rank[None]
         S, P, fin = a_pool.shape
         T = x.shape[0]
-        if (x.shape[1] != fin or buf.dim() != 3 or buf.shape[0] != S or buf.shape[1] < T or buf.stride(2) != 1
-                or not (x.is_contiguous() and a_pool.is_contiguous())):
-            raise ValueError(f"native sgmv_shrink: x {tuple(x.shape)}, a_pool {tuple(a_pool.shape)}, buf "
-                             f"{tuple(buf.shape)} do not fit")
+        if (x.dim() != 2 or x.shape[1] != fin or buf.dim() != 3 or buf.shape[0] != S or buf.shape[1] < T
+                or buf.stride(2) != 1 or buf.dtype != torch.float32 or a_pool.dtype not in _WEIGHT_KIND
+                or not a_pool.is_contiguous()):
+            raise ValueError(f"native sgmv_shrink: x {tuple(x.shape)}, a_pool {tuple(a_pool.shape)} {a_pool.dtype}, "
+                             f"buf {tuple(buf.shape)} {buf.dtype} do not fit")
+        x = x.to(torch.float32).contiguous()
         starts, slots, rows, ranks = _meta(seg_starts, seg_slots, slot_row_start, slot_rank)
-        rc = self.lib.olr_sgmv_shrink(x.data_ptr(), T, fin, a_pool.data_ptr(), S, P, buf.data_ptr(), buf.stride(0),
-                                      buf.stride(1), buf.shape[2], starts.data_ptr(), slots.data_ptr(),
-                                      slots.shape[0], rows.data_ptr(), ranks.data_ptr(), ranks.shape[1],
-                                      torch.get_num_threads())
+        rc = self.lib.olr_sgmv_shrink(x.data_ptr(), T, fin, a_pool.data_ptr(), _WEIGHT_KIND[a_pool.dtype], S, P,
+                                      buf.data_ptr(), buf.stride(0), buf.stride(1), buf.shape[2], starts.data_ptr(),
+                                      slots.data_ptr(), slots.shape[0], rows.data_ptr(), ranks.data_ptr(),
+                                      ranks.shape[1], torch.get_num_threads())
         if rc:
             raise (MemoryError("native sgmv_shrink: out of memory") if rc == -5 else
                    ValueError("native sgmv_shrink: a segment, slot, rank or pool row is out of range"))
 
     def sgmv_expand(self, buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
                     widths: tuple[int, ...]) -> None:
-        """kernels.reference.sgmv_expand (float32; one slice or S)."""
+        """kernels.reference.sgmv_expand (one slice or S): buf float32, b_pool float32 or bfloat16, y float32 (added
+        in place) or bfloat16 (its columns widened, added to, and rounded once, as the reference does)."""
         if buf.dim() == 2:
             buf, slot_rank, slot_scale = buf[None], slot_rank[None], slot_scale[None]
         S = buf.shape[0]
         P, N = b_pool.shape
         T = y.shape[0]
-        if (buf.shape[1] < T or buf.stride(2) != 1 or b_pool.stride(1) != 1 or y.dim() != 2
-                or y.stride(1) != 1 or len(widths) != S):
-            raise ValueError(f"native sgmv_expand: buf {tuple(buf.shape)}, b_pool {tuple(b_pool.shape)}, y "
-                             f"{tuple(y.shape)} do not fit")
+        if (buf.shape[1] < T or buf.stride(2) != 1 or buf.dtype != torch.float32 or b_pool.stride(1) != 1
+                or b_pool.dtype not in _WEIGHT_KIND or y.dim() != 2 or y.stride(1) != 1 or len(widths) != S
+                or y.dtype not in (torch.float32, torch.bfloat16)):
+            raise ValueError(f"native sgmv_expand: buf {tuple(buf.shape)} {buf.dtype}, b_pool {tuple(b_pool.shape)} "
+                             f"{b_pool.dtype}, y {tuple(y.shape)} {y.dtype} do not fit")
         starts, slots, rows, ranks = _meta(seg_starts, seg_slots, slot_row_start, slot_rank)
         scales = slot_scale.to(torch.float32).contiguous()
         if scales.shape != ranks.shape or y_offset < 0 or y_offset + N > y.shape[1]:
             raise ValueError(f"native sgmv_expand: slot_scale {tuple(scales.shape)} must match slot_rank "
                              f"{tuple(ranks.shape)}, and columns {y_offset}..{y_offset + N} must lie in y's "
                              f"{y.shape[1]}")
+        target, yf, off = None, y, y_offset
+        if y.dtype != torch.float32:                       # the touched columns in float32, rounded back once
+            target, yf, off = y[:, y_offset:y_offset + N], y[:, y_offset:y_offset + N].float(), 0
         w = _widths_tensor(tuple(widths))
         rc = self.lib.olr_sgmv_expand(buf.data_ptr(), buf.stride(0), buf.stride(1), buf.shape[2], b_pool.data_ptr(),
-                                      P, N, b_pool.stride(0), y.data_ptr(), T, y.stride(0), y_offset, w.data_ptr(), S,
-                                      starts.data_ptr(), slots.data_ptr(), slots.shape[0], rows.data_ptr(),
-                                      ranks.data_ptr(), scales.data_ptr(), ranks.shape[1],
-                                      torch.get_num_threads())
+                                      _WEIGHT_KIND[b_pool.dtype], P, N, b_pool.stride(0), yf.data_ptr(), T,
+                                      yf.stride(0), off, w.data_ptr(), S, starts.data_ptr(), slots.data_ptr(),
+                                      slots.shape[0], rows.data_ptr(), ranks.data_ptr(), scales.data_ptr(),
+                                      ranks.shape[1], torch.get_num_threads())
         if rc:
             raise (MemoryError("native sgmv_expand: out of memory") if rc == -5 else
                    ValueError("native sgmv_expand: a segment, slot, rank, width or pool row is out of range"))
+        if target is not None:
+            target.copy_(yf)
 
     @staticmethod
     def supports(cache_dtype: torch.dtype, head_dim: int) -> bool:
@@ -286,6 +300,9 @@ class NativeKernels:
 
 
 _widths: dict[tuple[int, ...], torch.Tensor] = {}
+
+
+_WEIGHT_KIND = {torch.float32: 0, torch.bfloat16: 1}      # OLR_F32 / OLR_BF16 in cpu_kernels.c
 
 
 def _widths_tensor(widths: tuple[int, ...]) -> torch.Tensor:
@@ -394,14 +411,14 @@ def _make_backend(nk: NativeKernels):
             reference.store_kv(k, v, k_cache, v_cache, slot_mapping)
 
     def sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank):
-        if nk.lora_supports(x, a_pool, buf):
+        if nk.lora_supports((x, buf), a_pool) and buf.dtype == torch.float32:
             nk.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
         else:
             torch_ops.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
 
     def sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset=0,
                     slices=None):
-        if nk.lora_supports(buf, b_pool, y):
+        if nk.lora_supports((buf, y), b_pool) and buf.dtype == torch.float32:
             widths = reference.expand_slices(buf, b_pool, slot_rank, slot_scale, slices)
             nk.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
                            widths or (b_pool.shape[1],))
@@ -417,7 +434,8 @@ def _make_backend(nk: NativeKernels):
         paged_attention_decode=paged_attention_decode,
         description=(f"native CPU C kernels ({nk.path.name}): paged attention for runs of <= {SHORT_QUERY} new "
                      "tokens read straight through the block tables, register-tiled segment LoRA shrink/expand "
-                     "(every segment and slice in one call, long segments split across threads), fused float32 "
+                     "(every segment and slice in one call, long segments split across threads; float32 or "
+                     "bfloat16 pools, float32 accumulation), fused float32 "
                      "residual+RMSNorm, RoPE and SiLU*up, and oneDNN pre-packed linears (the model says which); "
                      "torch SDPA for longer prefills"),
         decode_bgmv_min_segments=1 << 30,

@@ -32,7 +32,7 @@ static inline const float *row_f32(const void *cache, int kind, int64_t index, i
     return tmp;
 }
 
-int olr_abi_version(void) { return 9; }
+int olr_abi_version(void) { return 10; }
 
 /* exp(x) for float32 that the compiler can vectorize (libm's expf is a scalar call): 2^n * 2^f with n = round(x
  * log2 e), |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative error < 1e-8, so within 1-2 ulp of expf).
@@ -66,6 +66,20 @@ static inline __attribute__((always_inline)) float softmax_unnormalized(float *r
 /* 8 floats, loaded and stored unaligned: GCC/Clang vector extensions, lowered to AVX/AVX-512 (or two SSE/NEON
  * halves) by -march=native. */
 typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
+
+typedef uint16_t v8h __attribute__((vector_size(16), aligned(2), may_alias));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+
+/* 8 consecutive elements of p from element i as float32: p is float32, or bfloat16 (wbf16, a constant where
+ * inlined), widened exactly by a 16-bit shift. */
+static inline __attribute__((always_inline)) v8f load8(const void *p, int64_t i, int wbf16) {
+    if (!wbf16) return *(const v8f *)((const float *)p + i);
+    return (v8f)(__builtin_convertvector(*(const v8h *)((const uint16_t *)p + i), v8u) << 16);
+}
+
+static inline __attribute__((always_inline)) float load1(const void *p, int64_t i, int wbf16) {
+    return wbf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
 
 static inline __attribute__((always_inline)) float hsum8(v8f v) {
     float s = 0.f;
@@ -272,15 +286,16 @@ static int lora_items(int64_t T, int64_t P, int64_t R, const int32_t *seg_starts
     return 0;
 }
 
-/* out[u * out_st + q] = x[u] . a[q] for nt (<= 4) tokens and nq (<= 2) adapter rows: 8 vector accumulators over
- * the input dimension, so each loaded vector feeds several FMAs. Inlined with constant nt, nq. */
-static inline __attribute__((always_inline)) void shrink_tile(const float *x, int64_t in, const float *a, int nt,
-                                                              int nq, float *out, int64_t out_st) {
+/* out[u * out_st + q] = x[u] . a[a0 + q * in ...] for nt (<= 4) tokens and nq (<= 2) adapter rows: 8 vector
+ * accumulators over the input dimension, so each loaded vector feeds several FMAs. a is float32 or bfloat16
+ * (wbf16). Inlined with constant nt, nq, wbf16. */
+static inline __attribute__((always_inline)) void shrink_tile(const float *x, int64_t in, const void *a, int64_t a0,
+                                                              int nt, int nq, float *out, int64_t out_st, int wbf16) {
     v8f acc[4][2] = {{{0}}};
     int64_t c = 0;
     for (; c + 8 <= in; c += 8) {
         v8f av[2];
-        for (int q = 0; q < nq; q++) av[q] = *(const v8f *)(a + q * in + c);
+        for (int q = 0; q < nq; q++) av[q] = load8(a, a0 + q * in + c, wbf16);
         for (int u = 0; u < nt; u++) {
             const v8f xv = *(const v8f *)(x + u * in + c);
             for (int q = 0; q < nq; q++) acc[u][q] += xv * av[q];
@@ -289,34 +304,41 @@ static inline __attribute__((always_inline)) void shrink_tile(const float *x, in
     for (int u = 0; u < nt; u++)
         for (int q = 0; q < nq; q++) {
             float s = hsum8(acc[u][q]);
-            for (int64_t cc = c; cc < in; cc++) s += x[u * in + cc] * a[q * in + cc];
+            for (int64_t cc = c; cc < in; cc++) s += x[u * in + cc] * load1(a, a0 + q * in + cc, wbf16);
             out[u * out_st + q] = s;
         }
 }
 
-/* buf rows of nt tokens (x rows from x, buf rows from out, stride out_st) for the r adapter rows of a. */
-static void shrink_rows(const float *x, int64_t nt, int64_t in, const float *a, int64_t r, float *out,
-                        int64_t out_st) {
+/* buf rows of nt tokens (x rows from x, buf rows from out, stride out_st) for the r adapter rows of a from
+ * element a0. */
+static inline __attribute__((always_inline)) void shrink_rows(const float *x, int64_t nt, int64_t in, const void *a,
+                                                              int64_t a0, int64_t r, float *out, int64_t out_st,
+                                                              int wbf16) {
     int64_t t = 0;
     for (; t + 4 <= nt; t += 4) {
         int64_t j = 0;
-        for (; j + 2 <= r; j += 2) shrink_tile(x + t * in, in, a + j * in, 4, 2, out + t * out_st + j, out_st);
-        if (j < r) shrink_tile(x + t * in, in, a + j * in, 4, 1, out + t * out_st + j, out_st);
+        for (; j + 2 <= r; j += 2)
+            shrink_tile(x + t * in, in, a, a0 + j * in, 4, 2, out + t * out_st + j, out_st, wbf16);
+        if (j < r) shrink_tile(x + t * in, in, a, a0 + j * in, 4, 1, out + t * out_st + j, out_st, wbf16);
     }
     for (; t < nt; t++) {
         int64_t j = 0;
-        for (; j + 2 <= r; j += 2) shrink_tile(x + t * in, in, a + j * in, 1, 2, out + t * out_st + j, out_st);
-        if (j < r) shrink_tile(x + t * in, in, a + j * in, 1, 1, out + t * out_st + j, out_st);
+        for (; j + 2 <= r; j += 2)
+            shrink_tile(x + t * in, in, a, a0 + j * in, 1, 2, out + t * out_st + j, out_st, wbf16);
+        if (j < r) shrink_tile(x + t * in, in, a, a0 + j * in, 1, 1, out + t * out_st + j, out_st, wbf16);
     }
 }
 
 /* Segmented LoRA shrink over S slices: buf[k, t, :r] = x[t] @ a[k, o:o+r].T for every token t of a segment whose
- * slot has rank r > 0 in slice k (kernels/reference.py sgmv_shrink). x [T, in] and a [S, P, in] contiguous float32;
- * buf [S, T, R] with strides (buf_ss, buf_st, 1); rank [S, nslots] int32 contiguous. Long segments are split into
- * chunks of tokens so that both threads have work. 0, -4 (a bad table entry) or -5 (out of memory). */
-int olr_sgmv_shrink(const float *x, int64_t T, int64_t in, const float *a, int64_t S, int64_t P, float *buf,
-                    int64_t buf_ss, int64_t buf_st, int64_t R, const int32_t *seg_starts, const int32_t *seg_slots,
-                    int64_t nseg, const int32_t *row_start, const int32_t *rank, int64_t nslots, int nthreads) {
+ * slot has rank r > 0 in slice k (kernels/reference.py sgmv_shrink). x [T, in] contiguous float32, a [S, P, in]
+ * contiguous float32 or bfloat16 (wkind OLR_F32 / OLR_BF16); buf [S, T, R] float32 with strides (buf_ss, buf_st,
+ * 1); rank [S, nslots] int32 contiguous. Long segments are split into chunks of tokens so that both threads have
+ * work. 0, -4 (a bad table entry or kind) or -5 (out of memory). */
+int olr_sgmv_shrink(const float *x, int64_t T, int64_t in, const void *a, int wkind, int64_t S, int64_t P,
+                    float *buf, int64_t buf_ss, int64_t buf_st, int64_t R, const int32_t *seg_starts,
+                    const int32_t *seg_slots, int64_t nseg, const int32_t *row_start, const int32_t *rank,
+                    int64_t nslots, int nthreads) {
+    if (wkind != OLR_F32 && wkind != OLR_BF16) return -4;
     lora_item *items;
     int64_t n;
     int rc = lora_items(T, P, R, seg_starts, seg_slots, nseg, row_start, rank, S, nslots, 16, &items, &n);
@@ -326,18 +348,21 @@ int olr_sgmv_shrink(const float *x, int64_t T, int64_t in, const float *a, int64
         const lora_item it = items[w];
         const int32_t slot = seg_slots[it.i];
         const int64_t r = rank[it.k * nslots + slot];
-        shrink_rows(x + it.t0 * in, it.t1 - it.t0, in, a + (it.k * P + row_start[slot]) * in, r,
-                    buf + it.k * buf_ss + it.t0 * buf_st, buf_st);
+        const int64_t a0 = (it.k * P + row_start[slot]) * in;
+        float *out = buf + it.k * buf_ss + it.t0 * buf_st;
+        if (wkind == OLR_BF16) shrink_rows(x + it.t0 * in, it.t1 - it.t0, in, a, a0, r, out, buf_st, 1);
+        else shrink_rows(x + it.t0 * in, it.t1 - it.t0, in, a, a0, r, out, buf_st, 0);
     }
     free(items);
     return 0;
 }
 
-/* y[u, :n] += sum_j (sc * buf[u, j]) * b[j, :n] for nt (<= 4) tokens: the y tile stays in registers across the r
- * adapter rows, in the order of the one-row-at-a-time loop (so results do not depend on the tiling). */
-static inline __attribute__((always_inline)) void expand_tile(const float *bu, int64_t buf_st, const float *b,
-                                                              int64_t ldb, int64_t r, float sc, float *y,
-                                                              int64_t y_stride, int64_t n, int nt) {
+/* y[u, :n] += sum_j (sc * buf[u, j]) * b[b0 + j * ldb, :n] for nt (<= 4) tokens: the y tile stays in registers
+ * across the r adapter rows, in the order of the one-row-at-a-time loop (so results do not depend on the tiling).
+ * b is float32 or bfloat16 (wbf16). */
+static inline __attribute__((always_inline)) void expand_tile(const float *bu, int64_t buf_st, const void *b,
+                                                              int64_t b0, int64_t ldb, int64_t r, float sc, float *y,
+                                                              int64_t y_stride, int64_t n, int nt, int wbf16) {
     int64_t c = 0;
     for (; c + 16 <= n; c += 16) {
         v8f acc[4][2];
@@ -346,11 +371,11 @@ static inline __attribute__((always_inline)) void expand_tile(const float *bu, i
             acc[u][1] = *(const v8f *)(y + u * y_stride + c + 8);
         }
         for (int64_t j = 0; j < r; j++) {
-            const v8f b0 = *(const v8f *)(b + j * ldb + c), b1 = *(const v8f *)(b + j * ldb + c + 8);
+            const v8f bv0 = load8(b, b0 + j * ldb + c, wbf16), bv1 = load8(b, b0 + j * ldb + c + 8, wbf16);
             for (int u = 0; u < nt; u++) {
                 const v8f w = (v8f){0} + sc * bu[u * buf_st + j];
-                acc[u][0] += w * b0;
-                acc[u][1] += w * b1;
+                acc[u][0] += w * bv0;
+                acc[u][1] += w * bv1;
             }
         }
         for (int u = 0; u < nt; u++) {
@@ -361,21 +386,34 @@ static inline __attribute__((always_inline)) void expand_tile(const float *bu, i
     for (; c < n; c++)
         for (int u = 0; u < nt; u++) {
             float s = y[u * y_stride + c];
-            for (int64_t j = 0; j < r; j++) s += (sc * bu[u * buf_st + j]) * b[j * ldb + c];
+            for (int64_t j = 0; j < r; j++) s += (sc * bu[u * buf_st + j]) * load1(b, b0 + j * ldb + c, wbf16);
             y[u * y_stride + c] = s;
         }
 }
 
+/* The tokens [t0, t1) of one expand work item, 4 at a time. */
+static inline __attribute__((always_inline)) void expand_rows(const float *bu, int64_t buf_st, const void *b,
+                                                              int64_t b0, int64_t ldb, int64_t r, float sc, float *y,
+                                                              int64_t y_stride, int64_t n, int64_t nt, int wbf16) {
+    int64_t t = 0;
+    for (; t + 4 <= nt; t += 4)
+        expand_tile(bu + t * buf_st, buf_st, b, b0, ldb, r, sc, y + t * y_stride, y_stride, n, 4, wbf16);
+    for (; t < nt; t++)
+        expand_tile(bu + t * buf_st, buf_st, b, b0, ldb, r, sc, y + t * y_stride, y_stride, n, 1, wbf16);
+}
+
 /* Segmented LoRA expand over S slices:
  * y[t, off_k : off_k + n_k] += scale[k, slot] * buf[k, t, :r] @ b[o:o+r, off_k : off_k + n_k]
- * (kernels/reference.py sgmv_expand). b [P, N] with row stride ldb >= N, y [T, y_stride] float32 (y's columns
- * from y_offset); widths [S] int64 add up to N. Split into chunks of tokens like the shrink. */
-int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R, const float *b, int64_t P,
+ * (kernels/reference.py sgmv_expand). b [P, N] float32 or bfloat16 (wkind) with row stride ldb >= N, y [T,
+ * y_stride] float32 (y's columns from y_offset); widths [S] int64 add up to N. Split into chunks of tokens like the
+ * shrink. */
+int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R, const void *b, int wkind, int64_t P,
                     int64_t N, int64_t ldb, float *y, int64_t T, int64_t y_stride, int64_t y_offset,
                     const int64_t *widths,
                     int64_t S, const int32_t *seg_starts, const int32_t *seg_slots, int64_t nseg,
                     const int32_t *row_start, const int32_t *rank, const float *scale, int64_t nslots,
                     int nthreads) {
+    if (wkind != OLR_F32 && wkind != OLR_BF16) return -4;
     int64_t total = 0;
     for (int64_t k = 0; k < S; k++) {
         if (widths[k] < 0) return -4;
@@ -395,14 +433,11 @@ int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R,
         for (int64_t q = 0; q < it.k; q++) off += widths[q];
         const int64_t n = widths[it.k];
         const float sc = scale[it.k * nslots + slot];
-        const float *bk = b + (int64_t)row_start[slot] * ldb + off;
-        int64_t t = it.t0;
-        for (; t + 4 <= it.t1; t += 4)
-            expand_tile(buf + it.k * buf_ss + t * buf_st, buf_st, bk, ldb, r, sc, y + t * y_stride + y_offset + off,
-                        y_stride, n, 4);
-        for (; t < it.t1; t++)
-            expand_tile(buf + it.k * buf_ss + t * buf_st, buf_st, bk, ldb, r, sc, y + t * y_stride + y_offset + off,
-                        y_stride, n, 1);
+        const int64_t b0 = (int64_t)row_start[slot] * ldb + off;
+        const float *bu = buf + it.k * buf_ss + it.t0 * buf_st;
+        float *yt = y + it.t0 * y_stride + y_offset + off;
+        if (wkind == OLR_BF16) expand_rows(bu, buf_st, b, b0, ldb, r, sc, yt, y_stride, n, it.t1 - it.t0, 1);
+        else expand_rows(bu, buf_st, b, b0, ldb, r, sc, yt, y_stride, n, it.t1 - it.t0, 0);
     }
     free(items);
     return 0;

@@ -160,6 +160,49 @@ def test_segment_lora_matches_reference(nk, fin, widths):
     assert torch.equal(got[:1], y0[:1]), "the no-adapter segment must be left as it is"
 
 
+@pytest.mark.parametrize("fin, widths", [(43, (50, 13, 7)), (576, (576, 192, 192))])
+@pytest.mark.parametrize("acts", [torch.float32, torch.bfloat16])
+def test_segment_lora_bfloat16_pool_matches_reference(nk, fin, widths, acts):
+    """A bfloat16 pool (read by the C code as bfloat16, widened in registers), with float32 or bfloat16 activations:
+    the reference's float32 accumulation, one rounding into a bfloat16 y. The native backend must not fall back."""
+    x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case(seed=7, fin=fin, widths=widths)
+    x, a, b = x.to(acts), a.bfloat16(), b.bfloat16()
+    T = x.shape[0]
+    assert nk.lora_supports((x, torch.zeros(1)), a)
+    be = cpu_native.backend(nk)
+    got_buf, want_buf = torch.full((3, T, 16), 7.0), torch.full((3, T, 16), 7.0)
+    be.sgmv_shrink(x, a, got_buf, seg_starts, seg_slots, row_start, rank)
+    ref.sgmv_shrink(x, a, want_buf, seg_starts, seg_slots, row_start, rank)
+    torch.testing.assert_close(got_buf, want_buf, rtol=1e-5, atol=1e-4)
+    y0 = torch.randn(T, sum(widths)).to(acts)
+    got, want = y0.clone(), y0.clone()
+    be.sgmv_expand(want_buf, b, got, seg_starts, seg_slots, row_start, rank, scale, 0, widths)
+    ref.sgmv_expand(want_buf, b, want, seg_starts, seg_slots, row_start, rank, scale, 0, widths)
+    assert got.dtype == acts
+    if acts == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    else:                      # the float32 sums differ in their last bits: at most one bfloat16 step apart
+        diff = (got.float() - want.float()).abs()
+        step = want.float().abs().clamp_min(1e-3) * 2 ** -7
+        assert (diff <= step).all() and (got == want).float().mean() > 0.9
+    assert torch.equal(got[:1], y0[:1]), "the no-adapter segment must be left as it is"
+    # an expand into some columns of a wider bfloat16 y touches only those columns
+    wide = torch.randn(T, sum(widths) + 10).to(acts)
+    before = wide.clone()
+    be.sgmv_expand(want_buf, b, wide, seg_starts, seg_slots, row_start, rank, scale, 10, widths)
+    assert torch.equal(wide[:, :10], before[:, :10]) and not torch.equal(wide[:, 10:], before[:, 10:])
+
+
+def test_segment_lora_refuses_other_pool_dtypes(nk):
+    x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case()
+    assert not nk.lora_supports((x,), a.half())
+    with pytest.raises(ValueError, match="do not fit"):
+        nk.sgmv_shrink(x, a.half(), torch.zeros(3, x.shape[0], 16), seg_starts, seg_slots, row_start, rank)
+    with pytest.raises(ValueError, match="do not fit"):
+        nk.sgmv_expand(torch.zeros(3, x.shape[0], 16), b.double(), torch.zeros(x.shape[0], 80), seg_starts,
+                       seg_slots, row_start, rank, scale, 0, widths)
+
+
 def test_segment_lora_same_bits_on_one_and_two_threads(nk):
     x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case(seed=5, fin=43, widths=(50, 13, 7))
     T = x.shape[0]
