@@ -205,10 +205,33 @@ def trace_flops(cfg: dict, reqs: list[dict], out_len: int) -> dict:
     return {"linears": linears, "attention": attention, "lm_head": head, "total": linears + attention + head}
 
 
+def gemm_rate(dtype, max_n: int = 2048, probe_s: float = 0.25, reps: int = 6) -> float:
+    """The best FLOP rate of an n^3 matmul in `dtype` with torch's current threads: n doubles from 256 up to max_n
+    while one product takes under probe_s (an emulated dtype, e.g. bf16 on a CPU without bf16 instructions, can be
+    100x slower than float32: it stops at a small n instead of running for minutes), then the best of `reps`."""
+    import torch
+    n = 256
+    while True:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a @ b                                                    # warm-up (first-call allocation, packing)
+        t = time.perf_counter()
+        a @ b
+        one = time.perf_counter() - t
+        if n >= max_n or one > probe_s:
+            break
+        n *= 2
+    best = one
+    for _ in range(reps - 1):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
 def worker_ceiling(job: dict) -> dict:
     """Not an engine: the trace's FLOPs (trace_flops) at the best rate torch's GEMM reaches on this machine with
-    the same threads (a 2048^3 matmul, in float32 and in the job's dtype when that differs: bf16 products are
-    exact in float32, so an engine may use either). No engine can beat it: it assumes every FLOP runs at
+    the same threads (`gemm_rate`: up to a 2048^3 matmul, in float32 and in the job's dtype when that differs: bf16
+    products are exact in float32, so an engine may use either). No engine can beat it: it assumes every FLOP runs at
     large-GEMM speed and nothing else takes time."""
     import torch
     torch.set_num_threads(job["threads"])
@@ -216,18 +239,10 @@ def worker_ceiling(job: dict) -> dict:
     flops = trace_flops(cfg, job["requests"], job["output_len"])
     rates = {}
     for name in dict.fromkeys(["float32", job["dtype"]]):
-        dt = getattr(torch, name)
-        a, b = torch.randn(2048, 2048).to(dt), torch.randn(2048, 2048).to(dt)
-        best = float("inf")
-        for i in range(7):
-            t = time.perf_counter()
-            a @ b
-            if i:
-                best = min(best, time.perf_counter() - t)
-        rates[name] = 2 * 2048 ** 3 / best
+        rates[name] = gemm_rate(getattr(torch, name))
     rate = max(rates.values())
     return {"seconds": flops["total"] / rate, "tokens": None, "flops": flops, "gemm_flops_per_s": rates,
-            "kernels": f"{flops['total'] / 1e12:.2f} TFLOP at {rate / 1e9:.1f} GFLOPS (torch.mm 2048^3, "
+            "kernels": f"{flops['total'] / 1e12:.2f} TFLOP at {rate / 1e9:.1f} GFLOPS (best torch.mm rate, "
                        f"{', '.join(f'{k} {v / 1e9:.1f}' for k, v in rates.items())})",
             "threads": torch.get_num_threads()}
 
