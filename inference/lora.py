@@ -405,14 +405,20 @@ class LoRALinear:
         return True
 
     def __call__(self, x: torch.Tensor, lora: LoRABatch | None, pool: LoRAPool | None, backend) -> torch.Tensor:
-        if self.packed:
-            y = packed_linear(x if x.dtype == torch.float32 else x.float(), self.weight, self.bias)
-            if self.out_dtype != torch.float32:
-                y = y.to(self.out_dtype)
-        else:
-            y = F.linear(x, self.weight, self.bias)
-        if lora is None or pool is None or (lora.fused is not None and self.fused not in lora.fused):
-            return y
+        targeted = not (lora is None or pool is None or (lora.fused is not None and self.fused not in lora.fused))
+        if self.packed:          # upcast bf16: the LoRA adds into the float32 output, then one rounding for both
+            x = x if x.dtype == torch.float32 else x.float()
+            y = packed_linear(x, self.weight, self.bias)
+            if targeted:
+                self._add_lora(x, y, lora, pool, backend)
+            return y if self.out_dtype == torch.float32 else y.to(self.out_dtype)
+        y = F.linear(x, self.weight, self.bias)
+        if targeted:
+            self._add_lora(x, y, lora, pool, backend)
+        return y
+
+    def _add_lora(self, x: torch.Tensor, y: torch.Tensor, lora: LoRABatch, pool: LoRAPool, backend) -> None:
+        """y += the batch's LoRA deltas for this linear's targets, in place (the backend's shrink and expand)."""
         a = pool.a_fused[self.fused][self.layer]                      # [S, rows, in]
         b = pool.b_fused[self.fused][self.layer]                      # [rows, out]
         ranks = pool.rank[self.layer, self._mi]                       # [S, slots]
@@ -425,10 +431,9 @@ class LoRALinear:
         if self.sliced:
             shrink(x, a, buf, *meta, pool.row_start, ranks)
             expand(buf, b, y, *meta, pool.row_start, ranks, scales, 0, self.widths)
-            return y
+            return
         off = 0
         for s, n in enumerate(self.widths):
             shrink(x, a[s], buf[s], *meta, pool.row_start, ranks[s])
             expand(buf[s], b[:, off:off + n], y, *meta, pool.row_start, ranks[s], scales[s], off)
             off += n
-        return y
