@@ -22,9 +22,9 @@ Systems:
         KV cache 4 GiB, OMP threads bound to --threads cores
   peft  HF transformers + PEFT as a PEFT user serves many adapters (bench_engine.py's method): every adapter of the
         trace loaded as a named adapter, requests grouped per adapter, `generate` in batches of --peft-batch
-  ceiling  not an engine: the trace's base-model FLOPs at torch's best large-GEMM rate here, measured in its own
-        process like the others (`--systems ours,vllm,peft,ceiling`): the throughput no engine can exceed, and so
-        the largest ratio over a peer that any engine could show on this machine
+  ceiling  not an engine: the trace's base-model FLOPs at the best GEMM rate seen here (torch.mm, and oneDNN's
+        pre-packed linear on the model's shapes), measured in its own process like the others (`--systems
+        ours,vllm,peft,ceiling`): an optimistic bound on any engine's throughput with these GEMM libraries
 """
 
 from __future__ import annotations
@@ -234,22 +234,55 @@ def gemm_rate(dtype, device: str = "cpu", probe_s: float = 0.25, reps: int = 6) 
     return 2 * n ** 3 / best
 
 
+def linear_shapes(cfg: dict) -> list[tuple[int, int]]:
+    """(in, out) of a Llama layer's fused linears (qkv, o, gate_up, down) and of the LM head."""
+    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or heads
+    hd = cfg.get("head_dim") or h // heads
+    return [(h, (heads + 2 * kv) * hd), (heads * hd, h), (h, 2 * inter), (inter, h), (h, cfg["vocab_size"])]
+
+
+def packed_rate(shapes: list[tuple[int, int]], tokens: int = 512, reps: int = 6) -> float:
+    """The best FLOP rate of oneDNN's pre-packed float32 linear (what this engine runs on CPU) over `shapes` with
+    `tokens` rows, or 0 where this torch has no such op. Often above torch.mm's (MKL) rate on the same shapes."""
+    import torch
+    sys.path.insert(0, str(ROOT))
+    from openlora.inference.lora import can_pack_cpu, pack_cpu_weight, packed_linear
+    best = 0.0
+    for fin, fout in shapes:
+        w = torch.randn(fout, fin)
+        if not can_pack_cpu(w):
+            return 0.0
+        pw, x = pack_cpu_weight(w), torch.randn(tokens, fin)
+        packed_linear(x, pw)
+        for _ in range(reps):
+            t = time.perf_counter()
+            packed_linear(x, pw)
+            best = max(best, 2 * tokens * fin * fout / (time.perf_counter() - t))
+    return best
+
+
 def worker_ceiling(job: dict) -> dict:
-    """Not an engine: the trace's FLOPs (trace_flops) at the best rate torch's GEMM reaches on this machine with
-    the same threads (`gemm_rate`: up to a 2048^3 matmul, in float32 and in the job's dtype when that differs: bf16
-    products are exact in float32, so an engine may use either). No engine can beat it: it assumes every FLOP runs at
-    large-GEMM speed and nothing else takes time."""
+    """Not an engine: the trace's FLOPs (trace_flops) at the best GEMM rate seen on this machine with the same
+    threads: torch.mm (`gemm_rate`: up to a 2048^3 product on a CPU, in float32 and in the job's dtype when that
+    differs: bf16 products are exact in float32, so an engine may use either) and, on a CPU, oneDNN's pre-packed
+    linear on the model's own shapes (`packed_rate`). An optimistic bound, not a proof: it assumes every FLOP runs
+    at the best rate seen and nothing else takes time; an engine faster than it would need faster GEMMs than these
+    libraries have."""
     import torch
     torch.set_num_threads(job["threads"])
     cfg = json.loads((Path(job["model"]) / "config.json").read_text())
     flops = trace_flops(cfg, job["requests"], job["output_len"])
+    device = job.get("device", "cpu")
     rates = {}
     for name in dict.fromkeys(["float32", job["dtype"]]):
-        rates[name] = gemm_rate(getattr(torch, name), job.get("device", "cpu"))
+        rates[name] = gemm_rate(getattr(torch, name), device)
+    if device == "cpu":
+        rates["oneDNN packed float32, model shapes"] = packed_rate(linear_shapes(cfg))
     rate = max(rates.values())
     return {"seconds": flops["total"] / rate, "tokens": None, "flops": flops, "gemm_flops_per_s": rates,
-            "kernels": f"{flops['total'] / 1e12:.2f} TFLOP at {rate / 1e9:.1f} GFLOPS (best torch.mm rate on "
-                       f"{job.get('device', 'cpu')}, "
+            "kernels": f"{flops['total'] / 1e12:.2f} TFLOP at {rate / 1e9:.1f} GFLOPS (best GEMM rate on {device}: "
                        f"{', '.join(f'{k} {v / 1e9:.1f}' for k, v in rates.items())})",
             "threads": torch.get_num_threads()}
 
@@ -259,7 +292,9 @@ WORKERS = {"ours": worker_ours, "vllm": worker_vllm, "peft": worker_peft, "ceili
 
 # ---- the driver ----
 
-def prepare(work: Path, model: Path, n_adapters_needed: list[int]) -> None:
+def prepare(work: Path, model: Path, n_adapters_needed: list[int], model_id: str | None = MODEL_ID) -> None:
+    """The trace's adapters for `model`, written once under `work`; their base model named `model_id` (None: what
+    write_lora_files names, the model's own id)."""
     sys.path.insert(0, str(ROOT))
     from openlora.devnet.tinymodels import write_lora_files
     for i in n_adapters_needed:
@@ -267,9 +302,10 @@ def prepare(work: Path, model: Path, n_adapters_needed: list[int]) -> None:
         if (d / "adapter_config.json").is_file():
             continue
         write_lora_files(d, model, rank=RANKS[i % len(RANKS)], targets=TARGETS, seed=i)
-        cfg = json.loads((d / "adapter_config.json").read_text())
-        cfg["base_model_name_or_path"] = MODEL_ID
-        (d / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        if model_id is not None:
+            cfg = json.loads((d / "adapter_config.json").read_text())
+            cfg["base_model_name_or_path"] = model_id
+            (d / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
 def run_job(python: str, system: str, job: dict, work: Path, timeout: float) -> dict:
@@ -396,6 +432,8 @@ def main() -> None:
     if not (model / "config.json").is_file():
         raise SystemExit(f"--model {model}: no config.json there (an HF model directory)")
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    if args.model:                   # adapters made for another model must not be picked up from a shared --work
+        args.work = args.work / f"model-{model.name}"
     args.work.mkdir(parents=True, exist_ok=True)
 
     # (system, dtype, registered) points: the main table for every system, the scale points for --scale-systems
@@ -405,7 +443,8 @@ def main() -> None:
     points += [(s, args.dtypes[0], n) for n in args.scale if n not in args.adapters for s in scale_systems]
     traces = {n: make_trace(args.requests, n, args.alpha, tuple(args.input_len), vocab, args.seed)
               for n in {p[2] for p in points}}
-    prepare(args.work, model, sorted({r["adapter"] for t in traces.values() for r in t if r["adapter"] is not None}))
+    prepare(args.work, model, sorted({r["adapter"] for t in traces.values() for r in t if r["adapter"] is not None}),
+            None if args.model else MODEL_ID)
     machine = f"{platform.machine()} {os.cpu_count()} cpus, {args.threads} threads per system"
     if args.device != "cpu":
         machine += f", {args.device}"

