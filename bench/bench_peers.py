@@ -435,6 +435,7 @@ def main() -> None:
     if args.model:                   # adapters made for another model must not be picked up from a shared --work
         args.work = args.work / f"model-{model.name}"
     args.work.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     # (system, dtype, registered) points: the main table for every system, the scale points for --scale-systems
     points = [(s, dt, n) for dt in args.dtypes for n in args.adapters for s in systems

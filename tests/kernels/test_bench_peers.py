@@ -72,3 +72,26 @@ def test_gpu_options_refuse_vllm_off_cpu(tmp_path, monkeypatch):
                                       "--model", str(tmp_path), "--work", str(tmp_path / "w")])
     with pytest.raises(SystemExit, match="vLLM runs its CPU build"):
         b.main()
+
+
+def test_main_with_a_model_of_our_own_runs_every_system(tmp_path, monkeypatch):
+    """The GPU stage's flow (gpu_checks.sh peers) on the CPU at toy size: --model with adapters made for it, this
+    engine, HF + PEFT and the ceiling each in their own process, greedy tokens compared, the json written."""
+    from openlora.devnet.tinymodels import TinySpec, build_tiny_model
+    b = _peers()
+    d = build_tiny_model(tmp_path / "m", TinySpec(num_layers=2))
+    out = tmp_path / "out" / "peers"
+    monkeypatch.setattr(sys, "argv", [
+        "bench_peers.py", "--model", str(d), "--systems", "ours,peft,ceiling", "--adapters", "0", "3", "--scale",
+        "--requests", "6", "--input-len", "4", "12", "--output-len", "4", "--reps", "1", "--threads", "1",
+        "--work", str(tmp_path / "w"), "--out", str(out), "--vllm-python", str(tmp_path / "none"), "--timeout", "300"])
+    b.main()
+    report = json.loads((tmp_path / "out" / "peers.json").read_text())
+    rows = {(r["system"], r["registered"]): r for r in report["rows"]}
+    assert set(rows) == {("ours", 0), ("ours", 3), ("peft", 3), ("ceiling", 0), ("ceiling", 3)}
+    assert all(r.get("tokens_per_s", 0) > 0 for r in rows.values()), [r for r in rows.values() if "tokens_per_s"
+                                                                       not in r]
+    agree = report["greedy_agreement"]["ours vs peft, float32, N=3"]
+    assert agree["requests"] == 6 and agree["identical_requests"] == 6        # the tiny model's logits are peaked
+    assert (tmp_path / "w" / f"model-{d.name}" / "adapters").is_dir()
+    assert "ceiling / peft, float32, N=3" in report["ratios"]
