@@ -19,6 +19,7 @@ one line per system) unless --out says otherwise.
 Systems:
   ours  this engine, default config (auto sizing), `LLM.generate` offline, torch threads = --threads
   vllm  vLLM CPU offline `LLM.generate` with `LoRARequest`s, max_loras --vllm-max-loras, max_cpu_loras = N,
+        max_num_seqs 128 (our default),
         KV cache 4 GiB, OMP threads bound to --threads cores
   peft  HF transformers + PEFT as a PEFT user serves many adapters (bench_engine.py's method): every adapter of the
         trace loaded as a named adapter, requests grouped per adapter, `generate` in batches of --peft-batch
@@ -115,7 +116,7 @@ def worker_vllm(job: dict) -> dict:
     if used:
         kw = dict(enable_lora=True, max_loras=job["vllm_max_loras"], max_lora_rank=max(RANKS),
                   max_cpu_loras=max(job["vllm_max_loras"], min(job["registered"], 1024)))
-    llm = LLM(model=job["model"], dtype=job["dtype"], max_num_seqs=64, max_model_len=2048, seed=0,
+    llm = LLM(model=job["model"], dtype=job["dtype"], max_num_seqs=128, max_model_len=2048, seed=0,   # as ours
               enforce_eager=False, **kw)
     params = SamplingParams(max_tokens=job["output_len"], temperature=0.0, ignore_eos=True)
     work = Path(job["work"])

@@ -54,7 +54,7 @@ class EngineConfig:
     # "auto": sized at start from free memory and the model's shapes (inference/sizing.py, logged), or bytes.
     kv_cache_bytes: int | str = "auto"
     num_kv_blocks: int | None = None          # overrides kv_cache_bytes (tests force tiny pools with it)
-    max_num_seqs: int = 64
+    max_num_seqs: int = 128                   # as vLLM CPU's API server; 96+ sequences amortize the weights
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     kernel_backend: str = "auto"              # auto | torch | triton | native

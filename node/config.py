@@ -117,7 +117,7 @@ class EngineSection:
     """[engine]: paged KV cache, batching and kernels."""
     kv_block_size: int = 16
     kv_cache_bytes: ByteSizeOrAuto = AUTO
-    max_num_seqs: int = 64
+    max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     kernel_backend: str = "auto"
@@ -532,7 +532,7 @@ max_model_len = 2048
 [engine]
 kv_block_size = 16              # tokens per KV block (power of two)
 kv_cache_bytes = "auto"         # paged KV cache: "auto" (from free memory and the model) or a size, "2GiB"
-max_num_seqs = 64               # sequences in the running batch
+max_num_seqs = 128              # sequences in the running batch
 max_num_batched_tokens = 2048   # token budget per step (chunked prefill splits longer prompts)
 enable_prefix_caching = true
 kernel_backend = "auto"         # auto (Triton on CUDA, native C kernels on CPU, else torch) | torch | triton | native

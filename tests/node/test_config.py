@@ -34,7 +34,7 @@ def test_default_config_parses_with_documented_defaults():
     ('kv_block_size = 16', 'kv_block_size = 12', "engine.kv_block_size = 12: must be a power of two"),
     ('device_pool_bytes = "auto"', 'device_pool_bytes = "lots"', "adapters.device_pool_bytes = 'lots': expected"),
     ('kv_cache_bytes = "auto"', 'kv_cache_bytes = -5', "engine.kv_cache_bytes = -5: expected \"auto\" or a byte"),
-    ('max_num_seqs = 64', 'max_num_seqs = "64"', "engine.max_num_seqs = '64': expected an integer"),
+    ('max_num_seqs = 128', 'max_num_seqs = "128"', "engine.max_num_seqs = '128': expected an integer"),
     ('rpc_url = "http://127.0.0.1:8545"', 'rpc_url = "localhost:8545"', "chain.rpc_url = 'localhost:8545'"),
     ('[storage]', '[storage]\ncolour = "blue"', "storage.colour: unknown key; allowed keys in [storage] are"),
     ('[ipfs]', '[ipfss]', "[ipfss]: unknown section"),
