@@ -395,6 +395,8 @@ def main() -> None:
                     "the weights' values)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--peft-batch", type=int, default=16)
+    ap.add_argument("--ours-config", type=json.loads, default={},
+                    help='EngineConfig fields for this engine as JSON, e.g. \'{"max_num_seqs": 64}\' (default: none)')
     ap.add_argument("--vllm-max-loras", type=int, default=8)
     ap.add_argument("--peft-no-adapters", action="store_true", help="also run HF (no PEFT) without adapters")
     ap.add_argument("--vllm-python", default=str(Path.home() / ".cache/openlora/vllm-venv/bin/python"))
@@ -462,7 +464,8 @@ def main() -> None:
             job = {"model": str(model), "dtype": dt, "threads": args.threads, "device": args.device,
                    "requests": traces[n],
                    "output_len": args.output_len, "registered": n, "work": str(args.work),
-                   "peft_batch": args.peft_batch, "vllm_max_loras": args.vllm_max_loras}
+                   "peft_batch": args.peft_batch, "vllm_max_loras": args.vllm_max_loras,
+                   "engine_kwargs": args.ours_config}
             res = run_job(python[s], s, job, args.work, args.timeout)
             key = (s, dt, n)
             if "error" in res:

@@ -84,6 +84,7 @@ def test_main_with_a_model_of_our_own_runs_every_system(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [
         "bench_peers.py", "--model", str(d), "--systems", "ours,peft,ceiling", "--adapters", "0", "3", "--scale",
         "--requests", "6", "--input-len", "4", "12", "--output-len", "4", "--reps", "1", "--threads", "1",
+        "--ours-config", "{\"max_num_seqs\": 4}",
         "--work", str(tmp_path / "w"), "--out", str(out), "--vllm-python", str(tmp_path / "none"), "--timeout", "300"])
     b.main()
     report = json.loads((tmp_path / "out" / "peers.json").read_text())
@@ -94,4 +95,5 @@ def test_main_with_a_model_of_our_own_runs_every_system(tmp_path, monkeypatch):
     agree = report["greedy_agreement"]["ours vs peft, float32, N=3"]
     assert agree["requests"] == 6 and agree["identical_requests"] == 6        # the tiny model's logits are peaked
     assert (tmp_path / "w" / f"model-{d.name}" / "adapters").is_dir()
+    assert "auto: 4 seqs" in " ".join(rows[("ours", 0)]["log"])              # --ours-config reached the engine
     assert "ceiling / peft, float32, N=3" in report["ratios"]
