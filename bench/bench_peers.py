@@ -375,6 +375,13 @@ def plot(rows: list[dict], path: Path, title: str) -> bool:
     return True
 
 
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--systems", default="ours,vllm,peft")
@@ -395,7 +402,7 @@ def main() -> None:
                     "the weights' values)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--peft-batch", type=int, default=16)
-    ap.add_argument("--ours-config", type=json.loads, default={},
+    ap.add_argument("--ours-config", type=_json_object, default={},
                     help='EngineConfig fields for this engine as JSON, e.g. \'{"max_num_seqs": 64}\' (default: none)')
     ap.add_argument("--vllm-max-loras", type=int, default=8)
     ap.add_argument("--peft-no-adapters", action="store_true", help="also run HF (no PEFT) without adapters")
