@@ -189,21 +189,28 @@ def worker_peft(job: dict) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def linear_shapes(cfg: dict) -> list[tuple[int, int]]:
+    """(in, out) of a Llama layer's fused linears (qkv, o, gate_up, down) and of the LM head."""
+    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or heads
+    hd = cfg.get("head_dim") or h // heads
+    return [(h, (heads + 2 * kv) * hd), (heads * hd, h), (h, 2 * inter), (inter, h), (h, cfg["vocab_size"])]
+
+
 def trace_flops(cfg: dict, reqs: list[dict], out_len: int) -> dict:
     """The FLOPs any engine must spend on the trace with the base model (adapters not counted): every prompt token
     and every generated token but the last through the layers' linears and causal attention, and the LM head once
     per generated token. A multiply-add counts 2."""
-    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    heads = cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads") or heads
-    hd = cfg.get("head_dim") or h // heads
-    per_layer = h * heads * hd + 2 * h * kv * hd + heads * hd * h + 3 * h * inter
+    *layer_linears, (h, vocab) = linear_shapes(cfg)
+    per_layer = sum(fin * fout for fin, fout in layer_linears)
+    layers, q_width = cfg["num_hidden_layers"], layer_linears[1][0]       # o_proj's input: heads x head_dim
     linears = attention = 0
     for r in reqs:
         n = len(r["prompt"]) + out_len - 1
         linears += 2 * per_layer * layers * n
-        attention += 2 * 2 * heads * hd * layers * n * (n + 1) // 2       # QK^T and PV over i + 1 keys at i
-    head = 2 * h * cfg["vocab_size"] * out_len * len(reqs)
+        attention += 2 * 2 * q_width * layers * n * (n + 1) // 2           # QK^T and PV over i + 1 keys at i
+    head = 2 * h * vocab * out_len * len(reqs)
     return {"linears": linears, "attention": attention, "lm_head": head, "total": linears + attention + head}
 
 
@@ -233,15 +240,6 @@ def gemm_rate(dtype, device: str = "cpu", probe_s: float = 0.25, reps: int = 6) 
         n *= 2
     best = min([one] + [timed(a, b) for _ in range(reps - 1)])
     return 2 * n ** 3 / best
-
-
-def linear_shapes(cfg: dict) -> list[tuple[int, int]]:
-    """(in, out) of a Llama layer's fused linears (qkv, o, gate_up, down) and of the LM head."""
-    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    heads = cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads") or heads
-    hd = cfg.get("head_dim") or h // heads
-    return [(h, (heads + 2 * kv) * hd), (heads * hd, h), (h, 2 * inter), (inter, h), (h, cfg["vocab_size"])]
 
 
 def packed_rate(shapes: list[tuple[int, int]], tokens: int = 512, reps: int = 6) -> float:

@@ -200,11 +200,11 @@ class NativeKernels:
             raise ValueError("native store_kv: a slot lies past the KV cache")
 
     @staticmethod
-    def lora_supports(acts: tuple[torch.Tensor, ...], weights: torch.Tensor) -> bool:
-        """Whether the C LoRA kernels take these: float32 or bfloat16 activations (bfloat16 ones are widened to
-        float32 around the call), a float32 or bfloat16 pool, on the CPU."""
-        return (weights.dtype in _WEIGHT_KIND and weights.device.type == "cpu"
-                and all(t.dtype in (torch.float32, torch.bfloat16) and t.device.type == "cpu" for t in acts))
+    def lora_supports(act: torch.Tensor, weights: torch.Tensor, buf: torch.Tensor) -> bool:
+        """Whether the C LoRA kernels take these: float32 or bfloat16 activations (x or y: bfloat16 ones are widened
+        to float32 around the call), a float32 or bfloat16 pool, a float32 scratch buffer, all on the CPU."""
+        return (act.dtype in (torch.float32, torch.bfloat16) and weights.dtype in _WEIGHT_KIND
+                and buf.dtype == torch.float32 and all(t.device.type == "cpu" for t in (act, weights, buf)))
 
     def sgmv_shrink(self, x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank) -> None:
         """kernels.reference.sgmv_shrink (one slice or S): x float32 or bfloat16 (widened first), a_pool float32 or
@@ -425,14 +425,14 @@ def _make_backend(nk: NativeKernels):
             reference.store_kv(k, v, k_cache, v_cache, slot_mapping)
 
     def sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank):
-        if nk.lora_supports((x, buf), a_pool) and buf.dtype == torch.float32:
+        if nk.lora_supports(x, a_pool, buf):
             nk.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
         else:
             torch_ops.sgmv_shrink(x, a_pool, buf, seg_starts, seg_slots, slot_row_start, slot_rank)
 
     def sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset=0,
                     slices=None):
-        if nk.lora_supports((buf, y), b_pool) and buf.dtype == torch.float32:
+        if nk.lora_supports(y, b_pool, buf):
             widths = reference.expand_slices(buf, b_pool, slot_rank, slot_scale, slices)
             nk.sgmv_expand(buf, b_pool, y, seg_starts, seg_slots, slot_row_start, slot_rank, slot_scale, y_offset,
                            widths or (b_pool.shape[1],))

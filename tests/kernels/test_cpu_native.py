@@ -168,7 +168,7 @@ def test_segment_lora_bfloat16_pool_matches_reference(nk, fin, widths, acts):
     x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case(seed=7, fin=fin, widths=widths)
     x, a, b = x.to(acts), a.bfloat16(), b.bfloat16()
     T = x.shape[0]
-    assert nk.lora_supports((x, torch.zeros(1)), a)
+    assert nk.lora_supports(x, a, torch.zeros(1))
     be = cpu_native.backend(nk)
     got_buf, want_buf = torch.full((3, T, 16), 7.0), torch.full((3, T, 16), 7.0)
     be.sgmv_shrink(x, a, got_buf, seg_starts, seg_slots, row_start, rank)
@@ -202,7 +202,8 @@ def test_segment_lora_bfloat16_pool_matches_reference(nk, fin, widths, acts):
 
 def test_segment_lora_refuses_other_pool_dtypes(nk):
     x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case()
-    assert not nk.lora_supports((x,), a.half())
+    assert not nk.lora_supports(x, a.half(), torch.zeros(1))
+    assert not nk.lora_supports(x, a, torch.zeros(1, dtype=torch.bfloat16))       # the scratch is float32
     with pytest.raises(ValueError, match="do not fit"):
         nk.sgmv_shrink(x, a.half(), torch.zeros(3, x.shape[0], 16), seg_starts, seg_slots, row_start, rank)
     with pytest.raises(ValueError, match="do not fit"):
