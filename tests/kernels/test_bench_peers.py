@@ -97,3 +97,12 @@ def test_main_with_a_model_of_our_own_runs_every_system(tmp_path, monkeypatch):
     assert (tmp_path / "w" / f"model-{d.name}" / "adapters").is_dir()
     assert "auto: 4 seqs" in " ".join(rows[("ours", 0)]["log"])              # --ours-config reached the engine
     assert "ceiling / peft, float32, N=3" in report["ratios"]
+
+
+@pytest.mark.parametrize("bad", ["5", "[1, 2]", "{x", "null", '"max_num_seqs"'])
+def test_ours_config_must_be_a_json_object(bad, monkeypatch, capsys):
+    b = _peers()
+    monkeypatch.setattr(sys, "argv", ["bench_peers.py", "--ours-config", bad])
+    with pytest.raises(SystemExit) as e:
+        b.main()
+    assert e.value.code == 2 and "--ours-config" in capsys.readouterr().err
