@@ -404,14 +404,20 @@ class LoRALinear:
         self.packed = True
         return True
 
-    def __call__(self, x: torch.Tensor, lora: LoRABatch | None, pool: LoRAPool | None, backend) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, lora: LoRABatch | None, pool: LoRAPool | None, backend,
+                 keep_f32: bool = False) -> torch.Tensor:
+        """y = x W^T (+ bias) + the batch's LoRA deltas. With `keep_f32` (upcast bf16 under the native backend) a
+        bfloat16 output comes back as float32 rounded to bfloat16 values in place (`round_bf16_`), which the next
+        float32 GEMM reads without a conversion copy."""
         targeted = not (lora is None or pool is None or (lora.fused is not None and self.fused not in lora.fused))
         if self.packed:          # upcast bf16: the LoRA adds into the float32 output, then one rounding for both
             x = x if x.dtype == torch.float32 else x.float()
             y = packed_linear(x, self.weight, self.bias)
             if targeted:
                 self._add_lora(x, y, lora, pool, backend)
-            return y if self.out_dtype == torch.float32 else y.to(self.out_dtype)
+            if self.out_dtype == torch.float32:
+                return y
+            return backend.fused.round_bf16_(y) if keep_f32 else y.to(self.out_dtype)
         y = F.linear(x, self.weight, self.bias)
         if targeted:
             self._add_lora(x, y, lora, pool, backend)

@@ -84,8 +84,10 @@ class LlamaServingModel:
         # CPU float32 under the native backend: every linear (and the LM head) in oneDNN's packed layout. A tied
         # LM head keeps the dense embedding for lookups, so it costs one more vocab x hidden copy. bfloat16 on a CPU
         # without bfloat16 dot products: the same, packed as float32 (`LoRALinear.pack_for_cpu`); the rest of the
-        # forward (activations, KV cache, LoRA pool) stays bfloat16.
+        # forward (activations, KV cache, LoRA pool) stays bfloat16 in value: under the native backend the activations
+        # between GEMMs are float32 tensors holding bfloat16 values (`carry_bf16`, see forward), else bfloat16 tensors.
         self.lm_head_packed = None
+        self.carry_bf16 = True
         self.bf16_upcast = (dtype == torch.bfloat16 and device.type == "cpu" and backend.pack_cpu_linears
                             and not cpu_has_bf16_dot() and self._float32_copies_fit())
         if backend.pack_cpu_linears and can_pack_cpu(self.lm_head, self.bf16_upcast):
@@ -116,9 +118,16 @@ class LlamaServingModel:
         if self.lm_head_packed is None:
             return f"torch F.linear in {str(self.dtype).removeprefix('torch.')}"
         if self.bf16_upcast:
+            carried = ("; the activations between GEMMs are float32 tensors holding bfloat16 values, rounded by the "
+                       "fused native ops" if self._carries_bf16(self.backend) else "")
             return ("oneDNN pre-packed float32 GEMMs over bfloat16 weights upcast once at load (this CPU has no "
-                    "bfloat16 dot-product instructions; outputs rounded to bfloat16)")
+                    f"bfloat16 dot-product instructions; outputs rounded to bfloat16{carried})")
         return "oneDNN pre-packed float32 GEMMs"
+
+    def _carries_bf16(self, be) -> bool:
+        """Whether the forward keeps bfloat16 activations in float32 tensors between the float32 GEMMs (upcast bf16
+        linears, the native fused ops present; a q/k-norm model keeps bfloat16 tensors)."""
+        return bool(self.carry_bf16 and self.bf16_upcast and be.fused is not None and self.layers[0].q_norm is None)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]         # [T, D/2] float32, as HF
@@ -134,21 +143,29 @@ class LlamaServingModel:
         H, Hkv, D = spec.num_heads, spec.num_kv_heads, spec.head_dim
         eps = spec.rms_norm_eps
         h = F.embedding(input_ids, self.embed)        # the residual stream: a fresh tensor, updated in place
+        # bf16 carried in float32 (upcast bf16 linears under the native backend): the activations between the
+        # float32 GEMMs stay float32 tensors holding bfloat16 values, rounded by the fused native ops where HF's bf16
+        # forward rounds, so no conversion copy runs around each GEMM
+        carry = self._carries_bf16(be) and h.dtype == torch.bfloat16
+        if carry:
+            h = h.float()
         fz = be.fused if be.fused is not None and h.dtype == torch.float32 else None
 
         def add_norm(delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
             """h += delta; the RMS norm of h (one fused pass under the native backend)."""
             if fz is not None:
-                return fz.add_rms_norm(h, delta, weight, eps)
+                return fz.add_rms_norm(h, delta, weight, eps, round_bf16=carry)
             if delta is not None:
                 h.add_(delta)
             return rms_norm(h, weight, eps)
 
         cos, sin = self._rope(attn.positions)
+        if carry:
+            cos, sin = cos.float(), sin.float()          # bf16 values, as HF multiplies by them
         delta = None
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             x = add_norm(delta, layer.ln1)
-            qkv = layer.linears["qkv"](x, lora, pool, be)
+            qkv = layer.linears["qkv"](x, lora, pool, be, carry)
             q = qkv[:, :spec.q_size].view(T, H, D)
             k = qkv[:, spec.q_size:spec.q_size + spec.kv_size].view(T, Hkv, D)
             v = qkv[:, spec.q_size + spec.kv_size:].view(T, Hkv, D)
@@ -156,7 +173,7 @@ class LlamaServingModel:
                 q = rms_norm(q, layer.q_norm, eps)
                 k = rms_norm(k, layer.k_norm, eps)
             if fz is not None and layer.q_norm is None:
-                fz.rope_(qkv, H + Hkv, D, cos, sin)          # q and k heads are the first H + Hkv of each row
+                fz.rope_(qkv, H + Hkv, D, cos, sin, carry)   # q and k heads are the first H + Hkv of each row
             else:
                 q = q * cos + _rotate_half(q) * sin
                 k = k * cos + _rotate_half(k) * sin
@@ -167,17 +184,25 @@ class LlamaServingModel:
             else:
                 o = be.paged_attention(q, k_cache, v_cache, attn.cu_q_lens, attn.seq_lens, attn.block_tables,
                                        self.scale)
-            x = add_norm(layer.linears["o"](o.reshape(T, H * D), lora, pool, be), layer.ln2)
-            gu = layer.linears["gate_up"](x, lora, pool, be)
+            o = o.reshape(T, H * D)
+            if carry:
+                fz.round_bf16_(o)                             # computed in float32, rounded as HF's bf16 output
+            x = add_norm(layer.linears["o"](o, lora, pool, be, carry), layer.ln2)
+            gu = layer.linears["gate_up"](x, lora, pool, be, carry)
             if fz is not None:
-                act = fz.silu_mul(gu)
+                act = fz.silu_mul(gu, carry)
             else:
                 act = F.silu(gu[:, :spec.intermediate_size]) * gu[:, spec.intermediate_size:]
-            delta = layer.linears["down"](act, lora, pool, be)
+            delta = layer.linears["down"](act, lora, pool, be, carry)
         if delta is not None:
             h.add_(delta)
-        h = rms_norm(h[logits_indices], self.norm, spec.rms_norm_eps)
+        h = h[logits_indices]
+        if carry:
+            h = h.to(self.dtype)                              # the last residual add, rounded as in bf16
+        h = rms_norm(h, self.norm, spec.rms_norm_eps)
         if self.lm_head_packed is not None:
             logits = packed_linear(h.float(), self.lm_head_packed)
-            return logits if self.dtype == torch.float32 else logits.to(self.dtype).float()    # rounded as HF
+            if self.dtype == torch.float32:
+                return logits
+            return fz.round_bf16_(logits) if carry else logits.to(self.dtype).float()        # rounded as HF
         return F.linear(h, self.lm_head).float()

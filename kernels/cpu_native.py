@@ -34,7 +34,7 @@ from openlora.kernels import torch_ops
 log = logging.getLogger("openlora.kernels")
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
-ABI_VERSION = 10
+ABI_VERSION = 11
 # -fno-trapping-math lets GCC vectorize the clamps of the exp (no code here reads floating-point exception flags);
 # -ffp-contract=fast gives fused multiply-adds (ISO C mode turns contraction off); no -ffast-math: NaN and inf keep
 # their meaning and sums keep their order
@@ -118,15 +118,18 @@ class NativeKernels:
                                              i64, i32p, i32p, i64, i32p, i32p, ptr, i64, cint]
         self.lib.olr_sgmv_expand.restype = ctypes.c_int
 
-        for name, args in (("olr_add_rms_norm", [ptr, i64, ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, i64,
-                                                 ctypes.c_int]),
-                           ("olr_rope", [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]),
-                           ("olr_silu_mul", [ptr, i64, i64, ptr, ctypes.c_int]),
-                           ("olr_store_kv", [ptr, i64, ptr, i64, ptr, ptr, i64, ptr, i64, i64])):
+        for name, args in (("olr_add_rms_norm", [ptr, i64, ptr, i64, ptr, i64, i64, ctypes.c_float, ptr, i64, cint,
+                                                 cint]),
+                           ("olr_rope", [ptr, i64, i64, i64, i64, ptr, ptr, cint, cint]),
+                           ("olr_silu_mul", [ptr, i64, i64, ptr, cint, cint]),
+                           ("olr_round_bf16", [ptr, i64, i64, i64, cint]),
+                           ("olr_store_kv", [ptr, i64, ptr, i64, ptr, ptr, cint, i64, ptr, i64, i64])):
             getattr(self.lib, name).argtypes = args
             getattr(self.lib, name).restype = ctypes.c_int
 
-    # ---- fused float32 elementwise ops (the model's forward uses them through `FusedOps`) ----
+    # ---- fused float32 elementwise ops (the model's forward uses them through the backend's `fused`) ----
+    # With round_bf16=True they are a bfloat16 model's ops on bfloat16 values carried in float32 tensors: each result
+    # is rounded to bfloat16 where HF's bf16 forward rounds it, and stays float32 for the next float32 GEMM.
 
     @staticmethod
     def _rows(t: torch.Tensor, name: str) -> None:
@@ -135,7 +138,7 @@ class NativeKernels:
                              f"got {t.dtype} {tuple(t.shape)} strides {t.stride()}")
 
     def add_rms_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
-                     eps: float) -> torch.Tensor:
+                     eps: float, round_bf16: bool = False) -> torch.Tensor:
         """h += delta (in place, when given); returns weight * h / sqrt(mean(h^2) + eps) (HF LlamaRMSNorm)."""
         self._rows(h, "rms_norm")
         T, H = h.shape
@@ -150,10 +153,11 @@ class NativeKernels:
         out = torch.empty_like(h, memory_format=torch.contiguous_format)
         self.lib.olr_add_rms_norm(h.data_ptr(), h.stride(0), 0 if delta is None else delta.data_ptr(),
                                   0 if delta is None else delta.stride(0), w.data_ptr(), T, H, float(eps),
-                                  out.data_ptr(), out.stride(0), torch.get_num_threads())
+                                  out.data_ptr(), out.stride(0), int(round_bf16), torch.get_num_threads())
         return out
 
-    def rope_(self, x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    def rope_(self, x: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor,
+              round_bf16: bool = False) -> None:
         """Rotate-half rotary embedding in place on the first `heads` heads of every row of x [T, >= heads*D];
         cos, sin [T, D] float32."""
         self._rows(x, "rope")
@@ -166,36 +170,45 @@ class NativeKernels:
             if t.dtype != torch.float32 or not t.is_contiguous():
                 raise ValueError("native rope: cos and sin must be contiguous float32 [T, D]")
         self.lib.olr_rope(x.data_ptr(), x.stride(0), T, heads, head_dim, c.data_ptr(), s_.data_ptr(),
-                          torch.get_num_threads())
+                          int(round_bf16), torch.get_num_threads())
 
-    def silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
+    def silu_mul(self, gu: torch.Tensor, round_bf16: bool = False) -> torch.Tensor:
         """gu [T, 2I] -> silu(gu[:, :I]) * gu[:, I:] as [T, I]."""
         self._rows(gu, "silu_mul")
         if not gu.is_contiguous() or gu.shape[1] % 2:
             raise ValueError(f"native silu_mul: needs a contiguous [T, 2I] tensor, got {tuple(gu.shape)}")
         T, I2 = gu.shape
         out = torch.empty(T, I2 // 2, dtype=torch.float32)
-        self.lib.olr_silu_mul(gu.data_ptr(), T, I2 // 2, out.data_ptr(), torch.get_num_threads())
+        self.lib.olr_silu_mul(gu.data_ptr(), T, I2 // 2, out.data_ptr(), int(round_bf16), torch.get_num_threads())
         return out
+
+    def round_bf16_(self, x: torch.Tensor) -> torch.Tensor:
+        """Round x (float32 [rows, columns], unit column stride) to bfloat16 values in place, ties to even, as
+        torch's conversion to bfloat16; returns x."""
+        self._rows(x, "round_bf16")
+        self.lib.olr_round_bf16(x.data_ptr(), x.stride(0), x.shape[0], x.shape[1], torch.get_num_threads())
+        return x
 
     def store_kv(self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  slot_mapping: torch.Tensor) -> None:
-        """kernels.reference.store_kv for float32 (k, v [T, Hkv, D] whose heads are contiguous in each row, e.g.
-        views into the fused qkv output); ValueError for a slot past the cache."""
+        """kernels.reference.store_kv for float32 k, v [T, Hkv, D] whose heads are contiguous in each row (e.g.
+        views into the fused qkv output) into float32 or bfloat16 caches (rounded to nearest, as torch's copy);
+        ValueError for a slot past the cache."""
         T, Hkv, D = k.shape
         W = Hkv * D
         _on_cpu("store_kv", k, v, k_cache, v_cache, slot_mapping)
         for t in (k, v):
             if t.dtype != torch.float32 or t.shape != (T, Hkv, D) or t.stride(2) != 1 or t.stride(1) != D:
                 raise ValueError(f"native store_kv: k/v {tuple(t.shape)} {t.dtype} strides {t.stride()}")
-        if (k_cache.dtype != torch.float32 or v_cache.shape != k_cache.shape or v_cache.dtype != k_cache.dtype
+        if (k_cache.dtype not in _WEIGHT_KIND or v_cache.shape != k_cache.shape or v_cache.dtype != k_cache.dtype
                 or tuple(k_cache.shape[2:]) != (Hkv, D) or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
             raise ValueError(f"native store_kv: caches {tuple(k_cache.shape)} {k_cache.dtype} do not fit")
         sm = slot_mapping.to(torch.int64).contiguous()
         if sm.shape != (T,):
             raise ValueError(f"native store_kv: slot_mapping {tuple(sm.shape)} for {T} tokens")
         rc = self.lib.olr_store_kv(k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), k_cache.data_ptr(),
-                                   v_cache.data_ptr(), W, sm.data_ptr(), T, k_cache.shape[0] * k_cache.shape[1])
+                                   v_cache.data_ptr(), _WEIGHT_KIND[k_cache.dtype], W, sm.data_ptr(), T,
+                                   k_cache.shape[0] * k_cache.shape[1])
         if rc:
             raise ValueError("native store_kv: a slot lies past the KV cache")
 
@@ -419,7 +432,8 @@ def _make_backend(nk: NativeKernels):
 
     def store_kv(k, v, k_cache, v_cache, slot_mapping):
         rows_ok = all(t.dtype == torch.float32 and t.stride(-1) == 1 and t.stride(1) == t.shape[2] for t in (k, v))
-        if rows_ok and k_cache.dtype == torch.float32 and k_cache.is_contiguous() and v_cache.is_contiguous():
+        if (rows_ok and k_cache.dtype in (torch.float32, torch.bfloat16) and k_cache.is_contiguous()
+                and v_cache.is_contiguous()):
             nk.store_kv(k, v, k_cache, v_cache, slot_mapping)
         else:
             reference.store_kv(k, v, k_cache, v_cache, slot_mapping)
@@ -450,7 +464,8 @@ def _make_backend(nk: NativeKernels):
                      "tokens read straight through the block tables, register-tiled segment LoRA shrink/expand "
                      "(every segment and slice in one call, long segments split across threads; float32 or "
                      "bfloat16 pools, float32 accumulation), fused float32 "
-                     "residual+RMSNorm, RoPE and SiLU*up, and oneDNN pre-packed linears (the model says which); "
+                     "residual+RMSNorm, RoPE and SiLU*up (for bfloat16 models on bfloat16 values held in float32, "
+                     "rounded where torch's bf16 ops round), and oneDNN pre-packed linears (the model says which); "
                      "torch SDPA for longer prefills"),
         decode_bgmv_min_segments=1 << 30,
         pack_cpu_linears=True,

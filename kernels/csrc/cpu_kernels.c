@@ -32,7 +32,7 @@ static inline const float *row_f32(const void *cache, int kind, int64_t index, i
     return tmp;
 }
 
-int olr_abi_version(void) { return 10; }
+int olr_abi_version(void) { return 11; }
 
 /* exp(x) for float32 that the compiler can vectorize (libm's expf is a scalar call): 2^n * 2^f with n = round(x
  * log2 e), |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative error < 1e-8, so within 1-2 ulp of expf).
@@ -443,35 +443,75 @@ int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R,
     return 0;
 }
 
-/* ---- fused elementwise ops of the float32 forward (one pass over memory instead of four to six) ---- */
+/* ---- fused elementwise ops of the float32 forward (one pass over memory instead of four to six) ----
+ *
+ * With `rb` set they compute a bfloat16 model's ops on bfloat16 values carried in float32 storage: every result that
+ * torch (HF's bf16 forward) rounds to bfloat16 is rounded here at the same point, by `rbf16`, and stays a float32
+ * that a bfloat16 holds exactly. The float32 GEMMs then read these rows without a conversion copy. */
+
+/* float32 -> the nearest bfloat16 (ties to even), as the float32 it stands for; NaN becomes the quiet NaN 0x7fc0.
+ * This is torch's float32 -> bfloat16 conversion (c10::BFloat16's round_to_nearest_even). */
+static inline __attribute__((always_inline)) uint32_t bf16_bits(float f) {
+    union { float f; uint32_t u; } x = {f};
+    const uint32_t r = (x.u + 0x7fffu + ((x.u >> 16) & 1u)) & 0xffff0000u;
+    return ((x.u & 0x7fffffffu) > 0x7f800000u) ? 0x7fc00000u : r;
+}
+
+static inline __attribute__((always_inline)) float rbf16(float f) {
+    union { uint32_t u; float f; } x = {bf16_bits(f)};
+    return x.f;
+}
+
+/* Round rows of x [T, n] (row stride ldx) to bfloat16 values in place. */
+int olr_round_bf16(float *x, int64_t ldx, int64_t T, int64_t n, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads > 0 ? nthreads : 1) if (T * n > 16384)
+    for (int64_t t = 0; t < T; t++) {
+        float *xt = x + t * ldx;
+#pragma omp simd
+        for (int64_t c = 0; c < n; c++) xt[c] = rbf16(xt[c]);
+    }
+    return 0;
+}
 
 /* out[t] = w * (x[t] / sqrt(mean(x[t]^2) + eps)); with delta: first x[t] += delta[t] (in place: the residual
- * stream), then the norm of the sum. x, delta, out [T, H] with row strides; w [H]. */
+ * stream), then the norm of the sum. x, delta, out [T, H] with row strides; w [H]. With rb (HF's bf16
+ * LlamaRMSNorm): the sum is rounded, the normalised row is rounded before the scale, and the product again. */
 int olr_add_rms_norm(float *x, int64_t ldx, const float *delta, int64_t ldd, const float *w, int64_t T, int64_t H,
-                     float eps, float *out, int64_t ldo, int nthreads) {
+                     float eps, float *out, int64_t ldo, int rb, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads > 0 ? nthreads : 1)
     for (int64_t t = 0; t < T; t++) {
         float *xt = x + t * ldx;
         if (delta) {
             const float *dt = delta + t * ldd;
+            if (rb) {
 #pragma omp simd
-            for (int64_t c = 0; c < H; c++) xt[c] += dt[c];
+                for (int64_t c = 0; c < H; c++) xt[c] = rbf16(xt[c] + dt[c]);
+            } else {
+#pragma omp simd
+                for (int64_t c = 0; c < H; c++) xt[c] += dt[c];
+            }
         }
         float ss = 0.f;
 #pragma omp simd reduction(+ : ss)
         for (int64_t c = 0; c < H; c++) ss += xt[c] * xt[c];
         const float inv = 1.f / sqrtf(ss / (float)H + eps);
         float *ot = out + t * ldo;
+        if (rb) {
 #pragma omp simd
-        for (int64_t c = 0; c < H; c++) ot[c] = w[c] * (xt[c] * inv);
+            for (int64_t c = 0; c < H; c++) ot[c] = rbf16(w[c] * rbf16(xt[c] * inv));
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < H; c++) ot[c] = w[c] * (xt[c] * inv);
+        }
     }
     return 0;
 }
 
 /* Rotary embedding (rotate-half form) in place on the first `heads` heads of each row: x [T, ldx] with head h at
- * columns h*D .. h*D+D; cos, sin [T, D]. */
+ * columns h*D .. h*D+D; cos, sin [T, D]. With rb, HF's bf16 `q * cos + rotate_half(q) * sin`: each product
+ * rounded, then the sum. */
 int olr_rope(float *x, int64_t ldx, int64_t T, int64_t heads, int64_t D, const float *cos_, const float *sin_,
-             int nthreads) {
+             int rb, int nthreads) {
     const int64_t half = D / 2;
     if (D % 2) return -2;
 #pragma omp parallel for schedule(static) num_threads(nthreads > 0 ? nthreads : 1)
@@ -479,41 +519,68 @@ int olr_rope(float *x, int64_t ldx, int64_t T, int64_t heads, int64_t D, const f
         const float *c = cos_ + t * D, *s = sin_ + t * D;
         for (int64_t h = 0; h < heads; h++) {
             float *v = x + t * ldx + h * D;
+            if (rb) {
 #pragma omp simd
-            for (int64_t i = 0; i < half; i++) {
-                const float a = v[i], b = v[i + half];
-                v[i] = a * c[i] - b * s[i];
-                v[i + half] = b * c[i + half] + a * s[i + half];
+                for (int64_t i = 0; i < half; i++) {
+                    const float a = v[i], b = v[i + half];
+                    v[i] = rbf16(rbf16(a * c[i]) - rbf16(b * s[i]));
+                    v[i + half] = rbf16(rbf16(b * c[i + half]) + rbf16(a * s[i + half]));
+                }
+            } else {
+#pragma omp simd
+                for (int64_t i = 0; i < half; i++) {
+                    const float a = v[i], b = v[i + half];
+                    v[i] = a * c[i] - b * s[i];
+                    v[i + half] = b * c[i + half] + a * s[i + half];
+                }
             }
         }
     }
     return 0;
 }
 
-/* out[t, i] = silu(gu[t, i]) * gu[t, I + i]; gu [T, 2I] contiguous, out [T, I] contiguous. */
-int olr_silu_mul(const float *gu, int64_t T, int64_t I, float *out, int nthreads) {
+/* out[t, i] = silu(gu[t, i]) * gu[t, I + i]; gu [T, 2I] contiguous, out [T, I] contiguous. With rb, HF's bf16
+ * `act(gate) * up`: the SiLU rounded, then the product. */
+int olr_silu_mul(const float *gu, int64_t T, int64_t I, float *out, int rb, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads > 0 ? nthreads : 1)
     for (int64_t t = 0; t < T; t++) {
         const float *g = gu + t * 2 * I, *u = g + I;
         float *o = out + t * I;
+        if (rb) {
 #pragma omp simd
-        for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.f + olr_exp(-g[i])) * u[i];
+            for (int64_t i = 0; i < I; i++) o[i] = rbf16(rbf16(g[i] / (1.f + olr_exp(-g[i]))) * u[i]);
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.f + olr_exp(-g[i])) * u[i];
+        }
     }
     return 0;
 }
 
-/* Write the step's new K and V rows into the paged caches: cache row slot_mapping[t] <- row t (float32). k and v
- * are [T, W] with row strides ldk, ldv (views into the fused qkv output); the caches are [num_slots, W]
- * contiguous. A negative slot (padding) writes nothing; a slot past the cache is an error before any write. */
-int olr_store_kv(const float *k, int64_t ldk, const float *v, int64_t ldv, float *kc, float *vc, int64_t W,
+/* Write the step's new K and V rows into the paged caches: cache row slot_mapping[t] <- row t. k and v are float32
+ * [T, W] with row strides ldk, ldv (views into the fused qkv output); the caches are [num_slots, W] contiguous,
+ * float32 (kind OLR_F32) or bfloat16 (OLR_BF16: each value rounded to the nearest bfloat16, as torch's copy does).
+ * A negative slot (padding) writes nothing; a slot past the cache is an error before any write. */
+int olr_store_kv(const float *k, int64_t ldk, const float *v, int64_t ldv, void *kc, void *vc, int kind, int64_t W,
                  const int64_t *slot_mapping, int64_t T, int64_t num_slots) {
+    if (kind != OLR_F32 && kind != OLR_BF16) return -2;
     for (int64_t t = 0; t < T; t++)
         if (slot_mapping[t] >= num_slots) return -1;
     for (int64_t t = 0; t < T; t++) {
         const int64_t s = slot_mapping[t];
         if (s < 0) continue;
-        memcpy(kc + s * W, k + t * ldk, sizeof(float) * (size_t)W);
-        memcpy(vc + s * W, v + t * ldv, sizeof(float) * (size_t)W);
+        if (kind == OLR_F32) {
+            memcpy((float *)kc + s * W, k + t * ldk, sizeof(float) * (size_t)W);
+            memcpy((float *)vc + s * W, v + t * ldv, sizeof(float) * (size_t)W);
+            continue;
+        }
+        uint16_t *kd = (uint16_t *)kc + s * W, *vd = (uint16_t *)vc + s * W;
+        const float *ks = k + t * ldk, *vs = v + t * ldv;
+#pragma omp simd
+        for (int64_t c = 0; c < W; c++) {
+            kd[c] = (uint16_t)(bf16_bits(ks[c]) >> 16);
+            vd[c] = (uint16_t)(bf16_bits(vs[c]) >> 16);
+        }
     }
     return 0;
 }
