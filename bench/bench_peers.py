@@ -81,6 +81,21 @@ def worker_ours(job: dict) -> dict:
         d = adapter_dir(Path(job["work"]), i)
         llm.register_adapter(f"lora{i}", d)
     params = SamplingParams(max_tokens=job["output_len"], temperature=0.0, ignore_eos=True)
+    gemm = {"seconds": 0.0, "flops": 0, "on": False}
+    if job.get("gemm_time"):              # time every base linear (oneDNN packed GEMM) of the timed run, wall clock
+        from openlora.inference import lora as lora_mod
+        from openlora.inference import model as model_mod
+        real = lora_mod.packed_linear
+
+        def timed(x, packed, bias=None):
+            if not gemm["on"]:
+                return real(x, packed, bias)
+            t0 = time.perf_counter()
+            y = real(x, packed, bias)
+            gemm["seconds"] += time.perf_counter() - t0
+            gemm["flops"] += 2 * x.shape[0] * x.shape[1] * y.shape[1]
+            return y
+        lora_mod.packed_linear = model_mod.packed_linear = timed
 
     def gen(rs):
         outs = llm.generate([r["prompt"] for r in rs], [params] * len(rs),
@@ -91,12 +106,15 @@ def worker_ours(job: dict) -> dict:
         return [list(o.token_ids) for o in outs]
 
     gen(reqs[:4])
+    gemm["on"] = True
     t = time.perf_counter()
     tokens = gen(reqs)
     dt = time.perf_counter() - t
+    gemm["on"] = False
     be = llm.engine.backend
     mem = llm.engine.memory
-    return {"seconds": dt, "tokens": tokens,
+    extra = {"gemm_seconds": gemm["seconds"], "gemm_flops": gemm["flops"]} if job.get("gemm_time") else {}
+    return {"seconds": dt, "tokens": tokens, **extra,
             "kernels": f"{be.name}: {be.description}; linears: {llm.engine.model.linear_kernels}",
             "lora_path": getattr(llm.engine.model, "lora_path", ""), "threads": torch.get_num_threads(),
             "memory": {"kv_cache_bytes": mem.kv_cache_bytes, "lora_pool_bytes": mem.lora_pool_bytes,
@@ -404,6 +422,8 @@ def main() -> None:
                     help='EngineConfig fields for this engine as JSON, e.g. \'{"max_num_seqs": 64}\' (default: none)')
     ap.add_argument("--vllm-max-loras", type=int, default=8)
     ap.add_argument("--peft-no-adapters", action="store_true", help="also run HF (no PEFT) without adapters")
+    ap.add_argument("--gemm-time", action="store_true", help="ours: time every base-model GEMM (oneDNN packed "
+                    "linears) of the timed run; reports their seconds and the tok/s the GEMMs alone would allow")
     ap.add_argument("--vllm-python", default=str(Path.home() / ".cache/openlora/vllm-venv/bin/python"))
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "openlora-peers")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "peers")
@@ -470,7 +490,7 @@ def main() -> None:
                    "requests": traces[n],
                    "output_len": args.output_len, "registered": n, "work": str(args.work),
                    "peft_batch": args.peft_batch, "vllm_max_loras": args.vllm_max_loras,
-                   "engine_kwargs": args.ours_config}
+                   "engine_kwargs": args.ours_config, "gemm_time": args.gemm_time}
             res = run_job(python[s], s, job, args.work, args.timeout)
             key = (s, dt, n)
             if "error" in res:
@@ -482,8 +502,14 @@ def main() -> None:
             with open(str(args.out) + ".runs.jsonl", "a") as f:       # each run as it ends (a long run's partials)
                 f.write(json.dumps({"rep": rep, "system": s, "dtype": dt, "registered": n,
                                     "tokens_per_s": res["tokens_per_s"], "seconds": res["seconds"]}) + "\n")
+            gemm_note = ""
+            if res.get("gemm_seconds"):
+                res["gemm_only_tokens_per_s"] = args.requests * args.output_len / res["gemm_seconds"]
+                rate = res["gemm_flops"] / res["gemm_seconds"] / 1e9
+                gemm_note = (f"; GEMMs {res['gemm_seconds']:.1f} s at {rate:.0f} GFLOPS: the GEMMs alone allow "
+                             f"{res['gemm_only_tokens_per_s']:.1f} tok/s")
             print(f"rep {rep} {s:5s} {dt:8s} N={n:>5}: {res['tokens_per_s']:7.1f} tok/s ({res['seconds']:.1f} s, "
-                  f"process {res['wall_s']:.0f} s)", flush=True)
+                  f"process {res['wall_s']:.0f} s{gemm_note})", flush=True)
 
     rows = []
     best = {}
@@ -495,6 +521,10 @@ def main() -> None:
             row.update(tokens_per_s=b["tokens_per_s"], all_tokens_per_s=[r["tokens_per_s"] for r in runs],
                        kernels=b.get("kernels"), threads=b.get("threads"), memory=b.get("memory"),
                        log=b.get("log"), adapter_metrics=b.get("adapter_metrics"))
+            gemm_only = [r["gemm_only_tokens_per_s"] for r in runs if r.get("gemm_only_tokens_per_s")]
+            if gemm_only:
+                row.update(gemm_only_tokens_per_s=max(gemm_only), all_gemm_only_tokens_per_s=gemm_only,
+                           gemm_seconds=[r["gemm_seconds"] for r in runs])
         rows.append(row)
     agree = {}
     for (s, dt, n), b in best.items():
@@ -513,6 +543,9 @@ def main() -> None:
                     a, b = tps(s, dt, n), tps(s2, dt, n)
                     if s != s2 and a and b and s in ("ours", "ceiling"):
                         ratios[f"{s} / {s2}, {dt}, N={n}"] = a / b
+                    g = best.get((s, dt, n), {}).get("gemm_only_tokens_per_s")
+                    if s == "ours" and s2 != s and g and b:
+                        ratios[f"ours' GEMMs alone / {s2}, {dt}, N={n}"] = g / b
         for s in systems:
             for n in args.adapters:
                 if n and tps(s, dt, n) and tps(s, dt, 0):

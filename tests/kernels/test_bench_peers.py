@@ -84,7 +84,7 @@ def test_main_with_a_model_of_our_own_runs_every_system(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [
         "bench_peers.py", "--model", str(d), "--systems", "ours,peft,ceiling", "--adapters", "0", "3", "--scale",
         "--requests", "6", "--input-len", "4", "12", "--output-len", "4", "--reps", "1", "--threads", "1",
-        "--ours-config", "{\"max_num_seqs\": 4}",
+        "--ours-config", "{\"max_num_seqs\": 4}", "--gemm-time",
         "--work", str(tmp_path / "w"), "--out", str(out), "--vllm-python", str(tmp_path / "none"), "--timeout", "300"])
     b.main()
     report = json.loads((tmp_path / "out" / "peers.json").read_text())
@@ -97,6 +97,13 @@ def test_main_with_a_model_of_our_own_runs_every_system(tmp_path, monkeypatch):
     assert (tmp_path / "w" / f"model-{d.name}" / "adapters").is_dir()
     assert "auto: 4 seqs" in " ".join(rows[("ours", 0)]["log"])              # --ours-config reached the engine
     assert "ceiling / peft, float32, N=3" in report["ratios"]
+    from openlora.kernels import cpu_native
+    if cpu_native._compiler() is not None:         # the native backend packs the linears, which --gemm-time times
+        assert "oneDNN" in rows[("ours", 3)]["kernels"]
+        for n in (0, 3):
+            r = rows[("ours", n)]
+            assert r["gemm_only_tokens_per_s"] > r["tokens_per_s"] and 0 < r["gemm_seconds"][0]
+        assert report["ratios"]["ours' GEMMs alone / peft, float32, N=3"] > report["ratios"]["ours / peft, float32, N=3"]
 
 
 @pytest.mark.parametrize("bad", ["5", "[1, 2]", "{x", "null", '"max_num_seqs"'])
