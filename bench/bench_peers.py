@@ -81,7 +81,7 @@ def worker_ours(job: dict) -> dict:
         d = adapter_dir(Path(job["work"]), i)
         llm.register_adapter(f"lora{i}", d)
     params = SamplingParams(max_tokens=job["output_len"], temperature=0.0, ignore_eos=True)
-    gemm = {"seconds": 0.0, "flops": 0, "on": False}
+    gemm = {"seconds": 0.0, "flops": 0, "on": False, "by_shape": {}}
     if job.get("gemm_time"):              # time every base linear (oneDNN packed GEMM) of the timed run, wall clock
         from openlora.inference import lora as lora_mod
         from openlora.inference import model as model_mod
@@ -92,8 +92,14 @@ def worker_ours(job: dict) -> dict:
                 return real(x, packed, bias)
             t0 = time.perf_counter()
             y = real(x, packed, bias)
-            gemm["seconds"] += time.perf_counter() - t0
-            gemm["flops"] += 2 * x.shape[0] * x.shape[1] * y.shape[1]
+            dt = time.perf_counter() - t0
+            flops = 2 * x.shape[0] * x.shape[1] * y.shape[1]
+            gemm["seconds"] += dt
+            gemm["flops"] += flops
+            # by rows (rounded up to a power of two) and in -> out features: [seconds, flops, calls]
+            key = f"rows<={1 << (x.shape[0] - 1).bit_length()} {x.shape[1]}->{y.shape[1]}"
+            acc = gemm["by_shape"].setdefault(key, [0.0, 0, 0])
+            acc[0], acc[1], acc[2] = acc[0] + dt, acc[1] + flops, acc[2] + 1
             return y
         lora_mod.packed_linear = model_mod.packed_linear = timed
 
@@ -113,7 +119,10 @@ def worker_ours(job: dict) -> dict:
     gemm["on"] = False
     be = llm.engine.backend
     mem = llm.engine.memory
-    extra = {"gemm_seconds": gemm["seconds"], "gemm_flops": gemm["flops"]} if job.get("gemm_time") else {}
+    extra = ({"gemm_seconds": gemm["seconds"], "gemm_flops": gemm["flops"],
+              "gemm_by_shape": {k: {"seconds": v[0], "gflops": v[1] / v[0] / 1e9 if v[0] else None, "calls": v[2]}
+                                for k, v in sorted(gemm["by_shape"].items())}}
+             if job.get("gemm_time") else {})
     return {"seconds": dt, "tokens": tokens, **extra,
             "kernels": f"{be.name}: {be.description}; linears: {llm.engine.model.linear_kernels}",
             "lora_path": getattr(llm.engine.model, "lora_path", ""), "threads": torch.get_num_threads(),
@@ -524,7 +533,7 @@ def main() -> None:
             gemm_only = [r["gemm_only_tokens_per_s"] for r in runs if r.get("gemm_only_tokens_per_s")]
             if gemm_only:
                 row.update(gemm_only_tokens_per_s=max(gemm_only), all_gemm_only_tokens_per_s=gemm_only,
-                           gemm_seconds=[r["gemm_seconds"] for r in runs])
+                           gemm_seconds=[r["gemm_seconds"] for r in runs], gemm_by_shape=b.get("gemm_by_shape"))
         rows.append(row)
     agree = {}
     for (s, dt, n), b in best.items():

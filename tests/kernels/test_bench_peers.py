@@ -103,6 +103,10 @@ def test_main_with_a_model_of_our_own_runs_every_system(tmp_path, monkeypatch):
         for n in (0, 3):
             r = rows[("ours", n)]
             assert r["gemm_only_tokens_per_s"] > r["tokens_per_s"] and 0 < r["gemm_seconds"][0]
+            shapes = r["gemm_by_shape"]
+            assert abs(sum(v["seconds"] for v in shapes.values()) - r["gemm_seconds"][0]) < 1e-6
+            vocab = json.loads((d / "config.json").read_text())["vocab_size"]
+            assert any(k.endswith(f"->{vocab}") for k in shapes), shapes      # the LM head is timed too
         assert report["ratios"]["ours' GEMMs alone / peft, float32, N=3"] > report["ratios"]["ours / peft, float32, N=3"]
 
 
