@@ -203,6 +203,8 @@ class NativeKernels:
         if (k_cache.dtype not in _WEIGHT_KIND or v_cache.shape != k_cache.shape or v_cache.dtype != k_cache.dtype
                 or tuple(k_cache.shape[2:]) != (Hkv, D) or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
             raise ValueError(f"native store_kv: caches {tuple(k_cache.shape)} {k_cache.dtype} do not fit")
+        if slot_mapping.dtype not in _INT_DTYPES:
+            raise ValueError(f"native store_kv: slot_mapping must be an integer tensor, got {slot_mapping.dtype}")
         sm = slot_mapping.to(torch.int64).contiguous()
         if sm.shape != (T,):
             raise ValueError(f"native store_kv: slot_mapping {tuple(sm.shape)} for {T} tokens")
@@ -299,9 +301,8 @@ class NativeKernels:
             raise ValueError("native paged attention: cu_q_lens must be [B + 1] and block_tables [B, blocks]")
         qf = q.to(torch.float32).contiguous()
         of = out if out is not None and out.dtype == torch.float32 and out.is_contiguous() else torch.empty_like(qf)
-        bt = block_tables.to(torch.int32).contiguous()
-        lens = seq_lens.to(torch.int32).contiguous()
-        cu = cu_q_lens.to(torch.int32).contiguous()
+        bt, lens, cu = (_int32(t, name) for t, name in ((block_tables, "block_tables"), (seq_lens, "seq_lens"),
+                                                         (cu_q_lens, "cu_q_lens")))
         if int(cu[-1]) != T or int(cu[0]) != 0:
             raise ValueError(f"native paged attention: cu_q_lens must run from 0 to {T}")
         kc, vc = k_cache.contiguous(), v_cache.contiguous()
@@ -338,13 +339,27 @@ def _on_cpu(name: str, *ts: torch.Tensor) -> None:
             raise ValueError(f"native {name}: needs CPU tensors, got one on {t.device}")
 
 
+_INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def _int32(t: torch.Tensor, name: str) -> torch.Tensor:
+    """A table of indices as contiguous int32 for the C code. A wider value would wrap into another, valid-looking
+    index (and a float or bool table is no table): those are errors, not conversions."""
+    if t.dtype not in _INT_DTYPES:
+        raise ValueError(f"native kernels: {name} must be an integer tensor, got {t.dtype}")
+    if t.dtype == torch.int64 and t.numel():
+        lo, hi = torch.aminmax(t)
+        if int(lo) < -2 ** 31 or int(hi) >= 2 ** 31:
+            raise ValueError(f"native kernels: {name} holds values outside int32 ({int(lo)}..{int(hi)})")
+    return t.to(torch.int32).contiguous()
+
+
 def _meta(seg_starts, seg_slots, slot_row_start, slot_rank, slices: int):
     """The LoRA metadata as contiguous int32, with the sizes the C code trusts checked: one start per segment plus
     one, one row start per slot of slot_rank, one row of slot_rank per slice."""
     _on_cpu("LoRA", seg_starts, seg_slots, slot_row_start, slot_rank)
-    i32 = torch.int32
-    starts, slots = seg_starts.to(i32).contiguous(), seg_slots.to(i32).contiguous()
-    rows, ranks = slot_row_start.to(i32).contiguous(), slot_rank.to(i32).contiguous()
+    starts, slots = _int32(seg_starts, "seg_starts"), _int32(seg_slots, "seg_slots")
+    rows, ranks = _int32(slot_row_start, "slot_row_start"), _int32(slot_rank, "slot_rank")
     if (starts.dim() != 1 or slots.dim() != 1 or starts.shape[0] != slots.shape[0] + 1 or ranks.dim() != 2
             or ranks.shape[0] != slices or rows.dim() != 1 or rows.shape[0] < ranks.shape[1]):
         raise ValueError(f"native LoRA: seg_starts {tuple(starts.shape)}, seg_slots {tuple(slots.shape)}, "

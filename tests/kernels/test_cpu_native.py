@@ -421,3 +421,27 @@ def test_native_wrappers_refuse_tensors_off_the_cpu(nk):
     with pytest.raises(ValueError, match="CPU tensors"):
         nk.paged_attention(torch.zeros(1, 4, 8, device=meta), kc, kc.clone(), torch.tensor([0, 1]),
                            torch.tensor([1]), torch.zeros(1, 1, dtype=torch.int32), 0.5)
+
+
+def test_index_tables_wider_than_int32_or_not_integers_are_errors(nk):
+    """A table value past int32 would wrap into another, valid-looking index; a float table would be truncated."""
+    x, a, b, widths, rank, row_start, scale, seg_starts, seg_slots = _lora_case()
+    buf = torch.zeros(3, x.shape[0], 16)
+    wide = seg_starts.to(torch.int64)
+    nk.sgmv_shrink(x, a, buf, wide, seg_slots, row_start, rank)            # int64 within range: fine
+    wrapped = wide.clone()
+    wrapped[-1] += 2 ** 32                                                   # wraps to the same int32 value
+    with pytest.raises(ValueError, match="outside int32"):
+        nk.sgmv_shrink(x, a, buf, wrapped, seg_slots, row_start, rank)
+    with pytest.raises(ValueError, match="integer"):
+        nk.sgmv_shrink(x, a, buf, seg_starts.float(), seg_slots, row_start, rank)
+    q, kc, vc, bt, lens, cu = _paged(2, 4, 2, 16, 16, [20, 33], [1, 1], torch.float32)
+    bad = bt.to(torch.int64)
+    bad[0, 0] -= 2 ** 32
+    with pytest.raises(ValueError, match="outside int32"):
+        nk.paged_attention(q, kc, vc, cu, lens, bad, 0.25)
+    with pytest.raises(ValueError, match="integer"):
+        nk.paged_attention(q, kc, vc, cu, lens.float(), bt, 0.25)
+    k = torch.randn(2, 2, 16)
+    with pytest.raises(ValueError, match="integer"):
+        nk.store_kv(k, k.clone(), kc, vc, torch.tensor([0.0, 1.0]))
