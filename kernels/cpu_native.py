@@ -133,9 +133,12 @@ class NativeKernels:
 
     @staticmethod
     def _rows(t: torch.Tensor, name: str) -> None:
-        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 2 or t.stride(1) != 1:
-            raise ValueError(f"native {name}: needs a float32 CPU [rows, columns] tensor with unit column stride, "
-                             f"got {t.dtype} {tuple(t.shape)} strides {t.stride()}")
+        """float32 CPU [rows, columns] with unit column stride and rows that do not overlap (an `expand`ed tensor
+        would be written by several threads at once, and summed into more than once)."""
+        if (t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 2 or t.stride(1) != 1
+                or (t.shape[0] > 1 and t.stride(0) < t.shape[1])):
+            raise ValueError(f"native {name}: needs a float32 CPU [rows, columns] tensor with unit column stride "
+                             f"and rows apart, got {t.dtype} {tuple(t.shape)} strides {t.stride()}")
 
     def add_rms_norm(self, h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
                      eps: float, round_bf16: bool = False) -> torch.Tensor:

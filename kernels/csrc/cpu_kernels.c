@@ -449,8 +449,9 @@ int olr_sgmv_expand(const float *buf, int64_t buf_ss, int64_t buf_st, int64_t R,
  * torch (HF's bf16 forward) rounds to bfloat16 is rounded here at the same point, by `rbf16`, and stays a float32
  * that a bfloat16 holds exactly. The float32 GEMMs then read these rows without a conversion copy. */
 
-/* float32 -> the nearest bfloat16 (ties to even), as the float32 it stands for; NaN becomes the quiet NaN 0x7fc0.
- * This is torch's float32 -> bfloat16 conversion (c10::BFloat16's round_to_nearest_even). */
+/* float32 -> the nearest bfloat16 (ties to even), as the float32 it stands for. Bit for bit torch's float32 ->
+ * bfloat16 conversion on every non-NaN input (checked on all 2^32 patterns); a NaN becomes the NaN 0x7fc0 (c10's
+ * scalar conversion; torch's vectorized one gives 0xffff: NaN either way). */
 static inline __attribute__((always_inline)) uint32_t bf16_bits(float f) {
     union { float f; uint32_t u; } x = {f};
     const uint32_t r = (x.u + 0x7fffu + ((x.u >> 16) & 1u)) & 0xffff0000u;
@@ -539,6 +540,12 @@ int olr_rope(float *x, int64_t ldx, int64_t T, int64_t heads, int64_t D, const f
     return 0;
 }
 
+/* silu(g) = g / (1 + exp(-g)). Below -88.3 (where olr_exp clamps) it is g * 0: -0 for a finite g, NaN for -inf,
+ * what torch gives once exp(-g) overflows (below -88.72; in between torch's value is under 1e-36 in magnitude). */
+static inline __attribute__((always_inline)) float olr_silu(float g) {
+    return g < -88.3f ? g * 0.f : g / (1.f + olr_exp(-g));
+}
+
 /* out[t, i] = silu(gu[t, i]) * gu[t, I + i]; gu [T, 2I] contiguous, out [T, I] contiguous. With rb, HF's bf16
  * `act(gate) * up`: the SiLU rounded, then the product. */
 int olr_silu_mul(const float *gu, int64_t T, int64_t I, float *out, int rb, int nthreads) {
@@ -548,10 +555,10 @@ int olr_silu_mul(const float *gu, int64_t T, int64_t I, float *out, int rb, int 
         float *o = out + t * I;
         if (rb) {
 #pragma omp simd
-            for (int64_t i = 0; i < I; i++) o[i] = rbf16(rbf16(g[i] / (1.f + olr_exp(-g[i]))) * u[i]);
+            for (int64_t i = 0; i < I; i++) o[i] = rbf16(rbf16(olr_silu(g[i])) * u[i]);
         } else {
 #pragma omp simd
-            for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.f + olr_exp(-g[i])) * u[i];
+            for (int64_t i = 0; i < I; i++) o[i] = olr_silu(g[i]) * u[i];
         }
     }
     return 0;
