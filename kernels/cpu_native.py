@@ -450,8 +450,7 @@ def _make_backend(nk: NativeKernels):
 
     def store_kv(k, v, k_cache, v_cache, slot_mapping):
         rows_ok = all(t.dtype == torch.float32 and t.stride(-1) == 1 and t.stride(1) == t.shape[2] for t in (k, v))
-        if (rows_ok and k_cache.dtype in (torch.float32, torch.bfloat16) and k_cache.is_contiguous()
-                and v_cache.is_contiguous()):
+        if rows_ok and k_cache.dtype in _WEIGHT_KIND and k_cache.is_contiguous() and v_cache.is_contiguous():
             nk.store_kv(k, v, k_cache, v_cache, slot_mapping)
         else:
             reference.store_kv(k, v, k_cache, v_cache, slot_mapping)

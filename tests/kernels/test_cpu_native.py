@@ -22,14 +22,6 @@ pytestmark = pytest.mark.skipif(cpu_native._compiler() is None, reason="no C com
                                 "cannot be built (the engine falls back to the torch kernels, tested elsewhere)")
 
 
-@pytest.fixture(scope="module")
-def nk():
-    k = cpu_native.load()
-    assert k is not None, f"a C compiler is present but the native kernels did not load: " \
-                          f"{cpu_native.unavailable_reason()}"
-    return k
-
-
 def _paged(B, Hq, Hkv, D, bs, lens, n_new, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     max_blocks = max((L + bs - 1) // bs for L in lens) + 1

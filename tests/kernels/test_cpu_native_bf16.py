@@ -18,13 +18,6 @@ pytestmark = pytest.mark.skipif(cpu_native._compiler() is None, reason="no C com
                                 "cannot be built (the engine falls back to the torch kernels, tested elsewhere)")
 
 
-@pytest.fixture(scope="module")
-def nk():
-    k = cpu_native.load()
-    assert k is not None, cpu_native.unavailable_reason()
-    return k
-
-
 def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.int32)
 
